@@ -1,0 +1,538 @@
+//! `pipeline.toml` → a validated [`PipelineConfig`].
+//!
+//! Validation collects: one pass gathers every problem (with file:line:col)
+//! before anything is built. Plugin options are parsed by the plugin's own
+//! serde struct straight from the spanned TOML, so its errors carry positions.
+
+mod diagnostic;
+mod interpolate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+pub use diagnostic::{nearest, ConfigError, Diagnostic, Level};
+pub use interpolate::{interpolate, Interpolated, InterpolationError};
+
+use crate::plugin::{
+    find_plugin, registered_plugins, ComponentConfig, ComponentRole, ValidateContext,
+};
+use crate::redact::redact_url;
+use diagnostic::SourceText;
+
+/// The optional `[pipeline]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    /// Names the pipeline; scopes checkpoint keys. Default `flowpulse`.
+    pub name: String,
+    /// Where components keep durable files (offsets, dead letters).
+    /// Default `data`, relative to the working directory.
+    pub data_dir: PathBuf,
+    /// How long shutdown may take to drain and flush before the process
+    /// exits non-zero naming what was left, e.g. `"30s"`. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        PipelineSettings {
+            name: "flowpulse".into(),
+            data_dir: PathBuf::from("data"),
+            shutdown_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The optional `[checkpoint]` table: where stateful processors keep state.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSettings {
+    /// The store, e.g. `redis://127.0.0.1:6379` (credentials are never logged).
+    pub url: String,
+    /// How often state is written, e.g. `"1s"`. Default 1 s.
+    #[serde(with = "humantime_serde", default = "default_checkpoint_interval")]
+    pub interval: Duration,
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl std::fmt::Debug for CheckpointSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointSettings")
+            .field("url", &redact_url(&self.url))
+            .field("interval", &self.interval)
+            .finish()
+    }
+}
+
+/// What a producer does when a consumer's buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait (backpressure). The default.
+    #[default]
+    Block,
+    /// Drop the batch for this consumer and count it, so a slow consumer
+    /// never stalls the others.
+    DropNewest,
+}
+
+/// The default per-component buffer, in batches.
+pub const DEFAULT_BUFFER: usize = 16;
+
+/// One `[sources|processors|sinks.NAME]` table, parsed.
+pub struct ComponentSpec {
+    /// Its name.
+    pub name: String,
+    /// Source, processor or sink.
+    pub role: ComponentRole,
+    /// Its `type`.
+    pub type_name: String,
+    /// Names of the components it reads from.
+    pub inputs: Vec<String>,
+    /// Capacity of its input channel, in batches.
+    pub buffer: usize,
+    /// What its producers do when the buffer is full.
+    pub when_full: WhenFull,
+    /// The plugin's own config.
+    pub config: Box<dyn ComponentConfig>,
+    /// Where its table is, for topology errors.
+    pub(crate) offset: usize,
+    /// Where each input is named.
+    pub(crate) input_offsets: Vec<usize>,
+}
+
+impl std::fmt::Debug for ComponentSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentSpec")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("type_name", &self.type_name)
+            .field("inputs", &self.inputs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A whole pipeline config, validated.
+#[derive(Debug)]
+pub struct PipelineConfig {
+    /// `[pipeline]`.
+    pub pipeline: PipelineSettings,
+    /// `[checkpoint]`.
+    pub checkpoint: Option<CheckpointSettings>,
+    /// Every component, in file order.
+    pub components: Vec<ComponentSpec>,
+    /// Problems that do not stop the pipeline.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path given.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file has problems.
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+}
+
+impl PipelineConfig {
+    /// Reads and validates a config file, interpolating the process environment.
+    pub fn from_file(path: &Path) -> Result<PipelineConfig, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(PipelineConfig::parse(
+            &path.display().to_string(),
+            &text,
+            |name| std::env::var(name).ok(),
+        )?)
+    }
+
+    /// Validates config `text` (named `file` in messages), looking variables up
+    /// with `env`.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<PipelineConfig, ConfigError> {
+        let mut parser = Parser {
+            source: SourceText { file, text },
+            interpolated: Interpolated::default(),
+            diagnostics: Vec::new(),
+        };
+        let (interpolated, errors) = interpolate(text, env);
+        for e in errors {
+            parser.push(e.span.start, Level::Error, e.message, None);
+        }
+        parser.interpolated = interpolated;
+        let interpolated_text = parser.interpolated.text.clone();
+        let config = match DeTable::parse(&interpolated_text) {
+            Ok(root) => Some(parser.root(root)),
+            Err(e) => {
+                parser.toml_error(&e, 0);
+                None
+            }
+        };
+        let errors = parser.diagnostics.iter().any(|d| d.level == Level::Error);
+        match config {
+            Some(mut config) if !errors => {
+                config.warnings = parser.diagnostics;
+                Ok(config)
+            }
+            _ => Err(ConfigError {
+                diagnostics: parser.diagnostics,
+            }),
+        }
+    }
+}
+
+struct Parser<'a> {
+    source: SourceText<'a>,
+    interpolated: Interpolated,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// The keys every component table may have besides its plugin's options.
+const COMMON_KEYS: [&str; 4] = ["type", "inputs", "buffer", "when_full"];
+
+impl Parser<'_> {
+    /// Records a problem at an offset of the original text.
+    fn push(&mut self, offset: usize, level: Level, message: String, help: Option<String>) {
+        let message = self.interpolated.redact(&message);
+        let help = help.map(|h| self.interpolated.redact(&h));
+        let d = self.source.at(offset, level, message, help);
+        self.diagnostics.push(d);
+    }
+
+    /// Records a problem at an offset of the interpolated text.
+    fn error_at(&mut self, offset: usize, message: String, help: Option<String>) {
+        let offset = self.interpolated.original_offset(offset);
+        self.push(offset, Level::Error, message, help);
+    }
+
+    fn toml_error(&mut self, e: &toml::de::Error, fallback: usize) {
+        let offset = e.span().map_or(fallback, |s| s.start);
+        self.error_at(offset, e.message().trim().to_owned(), None);
+    }
+
+    fn root(&mut self, root: Spanned<DeTable<'_>>) -> PipelineConfig {
+        let mut config = PipelineConfig {
+            pipeline: PipelineSettings::default(),
+            checkpoint: None,
+            components: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let root = root.into_inner();
+        for (key, value) in root.iter() {
+            let at = key.span().start;
+            match key.get_ref().as_ref() {
+                "pipeline" => {
+                    if let Some(settings) = self.deserialize::<PipelineSettings>(value) {
+                        config.pipeline = settings;
+                    }
+                }
+                "checkpoint" => config.checkpoint = self.deserialize::<CheckpointSettings>(value),
+                "sources" => self.components(ComponentRole::Source, value, &mut config),
+                "processors" => self.components(ComponentRole::Processor, value, &mut config),
+                "sinks" => self.components(ComponentRole::Sink, value, &mut config),
+                other => {
+                    let known = ["pipeline", "checkpoint", "sources", "processors", "sinks"];
+                    let help = nearest(other, known).map(|n| format!("did you mean `{n}`?"));
+                    self.error_at(
+                        at,
+                        format!(
+                            "unknown top-level key `{other}`; expected one of {}",
+                            known.join(", ")
+                        ),
+                        help,
+                    );
+                }
+            }
+        }
+        let cx = ValidateContext {
+            pipeline: &config.pipeline,
+            checkpoint: config.checkpoint.as_ref(),
+        };
+        let mut field_errors = Vec::new();
+        for spec in &config.components {
+            for e in spec.config.validate(&cx) {
+                field_errors.push((spec.offset, spec.role, spec.name.clone(), e));
+            }
+        }
+        for (offset, role, name, e) in field_errors {
+            let offset = self.field_offset(offset, &e.field);
+            self.error_at(
+                offset,
+                format!("{} \"{name}\": `{}`: {}", role.as_str(), e.field, e.message),
+                None,
+            );
+        }
+        let topology_problems = crate::topology::check(&config.components);
+        for p in topology_problems {
+            self.error_or_warning(p);
+        }
+        config
+    }
+
+    fn error_or_warning(&mut self, p: crate::topology::Problem) {
+        let offset = self.interpolated.original_offset(p.offset);
+        self.push(offset, p.level, p.message, p.help);
+    }
+
+    /// The offset of `field` inside the table at `table_offset`: the text
+    /// after the table header, up to the next header.
+    fn field_offset(&self, table_offset: usize, field: &str) -> usize {
+        let text = &self.interpolated.text;
+        let rest = &text[table_offset.min(text.len())..];
+        let end = rest[1.min(rest.len())..]
+            .find("\n[")
+            .map_or(rest.len(), |i| i + 1);
+        rest[..end]
+            .match_indices(field)
+            .find(|(i, _)| {
+                let line_start = rest[..*i].rfind('\n').map_or(0, |n| n + 1);
+                rest[line_start..*i].trim().is_empty()
+            })
+            .map_or(table_offset, |(i, _)| table_offset + i)
+    }
+
+    fn deserialize<T: serde::de::DeserializeOwned>(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Option<T> {
+        let de = toml::de::ValueDeserializer::from(value.clone());
+        match T::deserialize(de) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.toml_error(&e, value.span().start);
+                None
+            }
+        }
+    }
+
+    fn components(
+        &mut self,
+        role: ComponentRole,
+        value: &Spanned<DeValue<'_>>,
+        config: &mut PipelineConfig,
+    ) {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.error_at(
+                value.span().start,
+                format!(
+                    "`{}` must be a table of {} by name",
+                    role.table(),
+                    role.as_str()
+                ),
+                Some(format!("write [{}.NAME] with type = \"…\"", role.table())),
+            );
+            return;
+        };
+        for (name, body) in table.iter() {
+            if let Some(spec) = self.component(role, name, body) {
+                config.components.push(spec);
+            }
+        }
+    }
+
+    fn component(
+        &mut self,
+        role: ComponentRole,
+        name: &Spanned<std::borrow::Cow<'_, str>>,
+        body: &Spanned<DeValue<'_>>,
+    ) -> Option<ComponentSpec> {
+        let name_str = name.get_ref().to_string();
+        let label = format!("{} \"{name_str}\"", role.as_str());
+        let DeValue::Table(table) = body.get_ref() else {
+            self.error_at(name.span().start, format!("{label} must be a table"), None);
+            return None;
+        };
+        let offset = name.span().start;
+        let mut ok = true;
+
+        let type_name = match table.get("type").map(|v| (v.span().start, v.get_ref())) {
+            Some((_, DeValue::String(t))) => Some((
+                t.to_string(),
+                table.get("type").map_or(offset, |v| v.span().start),
+            )),
+            Some((at, _)) => {
+                self.error_at(at, format!("{label}: `type` must be a string"), None);
+                None
+            }
+            None => {
+                let known = known_types(role);
+                self.error_at(
+                    offset,
+                    format!("{label}: missing key `type`"),
+                    Some(format!("one of: {}", known.join(", "))),
+                );
+                None
+            }
+        };
+        let plugin = type_name.as_ref().and_then(|(t, at)| {
+            let found = find_plugin(role, t);
+            if found.is_none() {
+                let known = known_types(role);
+                let mut help = format!("known {} types: {}", role.as_str(), known.join(", "));
+                if let Some(n) = nearest(t, known.iter().copied()) {
+                    help = format!("did you mean \"{n}\"? {help}");
+                }
+                if let Some(other) = registered_plugins()
+                    .into_iter()
+                    .find(|p| p.type_name == t && p.role != role)
+                {
+                    help = format!(
+                        "\"{t}\" is a {}: declare it under [{}.{name_str}]",
+                        other.role.as_str(),
+                        other.role.table()
+                    );
+                }
+                self.error_at(
+                    *at,
+                    format!("{label}: unknown {} type \"{t}\"", role.as_str()),
+                    Some(help),
+                );
+            }
+            found
+        });
+
+        let mut inputs = Vec::new();
+        let mut input_offsets = Vec::new();
+        match (role, table.get("inputs")) {
+            (ComponentRole::Source, Some(v)) => {
+                self.error_at(
+                    v.span().start,
+                    format!("{label}: a source takes no `inputs`"),
+                    None,
+                );
+                ok = false;
+            }
+            (ComponentRole::Source, None) => {}
+            (_, None) => {
+                self.error_at(
+                    offset,
+                    format!("{label}: missing key `inputs`"),
+                    Some("name the components it reads from: inputs = [\"…\"]".into()),
+                );
+                ok = false;
+            }
+            (_, Some(v)) => match v.get_ref() {
+                DeValue::Array(items) => {
+                    for item in items.iter() {
+                        match item.get_ref() {
+                            DeValue::String(s) => {
+                                inputs.push(s.to_string());
+                                input_offsets.push(item.span().start);
+                            }
+                            _ => {
+                                self.error_at(
+                                    item.span().start,
+                                    format!("{label}: `inputs` must be a list of component names"),
+                                    None,
+                                );
+                                ok = false;
+                            }
+                        }
+                    }
+                    if inputs.is_empty() && ok {
+                        self.error_at(
+                            v.span().start,
+                            format!("{label} has no inputs"),
+                            Some("name at least one source or processor".into()),
+                        );
+                        ok = false;
+                    }
+                }
+                _ => {
+                    self.error_at(
+                        v.span().start,
+                        format!("{label}: `inputs` must be a list of component names"),
+                        None,
+                    );
+                    ok = false;
+                }
+            },
+        }
+
+        let buffer = match table.get("buffer") {
+            None => DEFAULT_BUFFER,
+            Some(v) => match self.deserialize::<usize>(v) {
+                Some(0) => {
+                    self.error_at(
+                        v.span().start,
+                        format!("{label}: `buffer` must be at least 1"),
+                        None,
+                    );
+                    ok = false;
+                    DEFAULT_BUFFER
+                }
+                Some(n) => n,
+                None => {
+                    ok = false;
+                    DEFAULT_BUFFER
+                }
+            },
+        };
+        let when_full = match table.get("when_full") {
+            None => WhenFull::Block,
+            Some(v) => self.deserialize::<WhenFull>(v).unwrap_or_else(|| {
+                ok = false;
+                WhenFull::Block
+            }),
+        };
+
+        let mut options = table.clone();
+        for key in COMMON_KEYS {
+            options.remove(key);
+        }
+        let options = Spanned::new(body.span(), DeValue::Table(options));
+        let config = plugin.and_then(|plugin| {
+            match (plugin.parse)(toml::de::ValueDeserializer::from(options)) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    let fallback = offset;
+                    let offset = e.span().map_or(fallback, |s| s.start);
+                    self.error_at(offset, format!("{label}: {}", e.message().trim()), None);
+                    None
+                }
+            }
+        });
+        let (config, Some((type_name, _))) = (config?, type_name) else {
+            return None;
+        };
+        ok.then_some(ComponentSpec {
+            name: name_str,
+            role,
+            type_name,
+            inputs,
+            buffer,
+            when_full,
+            config,
+            offset,
+            input_offsets,
+        })
+    }
+}
+
+fn known_types(role: ComponentRole) -> Vec<&'static str> {
+    registered_plugins()
+        .into_iter()
+        .filter(|p| p.role == role)
+        .map(|p| p.type_name)
+        .collect()
+}

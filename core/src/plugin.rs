@@ -1,0 +1,442 @@
+//! The plugin model: the `Source`, `Processor` and `Sink` traits, their typed
+//! config traits, and the `inventory` registry of [`PluginDescriptor`]s.
+//!
+//! A plugin stays typed inside (its own serde config struct) and is held by
+//! the runtime behind the object-safe [`ComponentConfig`]; the conversion
+//! happens once, in the descriptor's parser.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+
+use crate::config::{CheckpointSettings, PipelineSettings};
+use crate::record::{Batch, RecordKinds};
+use crate::runtime::Output;
+use crate::telemetry::{ComponentStats, Telemetry};
+
+pub use tokio_util::sync::CancellationToken as Shutdown;
+
+/// Where a component sits in the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ComponentRole {
+    /// Reads records from outside.
+    Source,
+    /// Transforms records.
+    Processor,
+    /// Writes records outside.
+    Sink,
+}
+
+impl ComponentRole {
+    /// `source`, `processor` or `sink`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentRole::Source => "source",
+            ComponentRole::Processor => "processor",
+            ComponentRole::Sink => "sink",
+        }
+    }
+
+    /// The config table holding components of this role.
+    pub fn table(self) -> &'static str {
+        match self {
+            ComponentRole::Source => "sources",
+            ComponentRole::Processor => "processors",
+            ComponentRole::Sink => "sinks",
+        }
+    }
+}
+
+/// A component failure. What it means decides what the runtime does.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    /// A failure of one batch or one attempt (a write refused, a peer gone):
+    /// counted and logged, the batch is marked failed, the component goes on.
+    #[error("{0}")]
+    Transient(String),
+    /// The component cannot go on: the pipeline stops with a non-zero exit.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Why a component could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(pub String);
+
+impl From<std::io::Error> for BuildError {
+    fn from(e: std::io::Error) -> Self {
+        BuildError(e.to_string())
+    }
+}
+
+/// A problem with one option of a component's config, found without I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The option's key (its position is reported).
+    pub field: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What pure validation may look at besides the component's own config.
+#[derive(Debug, Clone)]
+pub struct ValidateContext<'a> {
+    /// The `[pipeline]` table.
+    pub pipeline: &'a PipelineSettings,
+    /// The `[checkpoint]` table, when configured.
+    pub checkpoint: Option<&'a CheckpointSettings>,
+}
+
+/// A type-keyed map of things components share, such as one HTTP server per
+/// address that several sinks mount routes on.
+#[derive(Clone, Default)]
+pub struct Resources(Arc<Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>>);
+
+impl Resources {
+    /// The shared `T`, created by `init` the first time it is asked for.
+    pub fn get_or_insert_with<T, F>(&self, init: F) -> T
+    where
+        T: Any + Clone + Send + Sync,
+        F: FnOnce() -> T,
+    {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Box::new(init()));
+        match entry.downcast_ref::<T>() {
+            Some(value) => value.clone(),
+            // The key is T's own TypeId, so the value is always a T.
+            None => unreachable!("resource stored under another type's id"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resources")
+    }
+}
+
+/// What a component's `build` gets.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// The component's name in the config.
+    pub name: String,
+    /// The `[pipeline]` table.
+    pub pipeline: PipelineSettings,
+    /// The `[checkpoint]` table, when configured.
+    pub checkpoint: Option<CheckpointSettings>,
+    /// This component's counters.
+    pub stats: Arc<ComponentStats>,
+    /// Every component's counters (for status endpoints).
+    pub telemetry: Telemetry,
+    /// Things shared between components.
+    pub resources: Resources,
+    /// Cancelled when the pipeline shuts down.
+    pub shutdown: Shutdown,
+}
+
+impl BuildContext {
+    /// A directory for this component's durable files, under `data_dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.pipeline.data_dir.join(&self.name)
+    }
+}
+
+/// What a running source gets.
+pub struct SourceContext {
+    /// The component's name.
+    pub name: String,
+    /// Where its batches go.
+    pub out: Output,
+    /// Cancelled on shutdown: stop reading, return `Ok`.
+    pub shutdown: Shutdown,
+    /// Its counters.
+    pub stats: Arc<ComponentStats>,
+}
+
+/// Reads records from outside and sends them on in batches, each with an
+/// [`AckHandle`](crate::ack::AckHandle), acknowledging upstream only once the
+/// handle's receipt says the batch was delivered.
+#[async_trait]
+pub trait Source: Send {
+    /// Runs until the input ends or `cx.shutdown` is cancelled.
+    async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError>;
+}
+
+/// Transforms batches. A stateless processor passes acknowledgement handles
+/// on with what it derives; a stateful one keeps them until its state is
+/// durable (see ARCHITECTURE.md).
+#[async_trait]
+pub trait Processor: Send {
+    /// Handles one batch, sending what it derives to `out`.
+    async fn process(&mut self, batch: Batch, out: &mut Output) -> Result<(), ComponentError>;
+
+    /// How often [`Processor::tick`] runs, if at all.
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Periodic work (emitting a metrics document, say).
+    async fn tick(&mut self, _out: &mut Output) -> Result<(), ComponentError> {
+        Ok(())
+    }
+
+    /// Called once every input has ended: emit final output.
+    async fn finish(&mut self, _out: &mut Output) -> Result<(), ComponentError> {
+        Ok(())
+    }
+}
+
+/// Writes batches outside. When `write` returns `Ok` the batch counts as
+/// taken (its handles are dropped); on `Err` it counts as failed.
+#[async_trait]
+pub trait Sink: Send {
+    /// Writes one batch durably.
+    async fn write(&mut self, batch: &Batch) -> Result<(), ComponentError>;
+
+    /// Called once every input has ended: flush and close.
+    async fn flush(&mut self) -> Result<(), ComponentError> {
+        Ok(())
+    }
+}
+
+/// The typed config of a source plugin.
+#[async_trait]
+pub trait SourceConfig: DeserializeOwned + Send + Sync + 'static {
+    /// Problems found without I/O.
+    fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        Vec::new()
+    }
+    /// The kinds of record it emits.
+    fn outputs(&self) -> RecordKinds {
+        RecordKinds::EVENTS
+    }
+    /// Builds the running source (may do I/O).
+    async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Source>, BuildError>;
+}
+
+/// The typed config of a processor plugin.
+#[async_trait]
+pub trait ProcessorConfig: DeserializeOwned + Send + Sync + 'static {
+    /// Problems found without I/O.
+    fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        Vec::new()
+    }
+    /// The kinds of record it takes.
+    fn inputs(&self) -> RecordKinds;
+    /// The kinds of record it emits.
+    fn outputs(&self) -> RecordKinds;
+    /// Builds the running processor (may do I/O).
+    async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Processor>, BuildError>;
+}
+
+/// The typed config of a sink plugin.
+#[async_trait]
+pub trait SinkConfig: DeserializeOwned + Send + Sync + 'static {
+    /// Problems found without I/O.
+    fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        Vec::new()
+    }
+    /// The kinds of record it takes.
+    fn inputs(&self) -> RecordKinds;
+    /// Builds the running sink (may do I/O).
+    async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Sink>, BuildError>;
+}
+
+/// A built component, ready to run.
+pub enum Component {
+    /// A source.
+    Source(Box<dyn Source>),
+    /// A processor.
+    Processor(Box<dyn Processor>),
+    /// A sink.
+    Sink(Box<dyn Sink>),
+}
+
+/// A parsed plugin config behind one object-safe interface.
+pub trait ComponentConfig: Send + Sync {
+    /// Source, processor or sink.
+    fn role(&self) -> ComponentRole;
+    /// Problems found without I/O.
+    fn validate(&self, cx: &ValidateContext<'_>) -> Vec<FieldError>;
+    /// Kinds it takes (nothing for a source).
+    fn input_kinds(&self) -> RecordKinds;
+    /// Kinds it emits (nothing for a sink).
+    fn output_kinds(&self) -> RecordKinds;
+    /// Builds the component.
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Component, BuildError>>;
+}
+
+struct SourceAdapter<T>(T);
+struct ProcessorAdapter<T>(T);
+struct SinkAdapter<T>(T);
+
+impl<T: SourceConfig> ComponentConfig for SourceAdapter<T> {
+    fn role(&self) -> ComponentRole {
+        ComponentRole::Source
+    }
+    fn validate(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        self.0.validate(cx)
+    }
+    fn input_kinds(&self) -> RecordKinds {
+        RecordKinds::NONE
+    }
+    fn output_kinds(&self) -> RecordKinds {
+        self.0.outputs()
+    }
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Component, BuildError>> {
+        Box::pin(async move { self.0.build(cx).await.map(Component::Source) })
+    }
+}
+
+impl<T: ProcessorConfig> ComponentConfig for ProcessorAdapter<T> {
+    fn role(&self) -> ComponentRole {
+        ComponentRole::Processor
+    }
+    fn validate(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        self.0.validate(cx)
+    }
+    fn input_kinds(&self) -> RecordKinds {
+        self.0.inputs()
+    }
+    fn output_kinds(&self) -> RecordKinds {
+        self.0.outputs()
+    }
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Component, BuildError>> {
+        Box::pin(async move { self.0.build(cx).await.map(Component::Processor) })
+    }
+}
+
+impl<T: SinkConfig> ComponentConfig for SinkAdapter<T> {
+    fn role(&self) -> ComponentRole {
+        ComponentRole::Sink
+    }
+    fn validate(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        self.0.validate(cx)
+    }
+    fn input_kinds(&self) -> RecordKinds {
+        self.0.inputs()
+    }
+    fn output_kinds(&self) -> RecordKinds {
+        RecordKinds::NONE
+    }
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Component, BuildError>> {
+        Box::pin(async move { self.0.build(cx).await.map(Component::Sink) })
+    }
+}
+
+/// Parses a component's options (its table less `type`, `inputs`, `buffer`
+/// and `when_full`) into its typed config.
+pub type ConfigParser =
+    fn(toml::de::ValueDeserializer<'_>) -> Result<Box<dyn ComponentConfig>, toml::de::Error>;
+
+/// A registered plugin. Submit one per plugin:
+///
+/// ```ignore
+/// inventory::submit! {
+///     PluginDescriptor::processor::<MyConfig>("my_type", "What it does, in one line")
+/// }
+/// ```
+pub struct PluginDescriptor {
+    /// Source, processor or sink.
+    pub role: ComponentRole,
+    /// The `type = "…"` that selects it.
+    pub type_name: &'static str,
+    /// One line for `flowpulse plugins`.
+    pub description: &'static str,
+    /// Parses its config; the parsed config is its factory (`build`).
+    pub parse: ConfigParser,
+}
+
+fn parse_source<T: SourceConfig>(
+    de: toml::de::ValueDeserializer<'_>,
+) -> Result<Box<dyn ComponentConfig>, toml::de::Error> {
+    Ok(Box::new(SourceAdapter(T::deserialize(de)?)))
+}
+
+fn parse_processor<T: ProcessorConfig>(
+    de: toml::de::ValueDeserializer<'_>,
+) -> Result<Box<dyn ComponentConfig>, toml::de::Error> {
+    Ok(Box::new(ProcessorAdapter(T::deserialize(de)?)))
+}
+
+fn parse_sink<T: SinkConfig>(
+    de: toml::de::ValueDeserializer<'_>,
+) -> Result<Box<dyn ComponentConfig>, toml::de::Error> {
+    Ok(Box::new(SinkAdapter(T::deserialize(de)?)))
+}
+
+impl PluginDescriptor {
+    /// A source plugin whose config is `T`.
+    pub const fn source<T: SourceConfig>(
+        type_name: &'static str,
+        description: &'static str,
+    ) -> PluginDescriptor {
+        PluginDescriptor {
+            role: ComponentRole::Source,
+            type_name,
+            description,
+            parse: parse_source::<T>,
+        }
+    }
+
+    /// A processor plugin whose config is `T`.
+    pub const fn processor<T: ProcessorConfig>(
+        type_name: &'static str,
+        description: &'static str,
+    ) -> PluginDescriptor {
+        PluginDescriptor {
+            role: ComponentRole::Processor,
+            type_name,
+            description,
+            parse: parse_processor::<T>,
+        }
+    }
+
+    /// A sink plugin whose config is `T`.
+    pub const fn sink<T: SinkConfig>(
+        type_name: &'static str,
+        description: &'static str,
+    ) -> PluginDescriptor {
+        PluginDescriptor {
+            role: ComponentRole::Sink,
+            type_name,
+            description,
+            parse: parse_sink::<T>,
+        }
+    }
+}
+
+inventory::collect!(PluginDescriptor);
+
+/// Every registered plugin, sorted by role then type name.
+pub fn registered_plugins() -> Vec<&'static PluginDescriptor> {
+    let mut plugins: Vec<_> = inventory::iter::<PluginDescriptor>.into_iter().collect();
+    plugins.sort_by_key(|p| (p.role, p.type_name));
+    plugins
+}
+
+/// The plugin of `role` named `type_name`.
+pub fn find_plugin(role: ComponentRole, type_name: &str) -> Option<&'static PluginDescriptor> {
+    inventory::iter::<PluginDescriptor>
+        .into_iter()
+        .find(|p| p.role == role && p.type_name == type_name)
+}

@@ -1,0 +1,214 @@
+//! Records and the batches that carry them between components.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::ack::AckHandle;
+use crate::alert::Alert;
+use crate::event::WorkflowEvent;
+use crate::metrics::RealtimeMetrics;
+
+/// A named value from a custom metric processor, merged by `aggregate` into
+/// the metrics document under `custom.NAME`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomMetric {
+    /// The key under `custom`.
+    pub name: String,
+    /// Any JSON value (a number, or an object for labelled series).
+    pub value: serde_json::Value,
+}
+
+/// One unit of data travelling through the pipeline.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// A workflow event (CONTRACT §1).
+    Event(WorkflowEvent),
+    /// A metrics document (CONTRACT §2); shared, as every sink gets the same.
+    Metrics(Arc<RealtimeMetrics>),
+    /// An alert notice at one point of its lifecycle.
+    Alert(Arc<Alert>),
+    /// A custom metric value.
+    Custom(Arc<CustomMetric>),
+}
+
+impl Record {
+    /// The event, if this record is one.
+    pub fn as_event(&self) -> Option<&WorkflowEvent> {
+        match self {
+            Record::Event(event) => Some(event),
+            _ => None,
+        }
+    }
+
+    /// A custom metric record; `value` is anything serializable to JSON
+    /// (a value that cannot be becomes `null`).
+    pub fn custom(name: &str, value: &impl serde::Serialize) -> Record {
+        Record::Custom(Arc::new(CustomMetric {
+            name: name.to_owned(),
+            value: serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
+        }))
+    }
+
+    /// The record's kind, for topology type checks.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Record::Event(_) => RecordKind::Event,
+            Record::Metrics(_) => RecordKind::Metrics,
+            Record::Alert(_) => RecordKind::Alert,
+            Record::Custom(_) => RecordKind::Custom,
+        }
+    }
+}
+
+/// The kinds of record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Workflow events.
+    Event = 1,
+    /// Metrics documents.
+    Metrics = 2,
+    /// Alert notices.
+    Alert = 4,
+    /// Custom metric values.
+    Custom = 8,
+}
+
+impl RecordKind {
+    fn name(self) -> &'static str {
+        match self {
+            RecordKind::Event => "events",
+            RecordKind::Metrics => "metrics",
+            RecordKind::Alert => "alerts",
+            RecordKind::Custom => "custom metrics",
+        }
+    }
+}
+
+/// A set of record kinds: what a component emits or accepts.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecordKinds(u8);
+
+impl RecordKinds {
+    /// No kind.
+    pub const NONE: RecordKinds = RecordKinds(0);
+    /// Workflow events only.
+    pub const EVENTS: RecordKinds = RecordKinds(RecordKind::Event as u8);
+    /// Metrics documents only.
+    pub const METRICS: RecordKinds = RecordKinds(RecordKind::Metrics as u8);
+    /// Alert notices only.
+    pub const ALERTS: RecordKinds = RecordKinds(RecordKind::Alert as u8);
+    /// Custom metric values only.
+    pub const CUSTOM: RecordKinds = RecordKinds(RecordKind::Custom as u8);
+    /// Every kind.
+    pub const ALL: RecordKinds = RecordKinds(15);
+
+    /// The union of two sets.
+    pub const fn or(self, other: RecordKinds) -> RecordKinds {
+        RecordKinds(self.0 | other.0)
+    }
+
+    /// Whether every kind of `other` is in `self`.
+    pub const fn contains_all(self, other: RecordKinds) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether the two sets share a kind.
+    pub const fn intersects(self, other: RecordKinds) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// Kinds of `self` that are not in `other`.
+    pub const fn minus(self, other: RecordKinds) -> RecordKinds {
+        RecordKinds(self.0 & !other.0)
+    }
+
+    /// Whether the set is empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn iter(self) -> impl Iterator<Item = RecordKind> {
+        [
+            RecordKind::Event,
+            RecordKind::Metrics,
+            RecordKind::Alert,
+            RecordKind::Custom,
+        ]
+        .into_iter()
+        .filter(move |k| self.0 & (*k as u8) != 0)
+    }
+}
+
+impl fmt::Display for RecordKinds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("nothing");
+        }
+        let names: Vec<_> = self.iter().map(RecordKind::name).collect();
+        f.write_str(&names.join(" and "))
+    }
+}
+
+impl fmt::Debug for RecordKinds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordKinds({self})")
+    }
+}
+
+/// Records travelling together, with the acknowledgement handles of the
+/// source batches they derive from.
+///
+/// The records are shared: fanning a batch out to several consumers clones a
+/// pointer, not the records.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    records: Arc<Vec<Record>>,
+    acks: Vec<AckHandle>,
+}
+
+impl Batch {
+    /// A batch of `records` carrying `acks`.
+    pub fn new(records: Vec<Record>, acks: Vec<AckHandle>) -> Batch {
+        Batch {
+            records: Arc::new(records),
+            acks,
+        }
+    }
+
+    /// A batch whose delivery nobody waits for.
+    pub fn unacked(records: Vec<Record>) -> Batch {
+        Batch::new(records, Vec::new())
+    }
+
+    /// The records.
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Splits into owned records (copied only if another consumer shares
+    /// them) and the acknowledgement handles.
+    pub fn into_parts(self) -> (Vec<Record>, Vec<AckHandle>) {
+        let records = Arc::try_unwrap(self.records).unwrap_or_else(|shared| (*shared).clone());
+        (records, self.acks)
+    }
+
+    /// Takes the acknowledgement handles out, leaving the records.
+    pub fn take_acks(&mut self) -> Vec<AckHandle> {
+        std::mem::take(&mut self.acks)
+    }
+
+    /// Marks every source batch this batch derives from as failed.
+    pub fn fail(&self) {
+        self.acks.iter().for_each(AckHandle::fail);
+    }
+}

@@ -1,0 +1,322 @@
+//! Running a validated pipeline: one task per component, bounded channels,
+//! draining shutdown with a deadline.
+
+mod output;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+pub use output::Output;
+
+use crate::config::PipelineConfig;
+use crate::plugin::{
+    BuildContext, Component, ComponentError, ComponentRole, Processor, Resources, Shutdown, Sink,
+    SourceContext,
+};
+use crate::record::Batch;
+use crate::telemetry::{ComponentStats, ComponentTelemetry, StatsSnapshot, Telemetry};
+use output::Target;
+
+/// Why a pipeline run did not end cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Components could not be built (nothing was started).
+    #[error("cannot start the pipeline:\n{}", .0.join("\n"))]
+    Build(Vec<String>),
+    /// A component failed fatally; the pipeline was stopped.
+    #[error("{role} \"{name}\" failed: {message}")]
+    Component {
+        /// Its role.
+        role: &'static str,
+        /// Its name.
+        name: String,
+        /// What happened.
+        message: String,
+    },
+    /// Shutdown did not finish within the deadline.
+    #[error("shutdown deadline of {deadline:?} passed; still running: {}", .unfinished.join(", "))]
+    Deadline {
+        /// The configured deadline.
+        deadline: Duration,
+        /// Components that had not finished.
+        unfinished: Vec<String>,
+    },
+}
+
+/// A pipeline, built and ready to run.
+pub struct Pipeline {
+    config: PipelineConfig,
+    telemetry: Telemetry,
+    resources: Resources,
+}
+
+/// The counters of every component at the end of a run.
+pub type RunReport = BTreeMap<String, (ComponentRole, StatsSnapshot)>;
+
+impl Pipeline {
+    /// Prepares a pipeline from a validated config.
+    pub fn new(config: PipelineConfig) -> Pipeline {
+        let components = config
+            .components
+            .iter()
+            .map(|spec| {
+                let telemetry = ComponentTelemetry {
+                    role: spec.role,
+                    type_name: spec.type_name.clone(),
+                    stats: Arc::new(ComponentStats::default()),
+                };
+                (spec.name.clone(), telemetry)
+            })
+            .collect();
+        Pipeline {
+            config,
+            telemetry: Telemetry::new(components),
+            resources: Resources::default(),
+        }
+    }
+
+    /// The counters every component updates.
+    pub fn telemetry(&self) -> Telemetry {
+        self.telemetry.clone()
+    }
+
+    /// Builds and runs every component until all sources have ended and
+    /// everything has drained, or `shutdown` is cancelled and draining
+    /// finishes (or the deadline passes).
+    pub async fn run(self, shutdown: Shutdown) -> Result<RunReport, RunError> {
+        let Pipeline {
+            config,
+            telemetry,
+            resources,
+        } = self;
+        let stats = |name: &str| telemetry.stats(name).unwrap_or_default();
+
+        let mut senders = BTreeMap::new();
+        let mut receivers = BTreeMap::new();
+        for spec in &config.components {
+            if spec.role != ComponentRole::Source {
+                let (tx, rx) = mpsc::channel::<Batch>(spec.buffer);
+                senders.insert(spec.name.clone(), tx);
+                receivers.insert(spec.name.clone(), rx);
+            }
+        }
+
+        let mut built = Vec::new();
+        let mut build_errors = Vec::new();
+        for spec in &config.components {
+            let cx = BuildContext {
+                name: spec.name.clone(),
+                pipeline: config.pipeline.clone(),
+                checkpoint: config.checkpoint.clone(),
+                stats: stats(&spec.name),
+                telemetry: telemetry.clone(),
+                resources: resources.clone(),
+                shutdown: shutdown.clone(),
+            };
+            match spec.config.build(&cx).await {
+                Ok(component) => built.push((spec, component)),
+                Err(e) => {
+                    build_errors.push(format!("{} \"{}\": {e}", spec.role.as_str(), spec.name))
+                }
+            }
+        }
+        if !build_errors.is_empty() {
+            return Err(RunError::Build(build_errors));
+        }
+
+        let output_of = |name: &str| {
+            let emits = config
+                .components
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| c.config.output_kinds())
+                .unwrap_or_default();
+            let targets = config
+                .components
+                .iter()
+                .filter(|c| c.inputs.iter().any(|i| i == name))
+                .filter_map(|c| {
+                    let takes = c.config.input_kinds();
+                    Some(Target {
+                        name: c.name.clone(),
+                        tx: senders.get(&c.name)?.clone(),
+                        when_full: c.when_full,
+                        stats: stats(&c.name),
+                        filter: (!takes.contains_all(emits)).then_some(takes),
+                    })
+                })
+                .collect();
+            Output::new(targets, stats(name))
+        };
+
+        let mut tasks = JoinSet::new();
+        let mut names = BTreeMap::new();
+        for (spec, component) in built {
+            let name = spec.name.clone();
+            let component_stats = stats(&name);
+            let handle = match component {
+                Component::Source(source) => {
+                    let cx = SourceContext {
+                        name: name.clone(),
+                        out: output_of(&name),
+                        shutdown: shutdown.clone(),
+                        stats: component_stats,
+                    };
+                    tasks.spawn(async move { source.run(cx).await })
+                }
+                Component::Processor(processor) => {
+                    let rx = receivers.remove(&name).unwrap_or_else(closed_channel);
+                    let out = output_of(&name);
+                    let task_name = name.clone();
+                    tasks.spawn(run_processor(
+                        task_name,
+                        processor,
+                        rx,
+                        out,
+                        component_stats,
+                    ))
+                }
+                Component::Sink(sink) => {
+                    let rx = receivers.remove(&name).unwrap_or_else(closed_channel);
+                    let task_name = name.clone();
+                    tasks.spawn(run_sink(task_name, sink, rx, component_stats))
+                }
+            };
+            names.insert(handle.id(), (spec.role, name));
+        }
+        // Consumers' channels close once every producer has dropped its output.
+        drop(senders);
+        info!(components = names.len(), "pipeline started");
+
+        let deadline = config.pipeline.shutdown_deadline;
+        let mut first_failure: Option<RunError> = None;
+        let mut deadline_at: Option<tokio::time::Instant> = None;
+        while !tasks.is_empty() {
+            let sleep = async {
+                match deadline_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                joined = tasks.join_next_with_id() => {
+                    let Some(joined) = joined else { break };
+                    let (id, result) = match joined {
+                        Ok((id, result)) => (id, result.map_err(|e| e.to_string())),
+                        Err(e) => (e.id(), Err(format!("panicked: {e}"))),
+                    };
+                    let Some((role, name)) = names.remove(&id) else { continue };
+                    match result {
+                        Ok(()) => tracing::debug!(component = %name, "finished"),
+                        Err(message) => {
+                            error!(component = %name, role = role.as_str(), "component failed: {message}; stopping the pipeline");
+                            first_failure.get_or_insert(RunError::Component { role: role.as_str(), name, message });
+                            shutdown.cancel();
+                        }
+                    }
+                }
+                _ = shutdown.cancelled(), if deadline_at.is_none() => {
+                    info!(deadline = ?deadline, "shutting down: draining in-flight records");
+                    deadline_at = Some(tokio::time::Instant::now() + deadline);
+                }
+                _ = sleep => {
+                    let unfinished: Vec<String> = names.values().map(|(role, name)| format!("{} \"{name}\"", role.as_str())).collect();
+                    tasks.abort_all();
+                    return Err(RunError::Deadline { deadline, unfinished });
+                }
+            }
+        }
+        if let Some(failure) = first_failure {
+            return Err(failure);
+        }
+        Ok(telemetry
+            .components()
+            .map(|(name, c)| (name.to_owned(), (c.role, c.stats.snapshot())))
+            .collect())
+    }
+}
+
+fn closed_channel() -> mpsc::Receiver<Batch> {
+    mpsc::channel(1).1
+}
+
+async fn run_processor(
+    name: String,
+    mut processor: Box<dyn Processor>,
+    mut rx: mpsc::Receiver<Batch>,
+    mut out: Output,
+    stats: Arc<ComponentStats>,
+) -> Result<(), ComponentError> {
+    let mut ticker = processor.tick_interval().map(|period| {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    });
+    loop {
+        let tick = async {
+            match ticker.as_mut() {
+                Some(t) => {
+                    t.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(batch) => {
+                    stats.received(batch.len());
+                    processor.process(batch, &mut out).await
+                }
+                None => break,
+            },
+            _ = tick => processor.tick(&mut out).await,
+        };
+        handle_result(&name, &stats, result)?;
+    }
+    let result = processor.finish(&mut out).await;
+    handle_result(&name, &stats, result)
+}
+
+async fn run_sink(
+    name: String,
+    mut sink: Box<dyn Sink>,
+    mut rx: mpsc::Receiver<Batch>,
+    stats: Arc<ComponentStats>,
+) -> Result<(), ComponentError> {
+    while let Some(batch) = rx.recv().await {
+        stats.received(batch.len());
+        let result = sink.write(&batch).await;
+        if result.is_err() {
+            batch.fail();
+        }
+        handle_result(&name, &stats, result)?;
+    }
+    let result = sink.flush().await;
+    handle_result(&name, &stats, result)
+}
+
+/// Transient errors are counted and logged, and the component goes on;
+/// fatal ones end it.
+fn handle_result(
+    name: &str,
+    stats: &ComponentStats,
+    result: Result<(), ComponentError>,
+) -> Result<(), ComponentError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(ComponentError::Transient(message)) => {
+            warn!(component = %name, "{message}");
+            stats.error(message);
+            Ok(())
+        }
+        Err(fatal @ ComponentError::Fatal(_)) => {
+            stats.error(fatal.to_string());
+            Err(fatal)
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Processors: what turns events into metrics, alerts and custom values.
+
+pub mod passthrough;
+pub mod stage_failures;

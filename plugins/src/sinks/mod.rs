@@ -1,0 +1,6 @@
+//! Sinks: where records go.
+
+pub mod blackhole;
+pub mod console;
+pub mod file;
+pub mod util;

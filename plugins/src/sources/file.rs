@@ -1,0 +1,457 @@
+//! `file`: reads JSON-lines events from a file, optionally following it as it
+//! grows and across rotation, resuming from its acknowledged byte offset.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use flowpulse_core::ack::{AckHandle, AckReceipt, BatchStatus};
+use flowpulse_core::plugin::{
+    BuildContext, BuildError, ComponentError, FieldError, PluginDescriptor, Source, SourceConfig,
+    SourceContext, ValidateContext,
+};
+use flowpulse_core::record::{Batch, Record};
+use flowpulse_core::runtime::Output;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::util::{DeadLetterFile, LineDecoder, DEFAULT_BATCH_SIZE};
+
+/// `[sources.NAME] type = "file"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// The JSON-lines file to read (flat or envelope events, one per line).
+    pub path: PathBuf,
+    /// Keep reading as the file grows and across rotation, and remember the
+    /// acknowledged byte offset under `data_dir` so that a restart resumes
+    /// exactly where it stopped. Default `false`: at end of file the source
+    /// finishes.
+    #[serde(default)]
+    pub follow: bool,
+    /// Events per batch. Default 1024.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How often a followed file is checked for new data, e.g. `"250ms"`.
+    /// Default 250 ms.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+fn default_batch_size() -> usize {
+    DEFAULT_BATCH_SIZE
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(250)
+}
+
+inventory::submit! {
+    PluginDescriptor::source::<FileSourceConfig>("file", "Reads JSON-lines events from a file; with follow = true tails it across rotation and resumes from its acknowledged offset")
+}
+
+#[async_trait]
+impl SourceConfig for FileSourceConfig {
+    fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if self.batch_size == 0 {
+            errors.push(FieldError::new("batch_size", "must be at least 1"));
+        }
+        if self.poll_interval.is_zero() {
+            errors.push(FieldError::new("poll_interval", "must be more than 0"));
+        }
+        errors
+    }
+
+    async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
+        if !self.follow && !self.path.is_file() {
+            return Err(BuildError(format!(
+                "cannot read {}: no such file",
+                self.path.display()
+            )));
+        }
+        Ok(Box::new(FileSource {
+            config: self.clone(),
+            offsets: OffsetFile(cx.data_dir().join("offset.json")),
+            dead_letters: DeadLetterFile::new(cx.data_dir().join("dead_letter.jsonl")),
+        }))
+    }
+}
+
+/// The acknowledged position, kept so a restart resumes there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Position {
+    /// Identity of the file the offset belongs to (inode).
+    file_id: u64,
+    /// Bytes acknowledged from the start of the file.
+    offset: u64,
+    /// Lines acknowledged (for dead-letter line numbers).
+    line: u64,
+}
+
+struct OffsetFile(PathBuf);
+
+impl OffsetFile {
+    fn load(&self) -> Option<Position> {
+        let text = std::fs::read(&self.0).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn store(&self, position: Position) -> std::io::Result<()> {
+        if let Some(dir) = self.0.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // Write then rename, so a crash leaves the old offset or the new one.
+        let tmp = self.0.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&position).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, &self.0)
+    }
+}
+
+struct FileSource {
+    config: FileSourceConfig,
+    offsets: OffsetFile,
+    dead_letters: DeadLetterFile,
+}
+
+fn file_id(metadata: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::MetadataExt::ino(metadata)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = metadata;
+        0
+    }
+}
+
+/// Batches sent and not yet acknowledged, in order; the acknowledged prefix
+/// decides the offset to keep.
+struct InFlight {
+    pending: VecDeque<(Position, AckReceipt)>,
+    acked: Position,
+    stored: Position,
+    last_store: Instant,
+    blocked_by_failure: bool,
+}
+
+impl InFlight {
+    fn new(start: Position) -> InFlight {
+        InFlight {
+            pending: VecDeque::new(),
+            acked: start,
+            stored: start,
+            last_store: Instant::now(),
+            blocked_by_failure: false,
+        }
+    }
+
+    /// Takes every receipt that has resolved, in order.
+    fn collect_ready(&mut self, source: &str) {
+        while let Some((position, receipt)) = self.pending.front_mut() {
+            let position = *position;
+            match futures::FutureExt::now_or_never(receipt) {
+                Some(status) => {
+                    self.pending.pop_front();
+                    self.settle(source, position, status);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Waits for every receipt.
+    async fn collect_all(&mut self, source: &str) {
+        while let Some((position, receipt)) = self.pending.pop_front() {
+            let status = receipt.await;
+            self.settle(source, position, status);
+        }
+    }
+
+    fn settle(&mut self, source: &str, position: Position, status: BatchStatus) {
+        match status {
+            BatchStatus::Delivered if !self.blocked_by_failure => self.acked = position,
+            BatchStatus::Delivered => {}
+            BatchStatus::Failed => {
+                if !self.blocked_by_failure {
+                    tracing::warn!(
+                        source,
+                        offset = self.acked.offset,
+                        "a batch was not delivered; the kept offset stays before it so a restart reads it again"
+                    );
+                }
+                self.blocked_by_failure = true;
+            }
+        }
+    }
+
+    fn store(&mut self, offsets: &OffsetFile, force: bool) -> std::io::Result<()> {
+        if self.acked != self.stored
+            && (force || self.last_store.elapsed() >= Duration::from_millis(200))
+        {
+            offsets.store(self.acked)?;
+            self.stored = self.acked;
+            self.last_store = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+impl FileSource {
+    async fn open(&self, resume: bool) -> std::io::Result<(tokio::fs::File, Position)> {
+        let mut file = tokio::fs::File::open(&self.config.path).await?;
+        let metadata = file.metadata().await?;
+        let id = file_id(&metadata);
+        let mut position = Position {
+            file_id: id,
+            ..Position::default()
+        };
+        if resume {
+            match self.offsets.load() {
+                Some(saved) if saved.file_id == id && saved.offset <= metadata.len() => {
+                    file.seek(std::io::SeekFrom::Start(saved.offset)).await?;
+                    position = saved;
+                    tracing::info!(path = %self.config.path.display(), offset = saved.offset, "resuming from the acknowledged offset");
+                }
+                Some(_) => tracing::warn!(
+                    path = %self.config.path.display(),
+                    "the file was replaced or truncated since the kept offset; reading it from the start"
+                ),
+                None => {}
+            }
+        }
+        Ok((file, position))
+    }
+}
+
+/// Reads and batches lines, tracking the byte position of each line end.
+struct Reader {
+    buf: Vec<u8>,
+    /// Position of `buf[0]` in the file.
+    base: Position,
+    batch: Vec<Record>,
+}
+
+impl Reader {
+    /// Decodes every complete line in the buffer, sending full batches.
+    /// With `eof`, a final line without newline counts as complete.
+    async fn drain(
+        &mut self,
+        eof: bool,
+        decoder: &mut LineDecoder,
+        out: &mut Output,
+        in_flight: &mut InFlight,
+        batch_size: usize,
+        source: &str,
+    ) {
+        let mut start = 0;
+        while start < self.buf.len() {
+            let end = match memchr::memchr(b'\n', &self.buf[start..]) {
+                Some(i) => start + i + 1,
+                None if eof => self.buf.len(),
+                None => break,
+            };
+            let line_number = self.base.line + 1;
+            let line = &self.buf[start..end];
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            if let Some(event) = decoder.decode(line_number, line) {
+                self.batch.push(Record::Event(event));
+            }
+            self.base.line = line_number;
+            self.base.offset += (end - start) as u64;
+            start = end;
+            if self.batch.len() >= batch_size {
+                self.send(out, in_flight, source).await;
+            }
+        }
+        self.buf.drain(..start);
+    }
+
+    async fn send(&mut self, out: &mut Output, in_flight: &mut InFlight, source: &str) {
+        let capacity = self.batch.capacity();
+        let records = std::mem::replace(&mut self.batch, Vec::with_capacity(capacity));
+        let (ack, receipt) = AckHandle::new();
+        out.send(Batch::new(records, vec![ack])).await;
+        in_flight.pending.push_back((self.base, receipt));
+        in_flight.collect_ready(source);
+    }
+}
+
+const READ_CHUNK: usize = 1 << 20;
+
+#[async_trait]
+impl Source for FileSource {
+    async fn run(mut self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError> {
+        let SourceContext {
+            name,
+            mut out,
+            shutdown,
+            stats,
+        } = cx;
+        let follow = self.config.follow;
+        let path = self.config.path.clone();
+        let (mut file, start) = self
+            .open(follow)
+            .await
+            .map_err(|e| ComponentError::Fatal(format!("cannot open {}: {e}", path.display())))?;
+        let dead_letters =
+            std::mem::replace(&mut self.dead_letters, DeadLetterFile::new(PathBuf::new()));
+        let mut decoder = LineDecoder::new(&name, stats.clone(), dead_letters);
+        let mut in_flight = InFlight::new(start);
+        let mut reader = Reader {
+            buf: Vec::with_capacity(READ_CHUNK * 2),
+            base: start,
+            batch: Vec::with_capacity(self.config.batch_size),
+        };
+        let mut chunk = vec![0u8; READ_CHUNK];
+        let batch_size = self.config.batch_size;
+        loop {
+            let read = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                read = file.read(&mut chunk) => read,
+            };
+            let n = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    return Err(ComponentError::Fatal(format!(
+                        "cannot read {}: {e}",
+                        path.display()
+                    )))
+                }
+            };
+            if n > 0 {
+                let lines_before = reader.base.line;
+                reader.buf.extend_from_slice(&chunk[..n]);
+                reader
+                    .drain(
+                        false,
+                        &mut decoder,
+                        &mut out,
+                        &mut in_flight,
+                        batch_size,
+                        &name,
+                    )
+                    .await;
+                stats.received((reader.base.line - lines_before) as usize);
+                continue;
+            }
+            // End of file: hand over what is batched.
+            if !follow {
+                let lines_before = reader.base.line;
+                reader
+                    .drain(
+                        true,
+                        &mut decoder,
+                        &mut out,
+                        &mut in_flight,
+                        batch_size,
+                        &name,
+                    )
+                    .await;
+                stats.received((reader.base.line - lines_before) as usize);
+            }
+            if !reader.batch.is_empty() {
+                reader.send(&mut out, &mut in_flight, &name).await;
+            }
+            decoder.flush();
+            if !follow {
+                break;
+            }
+            in_flight.collect_ready(&name);
+            if let Err(e) = in_flight.store(&self.offsets, false) {
+                stats.error(format!("cannot keep the offset: {e}"));
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+            match rotated_or_truncated(&path, &file, reader.base.offset + reader.buf.len() as u64)
+                .await
+            {
+                Ok(Change::None) => {}
+                Ok(change) => {
+                    // Finish the old file first: a writer may have appended before rotating.
+                    let mut rest = Vec::new();
+                    if change == Change::Rotated && file.read_to_end(&mut rest).await.is_ok() {
+                        reader.buf.extend_from_slice(&rest);
+                    }
+                    reader
+                        .drain(
+                            true,
+                            &mut decoder,
+                            &mut out,
+                            &mut in_flight,
+                            batch_size,
+                            &name,
+                        )
+                        .await;
+                    if !reader.batch.is_empty() {
+                        reader.send(&mut out, &mut in_flight, &name).await;
+                    }
+                    tracing::info!(source = %name, path = %path.display(), ?change, "reading the file from the start");
+                    match self.open(false).await {
+                        Ok((new_file, position)) => {
+                            file = new_file;
+                            reader.buf.clear();
+                            reader.base = position;
+                            // Earlier batches of the old file still settle in order.
+                            in_flight.pending.push_back((position, ready_receipt()));
+                        }
+                        Err(e) => stats.error(format!("cannot reopen {}: {e}", path.display())),
+                    }
+                }
+                Err(e) => tracing::debug!(source = %name, "cannot stat {}: {e}", path.display()),
+            }
+        }
+        // Let downstream drain and close, then settle what is in flight.
+        drop(out);
+        decoder.flush();
+        in_flight.collect_all(&name).await;
+        if follow {
+            in_flight
+                .store(&self.offsets, true)
+                .map_err(|e| ComponentError::Fatal(format!("cannot keep the offset: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+fn ready_receipt() -> AckReceipt {
+    let (handle, receipt) = AckHandle::new();
+    drop(handle);
+    receipt
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    None,
+    Rotated,
+    Truncated,
+}
+
+async fn rotated_or_truncated(
+    path: &Path,
+    file: &tokio::fs::File,
+    read_to: u64,
+) -> std::io::Result<Change> {
+    let current = file.metadata().await?;
+    let at_path = match tokio::fs::metadata(path).await {
+        Ok(m) => m,
+        // Rotated away and not yet recreated: keep the old file.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Change::None),
+        Err(e) => return Err(e),
+    };
+    if file_id(&at_path) != file_id(&current) {
+        Ok(Change::Rotated)
+    } else if current.len() < read_to {
+        Ok(Change::Truncated)
+    } else {
+        Ok(Change::None)
+    }
+}

@@ -1,0 +1,207 @@
+//! The `flowpulse` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use flowpulse_core::config::{LoadError, PipelineConfig};
+use flowpulse_core::plugin::{registered_plugins, Shutdown};
+use flowpulse_core::runtime::Pipeline;
+use flowpulse_core::topology;
+
+/// The default pipeline, used when no config is given and there is no
+/// `pipeline.toml` in the working directory.
+const DEFAULT_PIPELINE: &str = include_str!("../pipeline.toml");
+
+#[derive(Parser)]
+#[command(
+    name = "flowpulse",
+    version,
+    about = "Real-time monitoring pipeline for workflow orchestrators"
+)]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline (the default command).
+    Run {
+        /// The pipeline config [default: pipeline.toml, else the built-in default].
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a pipeline config and print its topology; exit 1 if it has errors.
+    Validate {
+        /// The pipeline config [default: pipeline.toml, else the built-in default].
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// List every registered plugin with its description.
+    Plugins,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Loads `path`, or `pipeline.toml`, or the built-in default.
+fn load(path: Option<&Path>) -> Result<PipelineConfig, LoadError> {
+    match path {
+        Some(path) => PipelineConfig::from_file(path),
+        None if Path::new("pipeline.toml").exists() => {
+            PipelineConfig::from_file(Path::new("pipeline.toml"))
+        }
+        None => Ok(PipelineConfig::parse(
+            "<built-in pipeline.toml>",
+            DEFAULT_PIPELINE,
+            |name| std::env::var(name).ok(),
+        )?),
+    }
+}
+
+fn main() -> ExitCode {
+    flowpulse_plugins::link();
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command.unwrap_or(Command::Run { config: None }) {
+        Command::Run { config } => run(config.as_deref()),
+        Command::Validate { config } => validate(config.as_deref()),
+        Command::Plugins => {
+            for plugin in registered_plugins() {
+                println!(
+                    "{:<9} {:<16} {}",
+                    plugin.role.as_str(),
+                    plugin.type_name,
+                    plugin.description
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn validate(path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    match load(path) {
+        Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("{warning}");
+            }
+            print!("{}", topology::describe(&config.components));
+            println!("ok: {} components", config.components.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = Shutdown::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let pipeline = Pipeline::new(config);
+        match pipeline.run(shutdown).await {
+            Ok(report) => {
+                for (name, (role, stats)) in &report {
+                    tracing::info!(
+                        component = %name,
+                        role = role.as_str(),
+                        records_in = stats.records_in,
+                        records_out = stats.records_out,
+                        malformed = stats.malformed,
+                        ignored = stats.ignored,
+                        dropped = stats.dropped,
+                        errors = stats.errors,
+                        "summary"
+                    );
+                }
+                tracing::info!("pipeline stopped cleanly");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    })
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM; a second signal exits at once.
+async fn stop_on_signal(shutdown: Shutdown) {
+    let mut signals = 0;
+    loop {
+        wait_for_signal().await;
+        signals += 1;
+        if signals == 1 {
+            tracing::info!("signal received: draining; send it again to exit at once");
+            shutdown.cancel();
+        } else {
+            tracing::warn!("second signal: exiting without draining");
+            std::process::exit(130);
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
