@@ -21,7 +21,10 @@ fn label(spec: &ComponentSpec) -> String {
 /// Every graph problem: duplicate names, dangling inputs, reading from a
 /// sink, record kinds a consumer cannot take, cycles, nothing to read from
 /// (errors), and components nobody consumes (warnings).
-pub(crate) fn check(components: &[ComponentSpec]) -> Vec<Problem> {
+///
+/// `invalid` names components that were declared but could not be parsed;
+/// they were reported already, so references to them are not.
+pub(crate) fn check(components: &[ComponentSpec], invalid: &BTreeMap<String, ComponentRole>) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut by_name: BTreeMap<&str, &ComponentSpec> = BTreeMap::new();
     for spec in components {
@@ -40,7 +43,9 @@ pub(crate) fn check(components: &[ComponentSpec]) -> Vec<Problem> {
             by_name.insert(&spec.name, spec);
         }
     }
-    if !components.iter().any(|c| c.role == ComponentRole::Source) {
+    let any_source = components.iter().any(|c| c.role == ComponentRole::Source)
+        || invalid.values().any(|r| *r == ComponentRole::Source);
+    if !any_source {
         problems.push(Problem {
             level: Level::Error,
             offset: 0,
@@ -51,6 +56,9 @@ pub(crate) fn check(components: &[ComponentSpec]) -> Vec<Problem> {
     let mut consumed = BTreeSet::new();
     for spec in components {
         for (input, &offset) in spec.inputs.iter().zip(&spec.input_offsets) {
+            if invalid.contains_key(input) {
+                continue;
+            }
             let Some(producer) = by_name.get(input.as_str()) else {
                 let candidates = by_name
                     .values()

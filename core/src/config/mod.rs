@@ -172,6 +172,7 @@ impl PipelineConfig {
     ) -> Result<PipelineConfig, ConfigError> {
         let mut parser = Parser {
             source: SourceText { file, text },
+            invalid: Default::default(),
             interpolated: Interpolated::default(),
             diagnostics: Vec::new(),
         };
@@ -203,6 +204,9 @@ impl PipelineConfig {
 
 struct Parser<'a> {
     source: SourceText<'a>,
+    /// Components declared but not valid: already reported, so the topology
+    /// check must not report them again as missing.
+    invalid: std::collections::BTreeMap<String, ComponentRole>,
     interpolated: Interpolated,
     diagnostics: Vec<Diagnostic>,
 }
@@ -282,7 +286,7 @@ impl Parser<'_> {
                 None,
             );
         }
-        let topology_problems = crate::topology::check(&config.components);
+        let topology_problems = crate::topology::check(&config.components, &self.invalid);
         for p in topology_problems {
             self.error_or_warning(p);
         }
@@ -344,8 +348,11 @@ impl Parser<'_> {
             return;
         };
         for (name, body) in table.iter() {
-            if let Some(spec) = self.component(role, name, body) {
-                config.components.push(spec);
+            match self.component(role, name, body) {
+                Some(spec) => config.components.push(spec),
+                None => {
+                    self.invalid.insert(name.get_ref().to_string(), role);
+                }
             }
         }
     }

@@ -1,0 +1,201 @@
+//! Every kind of config problem is reported with its message and position,
+//! all together, before anything starts.
+
+use flowpulse_core::config::{Diagnostic, Level, PipelineConfig};
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "SECRET_TOKEN" => Some("hunter2-very-secret".into()),
+        "BATCH" => Some("many".into()),
+        _ => None,
+    }
+}
+
+fn diagnostics(text: &str) -> Vec<Diagnostic> {
+    flowpulse_plugins::link();
+    match PipelineConfig::parse("p.toml", text, env) {
+        Ok(config) => config.warnings,
+        Err(e) => e.diagnostics,
+    }
+}
+
+fn only_error(text: &str) -> Diagnostic {
+    let errors: Vec<_> = diagnostics(text)
+        .into_iter()
+        .filter(|d| d.level == Level::Error)
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    errors.into_iter().next().unwrap()
+}
+
+fn at(d: &Diagnostic) -> (usize, usize) {
+    (d.line, d.column)
+}
+
+const SINK: &str = "\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\n";
+
+#[test]
+fn unknown_type_lists_known_types_and_the_nearest() {
+    let d = only_error(&format!("[sources.in]\ntype = \"fiel\"\n{SINK}"));
+    assert_eq!(at(&d), (2, 8));
+    assert!(d.message.contains("unknown source type \"fiel\""), "{d}");
+    let help = d.help.unwrap();
+    assert!(help.contains("did you mean \"file\"?"), "{help}");
+    assert!(help.contains("demo, file, stdin"), "{help}");
+}
+
+#[test]
+fn type_of_another_role_says_where_it_belongs() {
+    let d = only_error(&format!("[sources.in]\ntype = \"console\"\n{SINK}"));
+    assert!(d.help.unwrap().contains("\"console\" is a sink"));
+}
+
+#[test]
+fn unknown_key_is_reported_at_the_key() {
+    let d = only_error(&format!("[sources.in]\ntype = \"file\"\npath = \"x\"\nfolow = true\n{SINK}"));
+    assert_eq!(at(&d), (4, 1));
+    assert!(d.message.contains("unknown field `folow`"), "{d}");
+    assert!(d.message.contains("`follow`"), "{d}");
+}
+
+#[test]
+fn missing_plugin_key_names_it() {
+    let d = only_error(&format!("[sources.in]\ntype = \"file\"\n{SINK}"));
+    assert!(d.message.contains("missing field `path`"), "{d}");
+    assert_eq!(d.line, 1);
+}
+
+#[test]
+fn missing_type_is_reported_at_the_component() {
+    let d = only_error(&format!("[sources.in]\nrate = 5\n{SINK}"));
+    assert_eq!(at(&d), (1, 10));
+    assert!(d.message.contains("source \"in\": missing key `type`"), "{d}");
+}
+
+#[test]
+fn wrong_value_type_is_reported_at_the_value() {
+    let d = only_error(&format!("[sources.in]\ntype = \"demo\"\nrate = \"fast\"\n{SINK}"));
+    assert_eq!(at(&d), (3, 8));
+    assert!(d.message.contains("invalid type: string \"fast\""), "{d}");
+}
+
+#[test]
+fn dangling_input_suggests_the_nearest_name() {
+    let d = only_error("[sources.events]\ntype = \"demo\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"evnts\"]\n");
+    assert_eq!(at(&d), (6, 11));
+    assert!(d.message.contains("input \"evnts\" does not exist"), "{d}");
+    assert_eq!(d.help.as_deref(), Some("did you mean \"events\"?"));
+}
+
+#[test]
+fn cycle_is_reported_with_its_path() {
+    let text = "[sources.in]\ntype = \"demo\"\n\n[processors.a]\ntype = \"passthrough\"\ninputs = [\"in\", \"b\"]\n\n[processors.b]\ntype = \"passthrough\"\ninputs = [\"a\"]\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"b\"]\n";
+    let d = only_error(text);
+    assert!(d.message.contains("cycle in the pipeline: a → b → a") || d.message.contains("b → a → b"), "{d}");
+    assert_eq!(d.line, 4);
+}
+
+#[test]
+fn sink_without_inputs_is_an_error() {
+    let d = only_error("[sources.in]\ntype = \"demo\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = []\n");
+    assert_eq!(at(&d), (6, 10));
+    assert!(d.message.contains("sink \"out\" has no inputs"), "{d}");
+    let d = only_error("[sources.in]\ntype = \"demo\"\n\n[sinks.out]\ntype = \"blackhole\"\n");
+    assert!(d.message.contains("missing key `inputs`"), "{d}");
+}
+
+#[test]
+fn input_of_a_kind_the_consumer_cannot_take_is_an_error() {
+    let text = "[sources.in]\ntype = \"demo\"\n\n[processors.failures]\ntype = \"stage_failures\"\ninputs = [\"in\"]\n\n[processors.again]\ntype = \"stage_failures\"\ninputs = [\"failures\"]\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"again\"]\n";
+    let d = only_error(text);
+    assert_eq!(at(&d), (10, 11));
+    assert!(d.message.contains("processor \"again\" takes events but its input processor \"failures\" emits custom metrics"), "{d}");
+}
+
+#[test]
+fn component_nobody_consumes_is_a_warning() {
+    let text = format!("[sources.in]\ntype = \"demo\"\n\n[sources.spare]\ntype = \"demo\"\n{SINK}");
+    let all = diagnostics(&text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].level, Level::Warning);
+    assert_eq!(at(&all[0]), (4, 10));
+    assert!(all[0].message.contains("source \"spare\" is not an input of any component"));
+}
+
+#[test]
+fn missing_variable_is_named_at_its_position() {
+    let d = only_error(&format!("[sources.in]\ntype = \"file\"\npath = \"${{EVENTS_FILE}}\"\n{SINK}"));
+    assert_eq!(at(&d), (3, 9));
+    assert!(d.message.contains("environment variable EVENTS_FILE is not set"), "{d}");
+}
+
+#[test]
+fn errors_never_print_a_variables_value() {
+    let text = format!("[sources.in]\ntype = \"demo\"\nseed = \"${{SECRET_TOKEN}}\"\n\n[sources.x]\ntype = \"demo\"\nrate = \"${{BATCH}}\"\n{SINK}");
+    let all = diagnostics(&text);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    for d in &all {
+        let shown = d.to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("many"), "{shown}");
+    }
+    // The position is still that of the file as written.
+    assert_eq!(at(&all[0]), (3, 8));
+}
+
+#[test]
+fn positions_after_a_substitution_are_those_of_the_file() {
+    let text = format!("[sources.in]\ntype = \"demo\"\nseed = ${{SEED:-123456789}}; rate = \"x\"\n{SINK}");
+    let d = only_error(&text);
+    assert_eq!(d.line, 3);
+    assert!(d.column >= 26, "{d}");
+}
+
+#[test]
+fn toml_syntax_error_has_its_position() {
+    let d = only_error("[sources.in]\ntype = \"demo\nrate = 5\n");
+    assert_eq!(d.line, 2);
+}
+
+#[test]
+fn plugin_validation_points_at_the_option() {
+    let d = only_error(&format!("[sources.in]\ntype = \"file\"\npath = \"x\"\nbatch_size = 0\n{SINK}"));
+    assert_eq!(at(&d), (4, 1));
+    assert!(d.message.contains("`batch_size`: must be at least 1"), "{d}");
+}
+
+#[test]
+fn unknown_top_level_key_is_an_error() {
+    let d = only_error(&format!("[sorces.in]\ntype = \"demo\"\n[sources.x]\ntype = \"demo\"\n{}", SINK.replace("\"in\"", "\"x\"")));
+    assert_eq!(at(&d), (1, 2));
+    assert_eq!(d.help.as_deref(), Some("did you mean `sources`?"));
+}
+
+#[test]
+fn every_problem_is_reported_together() {
+    let text = "[sources.in]\ntype = \"fiel\"\n\n[processors.p]\ntype = \"passthrough\"\ninputs = [\"nowhere\"]\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"p\"]\nspeed = 3\n";
+    let errors: Vec<_> = diagnostics(text).into_iter().filter(|d| d.level == Level::Error).collect();
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    let lines: Vec<_> = errors.iter().map(|d| d.line).collect();
+    assert!(lines.contains(&2) && lines.contains(&6) && lines.contains(&11), "{lines:?}");
+}
+
+#[test]
+fn pipeline_and_checkpoint_tables_parse_with_units() {
+    flowpulse_plugins::link();
+    let text = format!("[pipeline]\nname = \"p1\"\ndata_dir = \"/tmp/x\"\nshutdown_deadline = \"5s\"\n\n[checkpoint]\nurl = \"redis://u:pw@h:6379\"\ninterval = \"250ms\"\n\n[sources.in]\ntype = \"demo\"\n{SINK}");
+    let config = PipelineConfig::parse("p.toml", &text, env).unwrap();
+    assert_eq!(config.pipeline.name, "p1");
+    assert_eq!(config.pipeline.shutdown_deadline, std::time::Duration::from_secs(5));
+    let checkpoint = config.checkpoint.unwrap();
+    assert_eq!(checkpoint.interval, std::time::Duration::from_millis(250));
+    assert!(!format!("{checkpoint:?}").contains("pw"));
+}
+
+#[test]
+fn default_pipeline_is_valid() {
+    flowpulse_plugins::link();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline.toml")).unwrap();
+    let config = PipelineConfig::parse("pipeline.toml", &text, |_| None).unwrap();
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
