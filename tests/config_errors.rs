@@ -52,7 +52,9 @@ fn type_of_another_role_says_where_it_belongs() {
 
 #[test]
 fn unknown_key_is_reported_at_the_key() {
-    let d = only_error(&format!("[sources.in]\ntype = \"file\"\npath = \"x\"\nfolow = true\n{SINK}"));
+    let d = only_error(&format!(
+        "[sources.in]\ntype = \"file\"\npath = \"x\"\nfolow = true\n{SINK}"
+    ));
     assert_eq!(at(&d), (4, 1));
     assert!(d.message.contains("unknown field `folow`"), "{d}");
     assert!(d.message.contains("`follow`"), "{d}");
@@ -69,12 +71,17 @@ fn missing_plugin_key_names_it() {
 fn missing_type_is_reported_at_the_component() {
     let d = only_error(&format!("[sources.in]\nrate = 5\n{SINK}"));
     assert_eq!(at(&d), (1, 10));
-    assert!(d.message.contains("source \"in\": missing key `type`"), "{d}");
+    assert!(
+        d.message.contains("source \"in\": missing key `type`"),
+        "{d}"
+    );
 }
 
 #[test]
 fn wrong_value_type_is_reported_at_the_value() {
-    let d = only_error(&format!("[sources.in]\ntype = \"demo\"\nrate = \"fast\"\n{SINK}"));
+    let d = only_error(&format!(
+        "[sources.in]\ntype = \"demo\"\nrate = \"fast\"\n{SINK}"
+    ));
     assert_eq!(at(&d), (3, 8));
     assert!(d.message.contains("invalid type: string \"fast\""), "{d}");
 }
@@ -91,13 +98,18 @@ fn dangling_input_suggests_the_nearest_name() {
 fn cycle_is_reported_with_its_path() {
     let text = "[sources.in]\ntype = \"demo\"\n\n[processors.a]\ntype = \"passthrough\"\ninputs = [\"in\", \"b\"]\n\n[processors.b]\ntype = \"passthrough\"\ninputs = [\"a\"]\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"b\"]\n";
     let d = only_error(text);
-    assert!(d.message.contains("cycle in the pipeline: a → b → a") || d.message.contains("b → a → b"), "{d}");
+    assert!(
+        d.message.contains("cycle in the pipeline: a → b → a") || d.message.contains("b → a → b"),
+        "{d}"
+    );
     assert_eq!(d.line, 4);
 }
 
 #[test]
 fn sink_without_inputs_is_an_error() {
-    let d = only_error("[sources.in]\ntype = \"demo\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = []\n");
+    let d = only_error(
+        "[sources.in]\ntype = \"demo\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = []\n",
+    );
     assert_eq!(at(&d), (6, 10));
     assert!(d.message.contains("sink \"out\" has no inputs"), "{d}");
     let d = only_error("[sources.in]\ntype = \"demo\"\n\n[sinks.out]\ntype = \"blackhole\"\n");
@@ -119,14 +131,22 @@ fn component_nobody_consumes_is_a_warning() {
     assert_eq!(all.len(), 1, "{all:#?}");
     assert_eq!(all[0].level, Level::Warning);
     assert_eq!(at(&all[0]), (4, 10));
-    assert!(all[0].message.contains("source \"spare\" is not an input of any component"));
+    assert!(all[0]
+        .message
+        .contains("source \"spare\" is not an input of any component"));
 }
 
 #[test]
 fn missing_variable_is_named_at_its_position() {
-    let d = only_error(&format!("[sources.in]\ntype = \"file\"\npath = \"${{EVENTS_FILE}}\"\n{SINK}"));
+    let d = only_error(&format!(
+        "[sources.in]\ntype = \"file\"\npath = \"${{EVENTS_FILE}}\"\n{SINK}"
+    ));
     assert_eq!(at(&d), (3, 9));
-    assert!(d.message.contains("environment variable EVENTS_FILE is not set"), "{d}");
+    assert!(
+        d.message
+            .contains("environment variable EVENTS_FILE is not set"),
+        "{d}"
+    );
 }
 
 #[test]
@@ -145,7 +165,8 @@ fn errors_never_print_a_variables_value() {
 
 #[test]
 fn positions_after_a_substitution_are_those_of_the_file() {
-    let text = format!("[sources.in]\ntype = \"demo\"\nseed = ${{SEED:-123456789}}; rate = \"x\"\n{SINK}");
+    let text =
+        format!("[sources.in]\ntype = \"demo\"\nseed = ${{SEED:-123456789}}; rate = \"x\"\n{SINK}");
     let d = only_error(&text);
     assert_eq!(d.line, 3);
     assert!(d.column >= 26, "{d}");
@@ -159,14 +180,22 @@ fn toml_syntax_error_has_its_position() {
 
 #[test]
 fn plugin_validation_points_at_the_option() {
-    let d = only_error(&format!("[sources.in]\ntype = \"file\"\npath = \"x\"\nbatch_size = 0\n{SINK}"));
+    let d = only_error(&format!(
+        "[sources.in]\ntype = \"file\"\npath = \"x\"\nbatch_size = 0\n{SINK}"
+    ));
     assert_eq!(at(&d), (4, 1));
-    assert!(d.message.contains("`batch_size`: must be at least 1"), "{d}");
+    assert!(
+        d.message.contains("`batch_size`: must be at least 1"),
+        "{d}"
+    );
 }
 
 #[test]
 fn unknown_top_level_key_is_an_error() {
-    let d = only_error(&format!("[sorces.in]\ntype = \"demo\"\n[sources.x]\ntype = \"demo\"\n{}", SINK.replace("\"in\"", "\"x\"")));
+    let d = only_error(&format!(
+        "[sorces.in]\ntype = \"demo\"\n[sources.x]\ntype = \"demo\"\n{}",
+        SINK.replace("\"in\"", "\"x\"")
+    ));
     assert_eq!(at(&d), (1, 2));
     assert_eq!(d.help.as_deref(), Some("did you mean `sources`?"));
 }
@@ -174,10 +203,16 @@ fn unknown_top_level_key_is_an_error() {
 #[test]
 fn every_problem_is_reported_together() {
     let text = "[sources.in]\ntype = \"fiel\"\n\n[processors.p]\ntype = \"passthrough\"\ninputs = [\"nowhere\"]\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"p\"]\nspeed = 3\n";
-    let errors: Vec<_> = diagnostics(text).into_iter().filter(|d| d.level == Level::Error).collect();
+    let errors: Vec<_> = diagnostics(text)
+        .into_iter()
+        .filter(|d| d.level == Level::Error)
+        .collect();
     assert_eq!(errors.len(), 3, "{errors:#?}");
     let lines: Vec<_> = errors.iter().map(|d| d.line).collect();
-    assert!(lines.contains(&2) && lines.contains(&6) && lines.contains(&11), "{lines:?}");
+    assert!(
+        lines.contains(&2) && lines.contains(&6) && lines.contains(&11),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -186,7 +221,10 @@ fn pipeline_and_checkpoint_tables_parse_with_units() {
     let text = format!("[pipeline]\nname = \"p1\"\ndata_dir = \"/tmp/x\"\nshutdown_deadline = \"5s\"\n\n[checkpoint]\nurl = \"redis://u:pw@h:6379\"\ninterval = \"250ms\"\n\n[sources.in]\ntype = \"demo\"\n{SINK}");
     let config = PipelineConfig::parse("p.toml", &text, env).unwrap();
     assert_eq!(config.pipeline.name, "p1");
-    assert_eq!(config.pipeline.shutdown_deadline, std::time::Duration::from_secs(5));
+    assert_eq!(
+        config.pipeline.shutdown_deadline,
+        std::time::Duration::from_secs(5)
+    );
     let checkpoint = config.checkpoint.unwrap();
     assert_eq!(checkpoint.interval, std::time::Duration::from_millis(250));
     assert!(!format!("{checkpoint:?}").contains("pw"));
@@ -195,7 +233,8 @@ fn pipeline_and_checkpoint_tables_parse_with_units() {
 #[test]
 fn default_pipeline_is_valid() {
     flowpulse_plugins::link();
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline.toml")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline.toml")).unwrap();
     let config = PipelineConfig::parse("pipeline.toml", &text, |_| None).unwrap();
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }

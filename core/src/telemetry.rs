@@ -145,7 +145,8 @@ impl Telemetry {
     /// Prometheus text exposition of every counter.
     pub fn prometheus_text(&self) -> String {
         let mut out = String::new();
-        let metrics: [(&str, &str, fn(&StatsSnapshot) -> u64); 7] = [
+        type Read = fn(&StatsSnapshot) -> u64;
+        let metrics: [(&str, &str, Read); 7] = [
             ("records_in_total", "counter", |s| s.records_in),
             ("records_out_total", "counter", |s| s.records_out),
             ("errors_total", "counter", |s| s.errors),

@@ -24,7 +24,10 @@ fn label(spec: &ComponentSpec) -> String {
 ///
 /// `invalid` names components that were declared but could not be parsed;
 /// they were reported already, so references to them are not.
-pub(crate) fn check(components: &[ComponentSpec], invalid: &BTreeMap<String, ComponentRole>) -> Vec<Problem> {
+pub(crate) fn check(
+    components: &[ComponentSpec],
+    invalid: &BTreeMap<String, ComponentRole>,
+) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut by_name: BTreeMap<&str, &ComponentSpec> = BTreeMap::new();
     for spec in components {

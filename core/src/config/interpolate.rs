@@ -94,13 +94,13 @@ pub fn interpolate(
             result.text.push_str(&rest[..at]);
             let tail = &rest[at..];
             let orig_start = pos + at;
-            if tail.starts_with("$$") {
+            if let Some(after) = tail.strip_prefix("$$") {
                 let new_start = result.text.len();
                 result.text.push('$');
                 result
                     .substitutions
                     .push((new_start, new_start + 1, orig_start, orig_start + 2));
-                rest = &tail[2..];
+                rest = after;
                 pos = orig_start + 2;
                 continue;
             }

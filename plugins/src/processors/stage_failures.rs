@@ -58,3 +58,57 @@ impl Processor for StageFailures {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowpulse_core::event::WorkflowEvent;
+
+    fn stage(kind: EventKind, agent: &str, timestamp_ms: i64) -> Record {
+        Record::Event(WorkflowEvent {
+            id: None,
+            kind,
+            timestamp_ms,
+            workflow_id: "wf-1".into(),
+            workflow_type: None,
+            agent_type: Some(agent.into()),
+            stage: None,
+            duration_ms: Some(10),
+            error: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn counts_failures_per_agent_and_restarts_each_hour() {
+        let hour = 3_600_000;
+        let mut processor = StageFailures::default();
+        let (mut out, mut rx) = Output::channel(4);
+        let batch = vec![
+            stage(EventKind::StageFailed, "coder", 10 * hour),
+            stage(EventKind::StageFailed, "coder", 10 * hour + 5),
+            stage(EventKind::StageCompleted, "coder", 10 * hour + 6),
+            stage(EventKind::StageFailed, "tester", 10 * hour + 7),
+        ];
+        processor
+            .process(Batch::unacked(batch), &mut out)
+            .await
+            .unwrap();
+        let batch = rx.recv().await.unwrap();
+        let Record::Custom(metric) = &batch.records()[0] else {
+            panic!()
+        };
+        assert_eq!(metric.name, "stage_failures_per_hour");
+        assert_eq!(metric.value, serde_json::json!({"coder": 2, "tester": 1}));
+
+        let next_hour = vec![stage(EventKind::StageFailed, "tester", 11 * hour)];
+        processor
+            .process(Batch::unacked(next_hour), &mut out)
+            .await
+            .unwrap();
+        let batch = rx.recv().await.unwrap();
+        let Record::Custom(metric) = &batch.records()[0] else {
+            panic!()
+        };
+        assert_eq!(metric.value, serde_json::json!({"tester": 1}));
+    }
+}

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use flowpulse_core::ack::{AckHandle, AckReceipt, BatchStatus};
 use flowpulse_core::plugin::{
-    BuildContext, BuildError, ComponentError, FieldError, PluginDescriptor, Source, SourceConfig,
-    SourceContext, ValidateContext,
+    BuildContext, BuildError, ComponentError, FieldError, PluginDescriptor, Shutdown, Source,
+    SourceConfig, SourceContext, ValidateContext,
 };
 use flowpulse_core::record::{Batch, Record};
 use flowpulse_core::runtime::Output;
@@ -235,22 +235,20 @@ struct Reader {
     /// Position of `buf[0]` in the file.
     base: Position,
     batch: Vec<Record>,
+    batch_size: usize,
+    decoder: LineDecoder,
+    source: String,
+    shutdown: Shutdown,
 }
 
 impl Reader {
     /// Decodes every complete line in the buffer, sending full batches.
     /// With `eof`, a final line without newline counts as complete.
-    async fn drain(
-        &mut self,
-        eof: bool,
-        decoder: &mut LineDecoder,
-        out: &mut Output,
-        in_flight: &mut InFlight,
-        batch_size: usize,
-        source: &str,
-    ) {
+    async fn drain(&mut self, eof: bool, out: &mut Output, in_flight: &mut InFlight) {
         let mut start = 0;
-        while start < self.buf.len() {
+        // On shutdown, stop between batches: lines not yet sent stay unacknowledged
+        // and are read again after a restart.
+        while start < self.buf.len() && !self.shutdown.is_cancelled() {
             let end = match memchr::memchr(b'\n', &self.buf[start..]) {
                 Some(i) => start + i + 1,
                 None if eof => self.buf.len(),
@@ -259,26 +257,26 @@ impl Reader {
             let line_number = self.base.line + 1;
             let line = &self.buf[start..end];
             let line = line.strip_suffix(b"\n").unwrap_or(line);
-            if let Some(event) = decoder.decode(line_number, line) {
+            if let Some(event) = self.decoder.decode(line_number, line) {
                 self.batch.push(Record::Event(event));
             }
             self.base.line = line_number;
             self.base.offset += (end - start) as u64;
             start = end;
-            if self.batch.len() >= batch_size {
-                self.send(out, in_flight, source).await;
+            if self.batch.len() >= self.batch_size {
+                self.send(out, in_flight).await;
             }
         }
         self.buf.drain(..start);
     }
 
-    async fn send(&mut self, out: &mut Output, in_flight: &mut InFlight, source: &str) {
+    async fn send(&mut self, out: &mut Output, in_flight: &mut InFlight) {
         let capacity = self.batch.capacity();
         let records = std::mem::replace(&mut self.batch, Vec::with_capacity(capacity));
         let (ack, receipt) = AckHandle::new();
         out.send(Batch::new(records, vec![ack])).await;
         in_flight.pending.push_back((self.base, receipt));
-        in_flight.collect_ready(source);
+        in_flight.collect_ready(&self.source);
     }
 }
 
@@ -301,15 +299,18 @@ impl Source for FileSource {
             .map_err(|e| ComponentError::Fatal(format!("cannot open {}: {e}", path.display())))?;
         let dead_letters =
             std::mem::replace(&mut self.dead_letters, DeadLetterFile::new(PathBuf::new()));
-        let mut decoder = LineDecoder::new(&name, stats.clone(), dead_letters);
+        let decoder = LineDecoder::new(&name, stats.clone(), dead_letters);
         let mut in_flight = InFlight::new(start);
         let mut reader = Reader {
             buf: Vec::with_capacity(READ_CHUNK * 2),
             base: start,
             batch: Vec::with_capacity(self.config.batch_size),
+            batch_size: self.config.batch_size,
+            decoder,
+            source: name.clone(),
+            shutdown: shutdown.clone(),
         };
         let mut chunk = vec![0u8; READ_CHUNK];
-        let batch_size = self.config.batch_size;
         loop {
             let read = tokio::select! {
                 biased;
@@ -328,38 +329,20 @@ impl Source for FileSource {
             if n > 0 {
                 let lines_before = reader.base.line;
                 reader.buf.extend_from_slice(&chunk[..n]);
-                reader
-                    .drain(
-                        false,
-                        &mut decoder,
-                        &mut out,
-                        &mut in_flight,
-                        batch_size,
-                        &name,
-                    )
-                    .await;
+                reader.drain(false, &mut out, &mut in_flight).await;
                 stats.received((reader.base.line - lines_before) as usize);
                 continue;
             }
             // End of file: hand over what is batched.
             if !follow {
                 let lines_before = reader.base.line;
-                reader
-                    .drain(
-                        true,
-                        &mut decoder,
-                        &mut out,
-                        &mut in_flight,
-                        batch_size,
-                        &name,
-                    )
-                    .await;
+                reader.drain(true, &mut out, &mut in_flight).await;
                 stats.received((reader.base.line - lines_before) as usize);
             }
             if !reader.batch.is_empty() {
-                reader.send(&mut out, &mut in_flight, &name).await;
+                reader.send(&mut out, &mut in_flight).await;
             }
-            decoder.flush();
+            reader.decoder.flush();
             if !follow {
                 break;
             }
@@ -381,18 +364,9 @@ impl Source for FileSource {
                     if change == Change::Rotated && file.read_to_end(&mut rest).await.is_ok() {
                         reader.buf.extend_from_slice(&rest);
                     }
-                    reader
-                        .drain(
-                            true,
-                            &mut decoder,
-                            &mut out,
-                            &mut in_flight,
-                            batch_size,
-                            &name,
-                        )
-                        .await;
+                    reader.drain(true, &mut out, &mut in_flight).await;
                     if !reader.batch.is_empty() {
-                        reader.send(&mut out, &mut in_flight, &name).await;
+                        reader.send(&mut out, &mut in_flight).await;
                     }
                     tracing::info!(source = %name, path = %path.display(), ?change, "reading the file from the start");
                     match self.open(false).await {
@@ -411,7 +385,7 @@ impl Source for FileSource {
         }
         // Let downstream drain and close, then settle what is in flight.
         drop(out);
-        decoder.flush();
+        reader.decoder.flush();
         in_flight.collect_all(&name).await;
         if follow {
             in_flight
