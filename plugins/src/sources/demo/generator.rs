@@ -398,10 +398,17 @@ mod tests {
         assert_eq!(tally.completed, count(EventKind::WorkflowCompleted));
         assert_eq!(tally.failed, count(EventKind::WorkflowFailed));
         assert_eq!(tally.cancelled, count(EventKind::WorkflowCancelled));
-        assert_eq!(
-            tally.paused,
-            count(EventKind::WorkflowPaused) - count(EventKind::WorkflowResumed)
-        );
+        let mut paused = std::collections::HashMap::new();
+        for e in &events {
+            match e.kind {
+                EventKind::WorkflowPaused => paused.insert(e.workflow_id.as_str(), true),
+                k if k.is_terminal() || k == EventKind::WorkflowResumed => {
+                    paused.insert(e.workflow_id.as_str(), false)
+                }
+                _ => None,
+            };
+        }
+        assert_eq!(tally.paused, paused.values().filter(|p| **p).count() as u64);
         assert_eq!(tally.stages_failed, count(EventKind::StageFailed));
         assert!(
             tally.completed > 0 && tally.failed > 0 && tally.cancelled > 0 && tally.paused <= 50
