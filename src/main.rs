@@ -10,6 +10,8 @@ use flowpulse_core::plugin::{registered_plugins, Shutdown};
 use flowpulse_core::runtime::Pipeline;
 use flowpulse_core::topology;
 
+mod generate;
+
 /// The default pipeline, used when no config is given and there is no
 /// `pipeline.toml` in the working directory.
 const DEFAULT_PIPELINE: &str = include_str!("../pipeline.toml");
@@ -50,6 +52,8 @@ enum Command {
     },
     /// List every registered plugin with its description.
     Plugins,
+    /// Write realistic seeded workflow events (for load tests and benchmarks).
+    Generate(generate::GenerateArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run { config: None }) {
         Command::Run { config } => run(config.as_deref()),
         Command::Validate { config } => validate(config.as_deref()),
+        Command::Generate(args) => generate::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Plugins => {
             for plugin in registered_plugins() {
                 println!(

@@ -238,3 +238,46 @@ fn default_pipeline_is_valid() {
     let config = PipelineConfig::parse("pipeline.toml", &text, |_| None).unwrap();
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }
+
+#[test]
+fn every_example_config_is_valid() {
+    flowpulse_plugins::link();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = PipelineConfig::parse(&path.display().to_string(), &text, |_| None) {
+                panic!("{e}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} examples");
+}
+
+#[test]
+fn readme_example_is_the_real_plugin() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("<!-- example:stage_failures -->\n```rust\n")
+        .unwrap();
+    let block = &readme[start..];
+    let code =
+        &block[block.find("```rust\n").unwrap() + 8..block.find("```\n<!-- /example -->").unwrap()];
+    let plugin = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/plugins/src/processors/stage_failures.rs"
+    ))
+    .unwrap();
+    let plugin: String = plugin
+        .lines()
+        .skip_while(|l| l.starts_with("//!"))
+        .take_while(|l| !l.starts_with("#[cfg(test)]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(code.trim_end(), plugin.trim_end());
+    assert!(code.lines().count() < 40, "{} lines", code.lines().count());
+}

@@ -22,6 +22,19 @@ use crate::telemetry::{ComponentStats, Telemetry};
 
 pub use tokio_util::sync::CancellationToken as Shutdown;
 
+/// Everything a plugin module usually needs, in one import.
+pub mod prelude {
+    pub use super::{
+        BuildContext, BuildError, ComponentError, FieldError, PluginDescriptor, Processor,
+        ProcessorConfig, Sink, SinkConfig, Source, SourceConfig, SourceContext, ValidateContext,
+    };
+    pub use crate::event::{EventKind, WorkflowEvent};
+    pub use crate::record::{Batch, Record, RecordKinds};
+    pub use crate::runtime::Output;
+    pub use async_trait::async_trait;
+    pub use inventory;
+}
+
 /// Where a component sits in the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ComponentRole {
@@ -240,8 +253,10 @@ pub trait ProcessorConfig: DeserializeOwned + Send + Sync + 'static {
     fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
         Vec::new()
     }
-    /// The kinds of record it takes.
-    fn inputs(&self) -> RecordKinds;
+    /// The kinds of record it takes. Default: workflow events.
+    fn inputs(&self) -> RecordKinds {
+        RecordKinds::EVENTS
+    }
     /// The kinds of record it emits.
     fn outputs(&self) -> RecordKinds;
     /// Builds the running processor (may do I/O).

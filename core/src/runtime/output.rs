@@ -71,6 +71,11 @@ impl Output {
         deliver(last, batch).await;
     }
 
+    /// Sends one record, derived from no acknowledged input.
+    pub async fn send_one(&mut self, record: Record) {
+        self.send(Batch::unacked(vec![record])).await;
+    }
+
     /// Whether every consumer has stopped (a source may stop reading).
     pub fn is_closed(&self) -> bool {
         self.targets.iter().all(|t| t.tx.is_closed())

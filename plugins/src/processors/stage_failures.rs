@@ -1,60 +1,41 @@
 //! `stage_failures`: stage failures per agent in the current hour of event
 //! time, published as the custom metric `stage_failures_per_hour`.
 //! This is the README's "write your own processor" example.
+use flowpulse_core::plugin::prelude::*;
 use std::collections::BTreeMap;
-
-use flowpulse_core::plugin::{
-    BuildContext, BuildError, ComponentError, PluginDescriptor, Processor, ProcessorConfig,
-};
-use flowpulse_core::{async_trait, event::EventKind, record::*, runtime::Output};
-
-#[derive(serde::Deserialize)]
+#[derive(Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StageFailuresConfig {}
-
-inventory::submit! {
-    PluginDescriptor::processor::<StageFailuresConfig>("stage_failures", "Counts stage failures per agent in the current hour")
+pub struct StageFailures {
+    #[serde(skip)]
+    state: (i64, BTreeMap<String, u64>),
 }
-
+inventory::submit! {
+    PluginDescriptor::processor::<StageFailures>("stage_failures", "Counts stage failures per agent in the current hour")
+}
 #[async_trait]
-impl ProcessorConfig for StageFailuresConfig {
-    fn inputs(&self) -> RecordKinds {
-        RecordKinds::EVENTS
-    }
+impl ProcessorConfig for StageFailures {
     fn outputs(&self) -> RecordKinds {
         RecordKinds::CUSTOM
     }
     async fn build(&self, _cx: &BuildContext) -> Result<Box<dyn Processor>, BuildError> {
-        Ok(Box::new(StageFailures::default()))
+        Ok(Box::new(self.clone()))
     }
 }
-
-#[derive(Default)]
-struct StageFailures {
-    hour: i64,
-    per_agent: BTreeMap<String, u64>,
-}
-
 #[async_trait]
 impl Processor for StageFailures {
     async fn process(&mut self, batch: Batch, out: &mut Output) -> Result<(), ComponentError> {
+        let (hour, per_agent) = &mut self.state;
         for event in batch.records().iter().filter_map(Record::as_event) {
-            let hour = event.timestamp_ms / 3_600_000;
-            if hour > self.hour {
-                (self.hour, self.per_agent) = (hour, BTreeMap::new());
+            if event.timestamp_ms / 3_600_000 > *hour {
+                (*hour, *per_agent) = (event.timestamp_ms / 3_600_000, BTreeMap::new());
             }
-            if event.kind == EventKind::StageFailed && hour == self.hour {
-                *self
-                    .per_agent
-                    .entry(event.agent_type.clone().unwrap_or_default())
-                    .or_default() += 1;
+            if event.kind == EventKind::StageFailed && event.timestamp_ms / 3_600_000 == *hour {
+                let agent = event.agent_type.clone().unwrap_or_default();
+                *per_agent.entry(agent).or_default() += 1;
             }
         }
-        out.send(Batch::unacked(vec![Record::custom(
-            "stage_failures_per_hour",
-            &self.per_agent,
-        )]))
-        .await;
+        out.send_one(Record::custom("stage_failures_per_hour", per_agent))
+            .await;
         Ok(())
     }
 }
@@ -62,7 +43,6 @@ impl Processor for StageFailures {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowpulse_core::event::WorkflowEvent;
 
     fn stage(kind: EventKind, agent: &str, timestamp_ms: i64) -> Record {
         Record::Event(WorkflowEvent {
@@ -82,6 +62,7 @@ mod tests {
     async fn counts_failures_per_agent_and_restarts_each_hour() {
         let hour = 3_600_000;
         let mut processor = StageFailures::default();
+        let _: &dyn Processor = &processor;
         let (mut out, mut rx) = Output::channel(4);
         let batch = vec![
             stage(EventKind::StageFailed, "coder", 10 * hour),

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# file → decode → blackhole throughput on one core, against a bare decode loop,
+# and the cost of pass-through processor hops. All in one run, as ratios.
+#
+#   bench/pipeline_throughput.sh [EVENTS]   (default 2,000,000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+events=${1:-2000000}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+cargo build --release -q -p flowpulse -p flowpulse-bench
+bin="$CARGO_TARGET_DIR/release"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+"$bin/flowpulse" generate -n "$events" --seed 7 --in-flight 10000 -o "$work/events.jsonl"
+echo "workload: $events flat events, $(du -h "$work/events.jsonl" | cut -f1)"
+
+config() { # $1 = number of passthrough processors
+  {
+    printf '[pipeline]\ndata_dir = "%s/data"\n\n[sources.in]\ntype = "file"\npath = "%s/events.jsonl"\n\n' "$work" "$work"
+    prev=in
+    for i in $(seq 1 "$1"); do
+      printf '[processors.p%s]\ntype = "passthrough"\ninputs = ["%s"]\n\n' "$i" "$prev"
+      prev="p$i"
+    done
+    printf '[sinks.out]\ntype = "blackhole"\ninputs = ["%s"]\n' "$prev"
+  } > "$work/p$1.toml"
+}
+
+pipeline_rate() { # $1 = passthrough count → events/s (best of 3)
+  config "$1"
+  best=0
+  for _ in 1 2 3; do
+    start=$(date +%s.%N)
+    TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$bin/flowpulse" run -c "$work/p$1.toml" >/dev/null
+    end=$(date +%s.%N)
+    rate=$(echo "$events / ($end - $start)" | bc -l)
+    best=$(echo "if ($rate > $best) $rate else $best" | bc -l)
+  done
+  printf '%.0f' "$best"
+}
+
+baseline_rate() {
+  best=0
+  for _ in 1 2 3; do
+    rate=$(taskset -c 0 "$bin/decode_baseline" "$work/events.jsonl" | sed 's/.*rate=//')
+    best=$(echo "if ($rate > $best) $rate else $best" | bc -l)
+  done
+  printf '%.0f' "$best"
+}
+
+base=$(baseline_rate)
+p0=$(pipeline_rate 0)
+p1=$(pipeline_rate 1)
+p2=$(pipeline_rate 2)
+p4=$(pipeline_rate 4)
+ratio() { echo "scale=3; $1 / $2" | bc -l; }
+echo "bare decode loop (taskset -c 0):            $base events/s"
+echo "file → decode → blackhole (taskset -c 0):   $p0 events/s  ratio to bare loop: $(ratio "$p0" "$base")"
+echo "  + 1 passthrough:                          $p1 events/s  ratio to 0 hops: $(ratio "$p1" "$p0")"
+echo "  + 2 passthrough:                          $p2 events/s  ratio to 0 hops: $(ratio "$p2" "$p0")"
+echo "  + 4 passthrough:                          $p4 events/s  ratio to 0 hops: $(ratio "$p4" "$p0")"

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real Redis and PostgreSQL on loopback.
+# Starts local servers when their binaries exist; says what to install when not.
+#
+#   scripts/test.sh [extra cargo test args]
+#
+# Environment: FLOWPULSE_TEST_REDIS_URL (default redis://127.0.0.1:6379),
+# FLOWPULSE_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export FLOWPULSE_TEST_REDIS_URL="${FLOWPULSE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+export FLOWPULSE_TEST_DATABASE_URL="${FLOWPULSE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 1 50); do port_open "$1" && return 0; sleep 0.2; done
+  return 1
+}
+
+ensure_redis() {
+  port_open 6379 && return 0
+  if command -v redis-server >/dev/null 2>&1; then
+    echo "test.sh: starting a local redis-server on 127.0.0.1:6379"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+    wait_port 6379 && return 0
+    echo "test.sh: redis-server did not come up on 127.0.0.1:6379" >&2
+  else
+    echo "test.sh: Redis is not reachable on 127.0.0.1:6379 and redis-server is not installed." >&2
+    echo "         Install Redis 7 or newer (Debian/Ubuntu: apt-get install redis-server), or set FLOWPULSE_TEST_REDIS_URL." >&2
+  fi
+  return 1
+}
+
+ensure_postgres() {
+  port_open 5432 && return 0
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    echo "test.sh: starting the local PostgreSQL $version cluster"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    wait_port 5432 && return 0
+    echo "test.sh: PostgreSQL did not come up on 127.0.0.1:5432" >&2
+  else
+    echo "test.sh: PostgreSQL is not reachable on 127.0.0.1:5432 and no local cluster is installed." >&2
+    echo "         Install PostgreSQL (Debian/Ubuntu: apt-get install postgresql) with trust auth on 127.0.0.1," >&2
+    echo "         or set FLOWPULSE_TEST_DATABASE_URL." >&2
+  fi
+  return 1
+}
+
+ensure_redis
+ensure_postgres
+
+cargo test --workspace "$@"
