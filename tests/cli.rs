@@ -1,0 +1,126 @@
+//! The command line: validate, plugins, generate, stdin.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn validate_prints_the_topology_and_exits_zero() {
+    let output = Command::new(binary())
+        .args([
+            "validate",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("source    demo"), "{stdout}");
+    assert!(stdout.contains("in=[demo]"), "{stdout}");
+}
+
+#[test]
+fn validate_reports_errors_with_positions_and_exits_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[sources.in]\ntype = \"dmeo\"\n").unwrap();
+    let output = Command::new(binary())
+        .arg("validate")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.toml:2:8: error: source \"in\": unknown source type \"dmeo\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("did you mean \"demo\"?"), "{stderr}");
+}
+
+#[test]
+fn plugins_lists_every_plugin_with_its_description() {
+    let output = Command::new(binary()).arg("plugins").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for name in [
+        "demo",
+        "file",
+        "stdin",
+        "passthrough",
+        "stage_failures",
+        "console",
+        "blackhole",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(name)),
+            "{name} missing:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn generated_envelopes_piped_into_stdin_all_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = Command::new(binary())
+        .args([
+            "generate", "-n", "2500", "--form", "envelope", "--seed", "9",
+        ])
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        "[sources.in]\ntype = \"stdin\"\n\n[sinks.out]\ntype = \"file\"\npath = \"out.jsonl\"\ninputs = [\"in\"]\n",
+    )
+    .unwrap();
+    let mut child = run_command(dir.path(), &config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&generated.stdout)
+        .unwrap();
+    let output = wait_with_timeout(child, Duration::from_secs(30));
+    assert!(output.status.success());
+    let out = read_lines(&dir.path().join("out.jsonl"));
+    assert_eq!(out.len(), 2500);
+    // Envelopes come out in the flat form with their message ids.
+    let first_in: serde_json::Value =
+        serde_json::from_slice(generated.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    let first_out: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+    assert_eq!(first_out["id"], first_in["msg"]["message_id"]);
+    assert_eq!(first_out["type"], "workflow.created");
+}
+
+#[test]
+fn generate_expect_reports_counts_that_add_up() {
+    let output = Command::new(binary())
+        .args(["generate", "-n", "20000", "--expect", "-o", "/dev/null"])
+        .output()
+        .unwrap();
+    let expect: serde_json::Value = serde_json::from_slice(&output.stderr).unwrap();
+    let n = |k: &str| expect[k].as_u64().unwrap();
+    assert_eq!(
+        n("total_workflows"),
+        n("running_workflows")
+            + n("paused_workflows")
+            + n("completed_workflows")
+            + n("failed_workflows")
+            + n("cancelled_workflows")
+    );
+    assert_eq!(n("events"), 20000);
+}
