@@ -1,4 +1,5 @@
 //! Processors: what turns events into metrics, alerts and custom values.
 
+pub mod aggregate;
 pub mod passthrough;
 pub mod stage_failures;
