@@ -1,0 +1,156 @@
+//! `aggregate` end to end through the binary: file → aggregate → file.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn last_document(path: &std::path::Path) -> serde_json::Value {
+    let lines = read_lines(path);
+    let last = lines.last().expect("no metrics document written");
+    let message: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(message["type"], "metrics:update");
+    message["data"].clone()
+}
+
+fn pipeline(dir: &std::path::Path, input: &str) -> std::path::PathBuf {
+    let config = dir.join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[sources.in]
+type = "file"
+path = "{input}"
+
+[processors.metrics]
+type = "aggregate"
+inputs = ["in"]
+interval = "1s"
+history = "0s"
+
+[sinks.out]
+type = "file"
+path = "metrics.jsonl"
+inputs = ["metrics"]
+"#
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn final_document_of_a_known_file_is_the_known_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two features and a bugfix; one completes (reported before its creation),
+    // one fails, one is paused then resumed and still running; a duplicate and
+    // a malformed line on the way.
+    let lines = [
+        r#"{"id":"1","type":"workflow.created","timestamp":"2026-11-27T10:00:00.000Z","workflow_id":"a","workflow_type":"feature"}"#,
+        r#"{"id":"3","type":"workflow.stage.completed","timestamp":"2026-11-27T10:00:02.000Z","workflow_id":"a","agent_type":"coder","stage":"impl","duration_ms":2000}"#,
+        r#"{"id":"5","type":"workflow.completed","timestamp":"2026-11-27T10:00:04.000Z","workflow_id":"b","workflow_type":"feature","duration_ms":4000}"#,
+        r#"{"id":"2","type":"workflow.created","timestamp":"2026-11-27T10:00:01.000Z","workflow_id":"b","workflow_type":"feature"}"#,
+        r#"{"id":"4","type":"workflow.stage.failed","timestamp":"2026-11-27T10:00:03.000Z","workflow_id":"a","agent_type":"tester","stage":"test","duration_ms":1000,"error":"boom"}"#,
+        r#"{"id":"4","type":"workflow.stage.failed","timestamp":"2026-11-27T10:00:03.000Z","workflow_id":"a","agent_type":"tester","stage":"test","duration_ms":1000,"error":"boom"}"#,
+        "not json at all",
+        r#"{"id":"6","type":"workflow.failed","timestamp":"2026-11-27T10:00:05.000Z","workflow_id":"a","workflow_type":"feature","duration_ms":5000,"error":"tests failed"}"#,
+        r#"{"id":"7","type":"workflow.created","timestamp":"2026-11-27T10:00:06.000Z","workflow_id":"c","workflow_type":"bugfix"}"#,
+        r#"{"id":"8","type":"workflow.paused","timestamp":"2026-11-27T10:00:07.000Z","workflow_id":"c"}"#,
+        r#"{"id":"9","type":"workflow.resumed","timestamp":"2026-11-27T10:00:08.000Z","workflow_id":"c"}"#,
+        r#"{"id":"10","type":"workflow.stage.completed","timestamp":"2026-11-27T10:00:09.000Z","workflow_id":"c","agent_type":"coder","stage":"impl","duration_ms":4000}"#,
+    ];
+    std::fs::write(dir.path().join("in.jsonl"), lines.join("\n") + "\n").unwrap();
+    let config = pipeline(dir.path(), "in.jsonl");
+    let output = run_to_end(dir.path(), &config, Duration::from_secs(30));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let doc = last_document(&dir.path().join("metrics.jsonl"));
+
+    let expected_overview = serde_json::json!({
+        "total_workflows": 3, "running_workflows": 1, "completed_workflows": 1,
+        "failed_workflows": 1, "paused_workflows": 0, "cancelled_workflows": 0,
+        "expired_workflows": 0, "avg_completion_time_ms": 4000.0,
+        "error_rate_percent": 50.0, "success_rate_percent": 50.0,
+        // 2 of 3 stage tasks succeeded in the last 5 minutes.
+        "system_health_percent": 200.0 / 3.0
+    });
+    assert_eq!(doc["overview"], expected_overview);
+    assert_eq!(doc["as_of"], "2026-11-27T10:00:09.000Z");
+    assert_eq!(doc["throughput_per_minute"], 2);
+    assert_eq!(doc["anomalies"], 0);
+    let agents: Vec<_> = doc["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["agent_type"].clone(), a["total_tasks"].clone(), a["failed_tasks"].clone(), a["avg_duration_ms"].clone(), a["success_rate_percent"].clone(), a["last_seen"].clone()))
+        .collect();
+    assert_eq!(
+        agents,
+        vec![
+            ("coder".into(), 2.into(), 0.into(), 3000.0.into(), 100.0.into(), "2026-11-27T10:00:09.000Z".into()),
+            ("tester".into(), 1.into(), 1.into(), 1000.0.into(), 0.0.into(), "2026-11-27T10:00:03.000Z".into()),
+        ]
+    );
+    assert_eq!(
+        doc["workflows_by_type"],
+        serde_json::json!([
+            {"workflow_type": "bugfix", "total": 1, "completed": 0, "failed": 0, "success_rate_percent": 100.0},
+            {"workflow_type": "feature", "total": 2, "completed": 1, "failed": 1, "success_rate_percent": 50.0}
+        ])
+    );
+    // Durations 4000 and 5000: the sketch is within 1% of the exact quantiles.
+    let close = |v: &serde_json::Value, exact: f64| (v.as_f64().unwrap() - exact).abs() <= exact * 0.01;
+    assert!(close(&doc["latency_p50_ms"], 4000.0), "{}", doc["latency_p50_ms"]);
+    assert!(close(&doc["latency_p99_ms"], 4000.0), "{}", doc["latency_p99_ms"]);
+    assert!(close(&doc["agents"][0]["p95_duration_ms"], 2000.0));
+    assert_eq!(doc["window"]["1m"]["finished"], 2);
+    assert_eq!(doc["window"]["1m"]["failed"], 1);
+    assert_eq!(doc["window"]["15m"]["error_rate_percent"], 50.0);
+
+    let summaries = summaries(&output.stderr);
+    assert_eq!(counter(&summaries, "in", "malformed"), 1);
+}
+
+#[test]
+fn generated_workload_with_duplicates_and_malformed_lines_gives_the_exact_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = Command::new(binary())
+        .args(["generate", "-n", "60000", "--seed", "21", "--in-flight", "300", "--duplicates", "0.05", "--malformed", "0.01", "--expect", "-o"])
+        .arg(dir.path().join("events.jsonl"))
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let expect: serde_json::Value = serde_json::from_slice(&generated.stderr).unwrap();
+    let config = pipeline(dir.path(), "events.jsonl");
+    let output = run_to_end(dir.path(), &config, Duration::from_secs(60));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let doc = last_document(&dir.path().join("metrics.jsonl"));
+    for field in ["total_workflows", "running_workflows", "paused_workflows", "completed_workflows", "failed_workflows", "cancelled_workflows"] {
+        assert_eq!(doc["overview"][field], expect[field], "{field}");
+    }
+    let tasks: u64 = doc["agents"].as_array().unwrap().iter().map(|a| a["total_tasks"].as_u64().unwrap()).sum();
+    let expected_tasks = expect["stage_tasks_completed"].as_u64().unwrap() + expect["stage_tasks_failed"].as_u64().unwrap();
+    assert_eq!(tasks, expected_tasks);
+    let summaries = summaries(&output.stderr);
+    assert_eq!(counter(&summaries, "in", "malformed"), expect["malformed"].as_u64().unwrap());
+    assert_eq!(counter(&summaries, "metrics", "ignored"), expect["duplicates"].as_u64().unwrap());
+}
+
+#[test]
+fn default_pipeline_emits_metrics_with_the_custom_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline.toml"))
+        .unwrap()
+        .replace("rate = 50", "rate = 2000\nrealtime = false\ncount = 20000\nseed = 5");
+    let config = dir.path().join("p.toml");
+    std::fs::write(&config, text).unwrap();
+    let output = run_to_end(dir.path(), &config, Duration::from_secs(60));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let doc = last_document(&dir.path().join("data/metrics.jsonl"));
+    let failures = &doc["custom"]["stage_failures_per_hour"];
+    assert!(failures.is_object() && !failures.as_object().unwrap().is_empty(), "{doc}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("workflows total="), "{stdout}");
+}
