@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# file → decode → blackhole throughput on one core, against a bare decode loop,
-# and the cost of pass-through processor hops. All in one run, as ratios.
+# file → decode → blackhole throughput on one core, against a bare decode loop;
+# the cost of pass-through processor hops; and the cost of `aggregate` in the
+# pipeline. All in one run on one seeded workload (10,000 workflows in flight,
+# 5% duplicates), as ratios.
 #
 #   bench/pipeline_throughput.sh [EVENTS]   (default 2,000,000)
 set -euo pipefail
@@ -12,17 +14,22 @@ bin="$CARGO_TARGET_DIR/release"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-"$bin/flowpulse" generate -n "$events" --seed 7 --in-flight 10000 -o "$work/events.jsonl"
+"$bin/flowpulse" generate -n "$events" --seed 7 --in-flight 10000 --duplicates 0.05 -o "$work/events.jsonl"
 echo "workload: $events flat events, $(du -h "$work/events.jsonl" | cut -f1)"
 
-config() { # $1 = number of passthrough processors
+config() { # $1 = number of passthrough processors, or "agg" for one aggregate
   {
     printf '[pipeline]\ndata_dir = "%s/data"\n\n[sources.in]\ntype = "file"\npath = "%s/events.jsonl"\n\n' "$work" "$work"
     prev=in
-    for i in $(seq 1 "$1"); do
-      printf '[processors.p%s]\ntype = "passthrough"\ninputs = ["%s"]\n\n' "$i" "$prev"
-      prev="p$i"
-    done
+    if [ "$1" = agg ]; then
+      printf '[processors.metrics]\ntype = "aggregate"\ninputs = ["in"]\n\n'
+      prev=metrics
+    else
+      for i in $(seq 1 "$1"); do
+        printf '[processors.p%s]\ntype = "passthrough"\ninputs = ["%s"]\n\n' "$i" "$prev"
+        prev="p$i"
+      done
+    fi
     printf '[sinks.out]\ntype = "blackhole"\ninputs = ["%s"]\n' "$prev"
   } > "$work/p$1.toml"
 }
@@ -54,9 +61,11 @@ p0=$(pipeline_rate 0)
 p1=$(pipeline_rate 1)
 p2=$(pipeline_rate 2)
 p4=$(pipeline_rate 4)
+pagg=$(pipeline_rate agg)
 ratio() { echo "scale=3; $1 / $2" | bc -l; }
 echo "bare decode loop (taskset -c 0):            $base events/s"
 echo "file → decode → blackhole (taskset -c 0):   $p0 events/s  ratio to bare loop: $(ratio "$p0" "$base")"
 echo "  + 1 passthrough:                          $p1 events/s  ratio to 0 hops: $(ratio "$p1" "$p0")"
 echo "  + 2 passthrough:                          $p2 events/s  ratio to 0 hops: $(ratio "$p2" "$p0")"
 echo "  + 4 passthrough:                          $p4 events/s  ratio to 0 hops: $(ratio "$p4" "$p0")"
+echo "file → decode → aggregate → blackhole:      $pagg events/s  ratio to file → decode → blackhole: $(ratio "$pagg" "$p0")"

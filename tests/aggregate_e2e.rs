@@ -65,7 +65,11 @@ fn final_document_of_a_known_file_is_the_known_answer() {
     std::fs::write(dir.path().join("in.jsonl"), lines.join("\n") + "\n").unwrap();
     let config = pipeline(dir.path(), "in.jsonl");
     let output = run_to_end(dir.path(), &config, Duration::from_secs(30));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let doc = last_document(&dir.path().join("metrics.jsonl"));
 
     let expected_overview = serde_json::json!({
@@ -84,13 +88,36 @@ fn final_document_of_a_known_file_is_the_known_answer() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| (a["agent_type"].clone(), a["total_tasks"].clone(), a["failed_tasks"].clone(), a["avg_duration_ms"].clone(), a["success_rate_percent"].clone(), a["last_seen"].clone()))
+        .map(|a| {
+            (
+                a["agent_type"].clone(),
+                a["total_tasks"].clone(),
+                a["failed_tasks"].clone(),
+                a["avg_duration_ms"].clone(),
+                a["success_rate_percent"].clone(),
+                a["last_seen"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         agents,
         vec![
-            ("coder".into(), 2.into(), 0.into(), 3000.0.into(), 100.0.into(), "2026-11-27T10:00:09.000Z".into()),
-            ("tester".into(), 1.into(), 1.into(), 1000.0.into(), 0.0.into(), "2026-11-27T10:00:03.000Z".into()),
+            (
+                "coder".into(),
+                2.into(),
+                0.into(),
+                3000.0.into(),
+                100.0.into(),
+                "2026-11-27T10:00:09.000Z".into()
+            ),
+            (
+                "tester".into(),
+                1.into(),
+                1.into(),
+                1000.0.into(),
+                0.0.into(),
+                "2026-11-27T10:00:03.000Z".into()
+            ),
         ]
     );
     assert_eq!(
@@ -101,9 +128,18 @@ fn final_document_of_a_known_file_is_the_known_answer() {
         ])
     );
     // Durations 4000 and 5000: the sketch is within 1% of the exact quantiles.
-    let close = |v: &serde_json::Value, exact: f64| (v.as_f64().unwrap() - exact).abs() <= exact * 0.01;
-    assert!(close(&doc["latency_p50_ms"], 4000.0), "{}", doc["latency_p50_ms"]);
-    assert!(close(&doc["latency_p99_ms"], 4000.0), "{}", doc["latency_p99_ms"]);
+    let close =
+        |v: &serde_json::Value, exact: f64| (v.as_f64().unwrap() - exact).abs() <= exact * 0.01;
+    assert!(
+        close(&doc["latency_p50_ms"], 4000.0),
+        "{}",
+        doc["latency_p50_ms"]
+    );
+    assert!(
+        close(&doc["latency_p99_ms"], 4000.0),
+        "{}",
+        doc["latency_p99_ms"]
+    );
     assert!(close(&doc["agents"][0]["p95_duration_ms"], 2000.0));
     assert_eq!(doc["window"]["1m"]["finished"], 2);
     assert_eq!(doc["window"]["1m"]["failed"], 1);
@@ -117,7 +153,21 @@ fn final_document_of_a_known_file_is_the_known_answer() {
 fn generated_workload_with_duplicates_and_malformed_lines_gives_the_exact_counts() {
     let dir = tempfile::tempdir().unwrap();
     let generated = Command::new(binary())
-        .args(["generate", "-n", "60000", "--seed", "21", "--in-flight", "300", "--duplicates", "0.05", "--malformed", "0.01", "--expect", "-o"])
+        .args([
+            "generate",
+            "-n",
+            "60000",
+            "--seed",
+            "21",
+            "--in-flight",
+            "300",
+            "--duplicates",
+            "0.05",
+            "--malformed",
+            "0.01",
+            "--expect",
+            "-o",
+        ])
         .arg(dir.path().join("events.jsonl"))
         .output()
         .unwrap();
@@ -125,17 +175,40 @@ fn generated_workload_with_duplicates_and_malformed_lines_gives_the_exact_counts
     let expect: serde_json::Value = serde_json::from_slice(&generated.stderr).unwrap();
     let config = pipeline(dir.path(), "events.jsonl");
     let output = run_to_end(dir.path(), &config, Duration::from_secs(60));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let doc = last_document(&dir.path().join("metrics.jsonl"));
-    for field in ["total_workflows", "running_workflows", "paused_workflows", "completed_workflows", "failed_workflows", "cancelled_workflows"] {
+    for field in [
+        "total_workflows",
+        "running_workflows",
+        "paused_workflows",
+        "completed_workflows",
+        "failed_workflows",
+        "cancelled_workflows",
+    ] {
         assert_eq!(doc["overview"][field], expect[field], "{field}");
     }
-    let tasks: u64 = doc["agents"].as_array().unwrap().iter().map(|a| a["total_tasks"].as_u64().unwrap()).sum();
-    let expected_tasks = expect["stage_tasks_completed"].as_u64().unwrap() + expect["stage_tasks_failed"].as_u64().unwrap();
+    let tasks: u64 = doc["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["total_tasks"].as_u64().unwrap())
+        .sum();
+    let expected_tasks = expect["stage_tasks_completed"].as_u64().unwrap()
+        + expect["stage_tasks_failed"].as_u64().unwrap();
     assert_eq!(tasks, expected_tasks);
     let summaries = summaries(&output.stderr);
-    assert_eq!(counter(&summaries, "in", "malformed"), expect["malformed"].as_u64().unwrap());
-    assert_eq!(counter(&summaries, "metrics", "ignored"), expect["duplicates"].as_u64().unwrap());
+    assert_eq!(
+        counter(&summaries, "in", "malformed"),
+        expect["malformed"].as_u64().unwrap()
+    );
+    assert_eq!(
+        counter(&summaries, "metrics", "ignored"),
+        expect["duplicates"].as_u64().unwrap()
+    );
 }
 
 #[test]
@@ -143,14 +216,24 @@ fn default_pipeline_emits_metrics_with_the_custom_metric() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline.toml"))
         .unwrap()
-        .replace("rate = 50", "rate = 2000\nrealtime = false\ncount = 20000\nseed = 5");
+        .replace(
+            "rate = 50",
+            "rate = 2000\nrealtime = false\ncount = 20000\nseed = 5",
+        );
     let config = dir.path().join("p.toml");
     std::fs::write(&config, text).unwrap();
     let output = run_to_end(dir.path(), &config, Duration::from_secs(60));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let doc = last_document(&dir.path().join("data/metrics.jsonl"));
     let failures = &doc["custom"]["stage_failures_per_hour"];
-    assert!(failures.is_object() && !failures.as_object().unwrap().is_empty(), "{doc}");
+    assert!(
+        failures.is_object() && !failures.as_object().unwrap().is_empty(),
+        "{doc}"
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("workflows total="), "{stdout}");
 }

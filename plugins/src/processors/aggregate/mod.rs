@@ -7,6 +7,7 @@
 //! - `processor.rs`: the running processor (emission, idle time).
 
 mod config;
+mod dedup;
 mod processor;
 pub mod snapshot;
 pub mod state;

@@ -8,9 +8,10 @@ use flowpulse_core::event::{format_rfc3339_ms, EventKind, WorkflowEvent};
 use flowpulse_core::metrics::{
     AgentStats, HistoryPoint, Overview, RealtimeMetrics, WindowStats, WorkflowTypeStats,
 };
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use super::dedup::Dedup;
 use super::windows::{BucketRing, Sketch, Totals};
 
 /// A timestamp more than this far ahead of the wall clock is clamped.
@@ -54,10 +55,21 @@ struct Names {
     names: Vec<String>,
     #[serde(skip)]
     index: FxHashMap<String, u16>,
+    /// (length, first 8 bytes) of each name: most comparisons end here.
+    #[serde(skip)]
+    prefixes: Vec<(usize, u64)>,
+}
+
+fn prefix(name: &str) -> (usize, u64) {
+    let mut bytes = [0u8; 8];
+    let n = name.len().min(8);
+    bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+    (name.len(), u64::from_le_bytes(bytes))
 }
 
 impl Names {
     fn rebuild_index(&mut self) {
+        self.prefixes = self.names.iter().map(|n| prefix(n)).collect();
         self.index = self
             .names
             .iter()
@@ -67,7 +79,18 @@ impl Names {
     }
 
     fn intern(&mut self, name: &str, cap: usize) -> u16 {
-        if let Some(&i) = self.index.get(name) {
+        // A handful of names is the common case: a scan beats hashing.
+        if self.names.len() <= 16 {
+            let p = prefix(name);
+            let found = self
+                .prefixes
+                .iter()
+                .zip(&self.names)
+                .position(|(q, n)| *q == p && (p.0 <= 8 || n == name));
+            if let Some(i) = found {
+                return i as u16;
+            }
+        } else if let Some(&i) = self.index.get(name) {
             return i;
         }
         let name = if self.names.len() >= cap.min(NONE as usize - 1) {
@@ -80,6 +103,7 @@ impl Names {
         }
         let i = self.names.len() as u16;
         self.names.push(name.to_owned());
+        self.prefixes.push(prefix(name));
         self.index.insert(name.to_owned(), i);
         i
     }
@@ -201,37 +225,63 @@ impl ReorderBuffer {
     }
 }
 
-/// Remembered event identities (128-bit hashes) within the dedup window.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Dedup {
-    order: VecDeque<(i64, u128)>,
-    #[serde(skip)]
-    seen: FxHashSet<u128>,
+/// Workflow id → slot, keyed by a 64-bit hash of the id and checked
+/// against the id kept in the slot; ids whose hash collides with another's
+/// go to a plain map (in practice it stays empty).
+#[derive(Debug, Clone, Default)]
+struct WorkflowIndex {
+    by_hash: FxHashMap<u64, u32>,
+    collisions: FxHashMap<Box<str>, u32>,
 }
 
-impl Dedup {
-    fn rebuild_index(&mut self) {
-        self.seen = self.order.iter().map(|(_, k)| *k).collect();
+impl WorkflowIndex {
+    fn hash(id: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(id.as_bytes())
     }
 
-    /// Records `id`; false if it was already seen.
-    fn first_sighting(&mut self, id: &str, ts: i64) -> bool {
-        let key = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
-        if !self.seen.insert(key) {
-            return false;
-        }
-        self.order.push_back((ts, key));
-        true
-    }
-
-    fn forget_before(&mut self, cutoff: i64) {
-        while let Some(&(ts, key)) = self.order.front() {
-            if ts >= cutoff {
-                break;
+    fn get(&self, id: &str, slots: &[Option<Workflow>]) -> Option<u32> {
+        if let Some(&slot) = self.by_hash.get(&Self::hash(id)) {
+            if slots[slot as usize].as_ref().is_some_and(|w| &*w.id == id) {
+                return Some(slot);
             }
-            self.order.pop_front();
-            self.seen.remove(&key);
         }
+        if self.collisions.is_empty() {
+            None
+        } else {
+            self.collisions.get(id).copied()
+        }
+    }
+
+    /// Indexes `id` (which must not be indexed yet) at `slot`.
+    fn insert(&mut self, id: &str, slot: u32, slots: &[Option<Workflow>]) {
+        match self.by_hash.entry(Self::hash(id)) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(slot);
+            }
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let taken = slots[*e.get() as usize]
+                    .as_ref()
+                    .is_some_and(|w| &*w.id != id);
+                if taken {
+                    self.collisions.insert(id.into(), slot);
+                } else {
+                    *e.into_mut() = slot;
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str, slot: u32) {
+        let hash = Self::hash(id);
+        if self.by_hash.get(&hash) == Some(&slot) {
+            self.by_hash.remove(&hash);
+        } else {
+            self.collisions.remove(id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_hash.len() + self.collisions.len()
     }
 }
 
@@ -305,7 +355,7 @@ pub struct AggregateState {
     slots: Vec<Option<Workflow>>,
     free: Vec<u32>,
     #[serde(skip)]
-    by_id: FxHashMap<Box<str>, u32>,
+    by_id: WorkflowIndex,
     /// Outcome time, slot, generation: finished workflows to forget.
     finished: VecDeque<(i64, u32, u32)>,
     counts: Counts,
@@ -336,7 +386,7 @@ impl AggregateState {
             pending: ReorderBuffer::default(),
             slots: Vec::new(),
             free: Vec::new(),
-            by_id: FxHashMap::default(),
+            by_id: WorkflowIndex::default(),
             finished: VecDeque::new(),
             counts: Counts::default(),
             agents: Names::default(),
@@ -376,7 +426,7 @@ impl AggregateState {
 
     /// Event identities remembered for deduplication.
     pub fn dedup_len(&self) -> usize {
-        self.dedup.order.len()
+        self.dedup.len()
     }
 
     /// Events waiting for the watermark.
@@ -393,7 +443,10 @@ impl AggregateState {
     /// timestamps from the future.
     pub fn fold(&mut self, event: &WorkflowEvent, wall_ms: i64) {
         if let Some(id) = &event.id {
-            if !self.dedup.first_sighting(id, event.timestamp_ms) {
+            let cutoff = self
+                .now_ms
+                .map_or(i64::MIN, |t| t.saturating_sub(self.limits.dedup_window_ms));
+            if !self.dedup.first_sighting(id, event.timestamp_ms, cutoff) {
                 self.accounting.duplicates += 1;
                 return;
             }
@@ -421,8 +474,13 @@ impl AggregateState {
             (None, true) => self.intern_agent(UNKNOWN),
             _ => NONE,
         };
+        // A type matters only until the workflow's type is known.
+        let type_known = !is_stage
+            && self.slots[slot as usize]
+                .as_ref()
+                .is_some_and(|w| w.workflow_type != 0);
         let workflow_type = match &event.workflow_type {
-            Some(t) if !is_stage => self.intern_type(t),
+            Some(t) if !is_stage && !type_known => self.intern_type(t),
             _ => NONE,
         };
         let pending = Pending {
@@ -435,7 +493,9 @@ impl AggregateState {
             workflow_type,
             duration_ms: event.duration_ms,
         };
-        if late {
+        // Stage statistics do not depend on order: apply them at once. Workflow
+        // lifecycles do: hold them until the watermark passes them.
+        if late || is_stage {
             self.apply(pending);
         } else {
             self.pending.push(pending);
@@ -486,7 +546,7 @@ impl AggregateState {
     /// The slot of a workflow, created (unknown until an event is applied)
     /// when `create` is set.
     fn slot_for(&mut self, id: &str, create: bool) -> Option<(u32, u32)> {
-        if let Some(&slot) = self.by_id.get(id) {
+        if let Some(slot) = self.by_id.get(id, &self.slots) {
             let generation = self.slots[slot as usize]
                 .as_ref()
                 .map_or(0, |w| w.generation);
@@ -519,7 +579,7 @@ impl AggregateState {
             }
         };
         self.slots[slot as usize] = Some(workflow(generation));
-        self.by_id.insert(id.into(), slot);
+        self.by_id.insert(id, slot, &self.slots);
         Some((slot, generation))
     }
 
@@ -548,7 +608,7 @@ impl AggregateState {
     fn remove_slot(&mut self, slot: u32, generation: u32) {
         let entry = &mut self.slots[slot as usize];
         if let Some(workflow) = entry.as_mut().filter(|w| w.generation == generation) {
-            self.by_id.remove(&workflow.id);
+            self.by_id.remove(&workflow.id, slot);
             // Keep the generation so a reused slot gets a new one.
             workflow.id = Box::from("");
             workflow.known = false;
@@ -871,17 +931,16 @@ impl AggregateState {
     pub(super) fn rebuild_indices(&mut self) {
         self.agents.rebuild_index();
         self.types.rebuild_index();
-        self.dedup.rebuild_index();
-        self.by_id = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, w)| {
-                w.as_ref()
-                    .filter(|w| !w.id.is_empty())
-                    .map(|w| (w.id.clone(), i as u32))
-            })
-            .collect();
+        self.by_id = WorkflowIndex::default();
+        for i in 0..self.slots.len() {
+            let id = self.slots[i]
+                .as_ref()
+                .filter(|w| !w.id.is_empty())
+                .map(|w| w.id.clone());
+            if let Some(id) = id {
+                self.by_id.insert(&id, i as u32, &self.slots);
+            }
+        }
     }
 
     /// Adds a partial state of a disjoint partition of workflows into this
@@ -891,15 +950,7 @@ impl AggregateState {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        for (ts, key) in &other.dedup.order {
-            if self.dedup.seen.insert(*key) {
-                self.dedup.order.push_back((*ts, *key));
-            }
-        }
-        self.dedup
-            .order
-            .make_contiguous()
-            .sort_by_key(|(ts, _)| *ts);
+        self.dedup.merge(&other.dedup);
         // Re-home the other's workflows, then its held events and finished list.
         let mut slot_map = FxHashMap::default();
         for (old, workflow) in other.slots.iter().enumerate() {

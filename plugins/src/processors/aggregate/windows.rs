@@ -77,6 +77,10 @@ impl Bucket {
 pub struct BucketRing {
     width_ms: i64,
     slots: Vec<Option<Bucket>>,
+    /// The last bucket used (index, slot): events come in time order, so
+    /// most find their bucket here without a division.
+    #[serde(skip)]
+    last: Option<(i64, usize)>,
 }
 
 impl BucketRing {
@@ -85,6 +89,7 @@ impl BucketRing {
         BucketRing {
             width_ms: width_ms.max(1),
             slots: vec![None; len.max(1)],
+            last: None,
         }
     }
 
@@ -100,9 +105,20 @@ impl BucketRing {
 
     /// The bucket for `ts_ms`, or `None` if it is older than the ring keeps.
     pub fn bucket_mut(&mut self, ts_ms: i64) -> Option<&mut Bucket> {
+        if let Some((index, slot)) = self.last {
+            let start = index * self.width_ms;
+            let hit = ts_ms >= start
+                && ts_ms < start + self.width_ms
+                && self.slots[slot].as_ref().is_some_and(|b| b.index == index);
+            if hit {
+                return self.slots[slot].as_mut();
+            }
+        }
         let index = self.index_of(ts_ms);
         let len = self.slots.len() as i64;
-        let slot = &mut self.slots[index.rem_euclid(len) as usize];
+        let position = index.rem_euclid(len) as usize;
+        self.last = Some((index, position));
+        let slot = &mut self.slots[position];
         match slot {
             Some(bucket) if bucket.index == index => {}
             Some(bucket) if bucket.index > index => return None,
