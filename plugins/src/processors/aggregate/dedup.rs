@@ -253,6 +253,8 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
         /// Against a plain map: the same answer for every identity, across epochs.
         #[test]
         fn agrees_with_a_plain_map(ids in prop::collection::vec(0u32..200_000, 1..150_000)) {
