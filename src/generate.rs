@@ -35,6 +35,13 @@ pub struct GenerateArgs {
     /// Output file [default: standard output].
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// XADD the events (envelope form, `topic`/`payload` fields) to a Redis
+    /// stream at this URL instead of writing lines.
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// The stream to XADD to.
+    #[arg(long, default_value = "stream:workflow:events")]
+    stream: String,
     /// Print the exact expected counts to standard error as JSON.
     #[arg(long)]
     expect: bool,
@@ -55,8 +62,81 @@ const MALFORMED: [&str; 3] = [
     r#"{"type":"workflow.completed","workflow_id":"wf-x","timestamp":"yesterday"}"#,
 ];
 
+/// Where generated lines go.
+trait LineSink {
+    fn line(&mut self, line: &[u8]) -> anyhow::Result<()>;
+    fn finish(&mut self) -> anyhow::Result<()>;
+}
+
+impl<W: Write> LineSink for W {
+    fn line(&mut self, line: &[u8]) -> anyhow::Result<()> {
+        self.write_all(line)?;
+        Ok(self.write_all(b"\n")?)
+    }
+    fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(self.flush()?)
+    }
+}
+
+/// XADDs each line as an entry's `payload`, pipelined in chunks.
+struct StreamSink {
+    conn: redis::Connection,
+    stream: String,
+    pending: Vec<Vec<u8>>,
+}
+
+impl StreamSink {
+    fn send(&mut self) -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        for payload in self.pending.drain(..) {
+            pipe.cmd("XADD")
+                .arg(&self.stream)
+                .arg("*")
+                .arg("topic")
+                .arg("workflow:events")
+                .arg("payload")
+                .arg(payload)
+                .ignore();
+        }
+        pipe.query::<()>(&mut self.conn).context("XADD failed")
+    }
+}
+
+impl LineSink for StreamSink {
+    fn line(&mut self, line: &[u8]) -> anyhow::Result<()> {
+        self.pending.push(line.to_vec());
+        if self.pending.len() >= 1000 {
+            self.send()?;
+        }
+        Ok(())
+    }
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.send()
+    }
+}
+
 /// Writes the events.
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.redis_url {
+        let client = redis::Client::open(url.as_str()).with_context(|| {
+            format!(
+                "invalid Redis URL {}",
+                flowpulse_core::redact::redact_url(url)
+            )
+        })?;
+        let conn = client.get_connection().with_context(|| {
+            format!(
+                "cannot connect to {}",
+                flowpulse_core::redact::redact_url(url)
+            )
+        })?;
+        let mut sink = StreamSink {
+            conn,
+            stream: args.stream.clone(),
+            pending: Vec::new(),
+        };
+        return generate(args, &mut sink, true);
+    }
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::with_capacity(
             1 << 20,
@@ -65,6 +145,14 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
+    generate(args, &mut out, false)
+}
+
+fn generate(
+    args: &GenerateArgs,
+    out: &mut dyn LineSink,
+    envelope_only: bool,
+) -> anyhow::Result<()> {
     let mut generator = WorkloadGenerator::new(WorkloadConfig {
         seed: args.seed,
         rate: args.rate,
@@ -77,23 +165,21 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     let mut duplicates = 0u64;
     for event in generator.by_ref().take(args.count as usize) {
         line.clear();
-        match args.form {
-            Form::Flat => serde_json::to_writer(&mut line, &event)?,
-            Form::Envelope => serde_json::to_writer(&mut line, &event.to_envelope_json())?,
+        match (args.form, envelope_only) {
+            (Form::Flat, false) => serde_json::to_writer(&mut line, &event)?,
+            _ => serde_json::to_writer(&mut line, &event.to_envelope_json())?,
         }
-        line.push(b'\n');
-        out.write_all(&line)?;
+        out.line(&line)?;
         if args.duplicates > 0.0 && noise.random_bool(args.duplicates.min(1.0)) {
-            out.write_all(&line)?;
+            out.line(&line)?;
             duplicates += 1;
         }
         if args.malformed > 0.0 && noise.random_bool(args.malformed.min(1.0)) {
-            out.write_all(MALFORMED[(malformed % 3) as usize].as_bytes())?;
-            out.write_all(b"\n")?;
+            out.line(MALFORMED[(malformed % 3) as usize].as_bytes())?;
             malformed += 1;
         }
     }
-    out.flush()?;
+    out.finish()?;
     if args.expect {
         eprintln!("{}", expectation(generator.tally(), duplicates, malformed));
     }

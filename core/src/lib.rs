@@ -10,6 +10,7 @@
 
 pub mod ack;
 pub mod alert;
+pub mod checkpoint;
 pub mod config;
 pub mod event;
 pub mod metrics;

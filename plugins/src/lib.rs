@@ -1,7 +1,9 @@
 //! The built-in Flowpulse plugins: one module per plugin, each registered with
 //! one `inventory::submit!`. Linking this crate is what makes them available.
 
+pub mod checkpoint;
 pub mod processors;
+pub mod redis_util;
 pub mod sinks;
 pub mod sources;
 

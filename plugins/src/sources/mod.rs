@@ -2,5 +2,6 @@
 
 pub mod demo;
 pub mod file;
+pub mod redis_stream;
 pub mod stdin;
 pub mod util;

@@ -10,7 +10,10 @@ use flowpulse_core::plugin::{
 use flowpulse_core::record::RecordKinds;
 use serde::Deserialize;
 
-use super::processor::Aggregate;
+use flowpulse_core::checkpoint::checkpoint_key;
+
+use super::processor::{Aggregate, Checkpointing};
+use super::snapshot::restore;
 use super::state::{AggregateState, Limits};
 
 /// `[processors.NAME] type = "aggregate"`.
@@ -143,10 +146,47 @@ impl ProcessorConfig for AggregateConfig {
     }
 
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Processor>, BuildError> {
+        let Some(settings) = &cx.checkpoint else {
+            let state = AggregateState::new(self.limits());
+            return Ok(Box::new(Aggregate::new(
+                self,
+                state,
+                cx.stats.clone(),
+                None,
+            )));
+        };
+        let store = crate::checkpoint::open(&settings.url)
+            .await
+            .map_err(BuildError)?;
+        let key = checkpoint_key(&cx.pipeline.name, &cx.name, 0);
+        let loaded = store
+            .load(&key)
+            .await
+            .map_err(|e| BuildError(format!("cannot read checkpoint {key}: {e}")))?;
+        let state = match loaded {
+            Some(bytes) => {
+                let state = restore(&bytes, &self.limits()).map_err(|e| {
+                    BuildError(format!(
+                        "checkpoint {key}: {e} (`flowpulse state reset` clears it)"
+                    ))
+                })?;
+                tracing::info!(
+                    component = %cx.name,
+                    key = %key,
+                    workflows = state.workflows_in_memory(),
+                    events = state.accounting().events,
+                    "restored state from checkpoint"
+                );
+                state
+            }
+            None => AggregateState::new(self.limits()),
+        };
+        let checkpointing = Checkpointing::new(store, key, settings.interval);
         Ok(Box::new(Aggregate::new(
             self,
-            AggregateState::new(self.limits()),
+            state,
             cx.stats.clone(),
+            Some(checkpointing),
         )))
     }
 }

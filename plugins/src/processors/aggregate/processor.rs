@@ -4,13 +4,44 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use flowpulse_core::ack::AckHandle;
+use flowpulse_core::checkpoint::CheckpointStore;
 use flowpulse_core::plugin::{ComponentError, Processor};
 use flowpulse_core::record::{Batch, Record};
 use flowpulse_core::runtime::Output;
 use flowpulse_core::telemetry::ComponentStats;
 
 use super::config::AggregateConfig;
+use super::snapshot::snapshot;
 use super::state::AggregateState;
+
+/// Periodic snapshots to a checkpoint store. What a snapshot has folded
+/// counts as taken once it is written: the acknowledgement handles of the
+/// folded batches are held until then.
+pub struct Checkpointing {
+    store: Arc<dyn CheckpointStore>,
+    key: String,
+    interval: Duration,
+    last: Instant,
+    held: Vec<AckHandle>,
+    changed: bool,
+    failing: bool,
+}
+
+impl Checkpointing {
+    /// Snapshots to `key` of `store` every `interval`.
+    pub fn new(store: Arc<dyn CheckpointStore>, key: String, interval: Duration) -> Checkpointing {
+        Checkpointing {
+            store,
+            key,
+            interval,
+            last: Instant::now(),
+            held: Vec::new(),
+            changed: false,
+            failing: false,
+        }
+    }
+}
 
 fn wall_ms() -> i64 {
     std::time::SystemTime::now()
@@ -30,6 +61,7 @@ pub struct Aggregate {
     last_emit: Instant,
     last_tick: Instant,
     stats: Arc<ComponentStats>,
+    checkpointing: Option<Checkpointing>,
 }
 
 impl Aggregate {
@@ -38,6 +70,7 @@ impl Aggregate {
         config: &AggregateConfig,
         state: AggregateState,
         stats: Arc<ComponentStats>,
+        checkpointing: Option<Checkpointing>,
     ) -> Aggregate {
         Aggregate {
             state,
@@ -48,6 +81,38 @@ impl Aggregate {
             last_emit: Instant::now(),
             last_tick: Instant::now(),
             stats,
+            checkpointing,
+        }
+    }
+
+    /// Writes a snapshot if due (or `force`d), then releases the held
+    /// acknowledgements. A failed write keeps them held and is retried.
+    async fn checkpoint(&mut self, force: bool) {
+        let Some(c) = self.checkpointing.as_mut() else {
+            return;
+        };
+        if !c.changed || (!force && c.last.elapsed() < c.interval) {
+            return;
+        }
+        let bytes = snapshot(&self.state);
+        match c.store.save(&c.key, &bytes).await {
+            Ok(()) => {
+                c.held.clear();
+                c.changed = false;
+                c.last = Instant::now();
+                if c.failing {
+                    tracing::info!(key = %c.key, "checkpoint written again");
+                    c.failing = false;
+                }
+            }
+            Err(e) => {
+                self.stats
+                    .error(format!("cannot write checkpoint {}: {e}", c.key));
+                if !c.failing {
+                    tracing::warn!(key = %c.key, "cannot write checkpoint ({e}); holding acknowledgements and retrying");
+                    c.failing = true;
+                }
+            }
         }
     }
 
@@ -80,9 +145,16 @@ impl Processor for Aggregate {
             .ignored((after.duplicates - before.duplicates) as usize);
         self.dirty = true;
         self.active = true;
-        // Without a checkpoint store, what is folded counts as taken now:
-        // `batch` (and its acknowledgement handles) is dropped here.
-        drop(batch);
+        match self.checkpointing.as_mut() {
+            Some(c) => {
+                let mut batch = batch;
+                c.held.extend(batch.take_acks());
+                c.changed = true;
+            }
+            // Without a checkpoint store, what is folded counts as taken now:
+            // `batch` (and its acknowledgement handles) is dropped here.
+            None => drop(batch),
+        }
         if let Some(min) = self.min_interval {
             if self.last_emit.elapsed() >= min {
                 self.emit(out).await;
@@ -92,7 +164,11 @@ impl Processor for Aggregate {
     }
 
     fn tick_interval(&self) -> Option<Duration> {
-        Some(self.min_interval.unwrap_or(self.interval))
+        let emit = self.min_interval.unwrap_or(self.interval);
+        Some(match &self.checkpointing {
+            Some(c) => emit.min(c.interval),
+            None => emit,
+        })
     }
 
     async fn tick(&mut self, out: &mut Output) -> Result<(), ComponentError> {
@@ -108,10 +184,13 @@ impl Processor for Aggregate {
         if due || (self.min_interval.is_some() && self.dirty) {
             self.emit(out).await;
         }
+        self.checkpoint(false).await;
         Ok(())
     }
 
     async fn finish(&mut self, out: &mut Output) -> Result<(), ComponentError> {
+        // The checkpoint keeps held events held: they are applied on restore.
+        self.checkpoint(true).await;
         self.state.flush();
         self.emit(out).await;
         Ok(())

@@ -1,0 +1,620 @@
+//! `redis_stream`: the orchestrator's event stream, read through a consumer
+//! group and acknowledged (`XACK`) only once the pipeline has taken each
+//! batch end to end.
+//!
+//! On start it re-reads its own pending entries (with `XPENDING` and
+//! `XRANGE`, which do not count as deliveries), then reads new ones with
+//! `XREADGROUP` on a connection of its own. Entries of a dead consumer idle
+//! longer than `claim_idle` are taken over with `XAUTOCLAIM` (which counts a
+//! delivery); an entry delivered more than `max_deliveries` times, and every
+//! undecodable entry, goes to the dead-letter stream and is acknowledged.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use flowpulse_core::ack::{AckHandle, BatchStatus};
+use flowpulse_core::event::{decode_stream_entry, Decoded};
+use flowpulse_core::plugin::{
+    BuildContext, BuildError, ComponentError, FieldError, PluginDescriptor, Source, SourceConfig,
+    SourceContext, ValidateContext,
+};
+use flowpulse_core::record::{Batch, Record};
+use flowpulse_core::redact::redact_url;
+use flowpulse_core::telemetry::ComponentStats;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use serde::Deserialize;
+
+use crate::redis_util::{self, array, connect, int, string, Outage, StreamEntry};
+
+/// `[sources.NAME] type = "redis_stream"`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStreamConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS). Never
+    /// logged with its password. Example: `"${REDIS_URL:-redis://127.0.0.1:6379}"`.
+    pub url: String,
+    /// The stream. Default `stream:workflow:events`.
+    #[serde(default = "defaults::stream")]
+    pub stream: String,
+    /// The consumer group, created if missing. Default `flowpulse`.
+    #[serde(default = "defaults::group")]
+    pub group: String,
+    /// This consumer's name; keep it stable across restarts so its pending
+    /// entries are its own again. Default: the pipeline name.
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// Where a new group starts: `"0"` (the whole stream, the default) or
+    /// `"$"` (only new entries).
+    #[serde(default = "defaults::start_id")]
+    pub start_id: String,
+    /// Entries per read. Default 500.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// How long a read blocks waiting for entries, e.g. `"1s"` (the default).
+    #[serde(default = "defaults::block", with = "humantime_serde")]
+    pub block: Duration,
+    /// Entries pending longer than this on any consumer are taken over,
+    /// e.g. `"30s"` (the default). Must exceed the checkpoint interval plus
+    /// `block`.
+    #[serde(default = "defaults::claim_idle", with = "humantime_serde")]
+    pub claim_idle: Duration,
+    /// Deliveries after which an entry is dead-lettered. Restarts do not
+    /// count. Default 5.
+    #[serde(default = "defaults::max_deliveries")]
+    pub max_deliveries: u64,
+    /// The dead-letter stream. Default: the stream's name + `:dead`.
+    #[serde(default)]
+    pub dead_letter_stream: Option<String>,
+    /// Approximate cap of the dead-letter stream. Default 100000.
+    #[serde(default = "defaults::dead_letter_maxlen")]
+    pub dead_letter_maxlen: u64,
+    /// Finish once no entry has arrived for this long (replays, tests).
+    /// Default: never.
+    #[serde(default, with = "humantime_serde")]
+    pub stop_after_idle: Option<Duration>,
+}
+
+impl std::fmt::Debug for RedisStreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStreamConfig")
+            .field("url", &redact_url(&self.url))
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+    pub fn stream() -> String {
+        "stream:workflow:events".into()
+    }
+    pub fn group() -> String {
+        "flowpulse".into()
+    }
+    pub fn start_id() -> String {
+        "0".into()
+    }
+    pub fn batch_size() -> usize {
+        500
+    }
+    pub fn block() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn claim_idle() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_deliveries() -> u64 {
+        5
+    }
+    pub fn dead_letter_maxlen() -> u64 {
+        100_000
+    }
+}
+
+inventory::submit! {
+    PluginDescriptor::source::<RedisStreamConfig>("redis_stream", "Reads workflow events from a Redis stream through a consumer group, acking end to end")
+}
+
+#[async_trait]
+impl SourceConfig for RedisStreamConfig {
+    fn validate(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if let Err(e) = redis_util::client(&self.url) {
+            errors.push(FieldError::new("url", e));
+        }
+        if self.batch_size == 0 {
+            errors.push(FieldError::new("batch_size", "must be at least 1"));
+        }
+        if self.max_deliveries == 0 {
+            errors.push(FieldError::new("max_deliveries", "must be at least 1"));
+        }
+        let checkpoint = cx.checkpoint.map_or(Duration::ZERO, |c| c.interval);
+        if self.claim_idle <= checkpoint + self.block {
+            errors.push(FieldError::new(
+                "claim_idle",
+                format!(
+                    "must exceed the checkpoint interval plus `block` ({:?}), or healthy entries would be claimed before they are acknowledged",
+                    checkpoint + self.block
+                ),
+            ));
+        }
+        errors
+    }
+
+    async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
+        let client = redis_util::client(&self.url).map_err(BuildError)?;
+        Ok(Box::new(RedisStreamSource {
+            consumer: self
+                .consumer
+                .clone()
+                .unwrap_or_else(|| cx.pipeline.name.clone()),
+            dead_letter_stream: self
+                .dead_letter_stream
+                .clone()
+                .unwrap_or_else(|| format!("{}:dead", self.stream)),
+            config: self.clone(),
+            client,
+        }))
+    }
+}
+
+struct RedisStreamSource {
+    config: RedisStreamConfig,
+    consumer: String,
+    dead_letter_stream: String,
+    client: redis::Client,
+}
+
+type AckFuture = BoxFuture<'static, (Vec<String>, BatchStatus)>;
+
+/// The running source's connections and bookkeeping.
+struct Reader<'a> {
+    source: &'a RedisStreamSource,
+    name: String,
+    stats: std::sync::Arc<ComponentStats>,
+    commands: MultiplexedConnection,
+    blocking: MultiplexedConnection,
+    /// Entries taken by the pipeline, waiting for XACK.
+    to_ack: Vec<String>,
+}
+
+/// A failed step: reconnect and go on where it stopped.
+type StepError = redis::RedisError;
+
+impl Reader<'_> {
+    fn cfg(&self) -> &RedisStreamConfig {
+        &self.source.config
+    }
+
+    async fn create_group(&mut self) -> Result<(), StepError> {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.cfg().stream)
+            .arg(&self.cfg().group)
+            .arg(&self.cfg().start_id)
+            .arg("MKSTREAM")
+            .query_async(&mut self.commands)
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn flush_acks(&mut self) -> Result<(), StepError> {
+        if self.to_ack.is_empty() {
+            return Ok(());
+        }
+        redis::cmd("XACK")
+            .arg(&self.cfg().stream)
+            .arg(&self.cfg().group)
+            .arg(&self.to_ack)
+            .query_async::<i64>(&mut self.commands)
+            .await?;
+        self.to_ack.clear();
+        Ok(())
+    }
+
+    /// Moves an entry to the dead-letter stream with the reason, then acks it.
+    async fn dead_letter(
+        &mut self,
+        entry: &StreamEntry,
+        reason: &str,
+        deliveries: u64,
+    ) -> Result<(), StepError> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.source.dead_letter_stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.cfg().dead_letter_maxlen)
+            .arg("*");
+        for (field, value) in &entry.fields {
+            cmd.arg(field.as_slice()).arg(value.as_slice());
+        }
+        cmd.arg("original_id")
+            .arg(&entry.id)
+            .arg("reason")
+            .arg(reason)
+            .arg("delivery_count")
+            .arg(deliveries);
+        cmd.query_async::<String>(&mut self.commands).await?;
+        self.to_ack.push(entry.id.clone());
+        Ok(())
+    }
+
+    /// Decodes entries, dead-letters bad ones, and sends the events as one
+    /// batch whose acknowledgement acks their entries.
+    async fn process(
+        &mut self,
+        entries: Vec<StreamEntry>,
+        deliveries: impl Fn(&str) -> u64,
+        out: &mut flowpulse_core::runtime::Output,
+        acks: &mut FuturesUnordered<AckFuture>,
+    ) -> Result<(), StepError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.stats.received(entries.len());
+        let mut records = Vec::with_capacity(entries.len());
+        let mut ids = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let count = deliveries(&entry.id);
+            if count > self.cfg().max_deliveries {
+                let reason = format!(
+                    "delivered {count} times (max_deliveries = {})",
+                    self.cfg().max_deliveries
+                );
+                self.stats.error(format!("entry {}: {reason}", entry.id));
+                self.dead_letter(&entry, &reason, count).await?;
+                continue;
+            }
+            match decode_stream_entry(&entry.id, &entry.fields) {
+                Ok(Decoded::Event(event)) => {
+                    records.push(Record::Event(event));
+                    ids.push(entry.id);
+                }
+                Ok(Decoded::Ignored(_)) => {
+                    self.stats.ignored(1);
+                    self.to_ack.push(entry.id);
+                }
+                Err(e) => {
+                    let message = format!("entry {}: {e}", entry.id);
+                    if self.stats.malformed(e.kind(), &message) {
+                        tracing::warn!(
+                            source = %self.name,
+                            kind = e.kind(),
+                            dead_letter = %self.source.dead_letter_stream,
+                            "malformed entry ({message}); further ones of this kind are counted, not logged"
+                        );
+                    }
+                    self.dead_letter(&entry, &e.to_string(), count).await?;
+                }
+            }
+        }
+        if !records.is_empty() {
+            let (handle, receipt) = AckHandle::new();
+            out.send(Batch::new(records, vec![handle])).await;
+            acks.push(async move { (ids, receipt.await) }.boxed());
+        }
+        Ok(())
+    }
+
+    /// This consumer's pending entries with their delivery counts.
+    async fn own_pending(&mut self, after: &str) -> Result<Vec<(String, u64)>, StepError> {
+        let reply: Value = redis::cmd("XPENDING")
+            .arg(&self.cfg().stream)
+            .arg(&self.cfg().group)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg(self.cfg().batch_size)
+            .arg(&self.source.consumer)
+            .query_async(&mut self.commands)
+            .await?;
+        Ok(array(&reply)
+            .iter()
+            .filter_map(|p| {
+                let p = array(p);
+                Some((string(p.first()?)?, int(p.get(3)?)? as u64))
+            })
+            .collect())
+    }
+
+    async fn fetch(&mut self, ids: &[String]) -> Result<Vec<StreamEntry>, StepError> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("XRANGE").arg(&self.cfg().stream).arg(id).arg(id);
+        }
+        let replies: Vec<Value> = pipe.query_async(&mut self.commands).await?;
+        Ok(replies.iter().flat_map(redis_util::entries).collect())
+    }
+
+    /// Re-reads every entry this consumer had been given but not acked.
+    async fn recover_pending(
+        &mut self,
+        out: &mut flowpulse_core::runtime::Output,
+        acks: &mut FuturesUnordered<AckFuture>,
+    ) -> Result<usize, StepError> {
+        let mut after = "0-0".to_owned();
+        let mut recovered = 0;
+        loop {
+            let pending = self.own_pending(&after).await?;
+            let Some((last, _)) = pending.last() else {
+                break;
+            };
+            after = last.clone();
+            let ids: Vec<String> = pending.iter().map(|(id, _)| id.clone()).collect();
+            let entries = self.fetch(&ids).await?;
+            // Entries trimmed from the stream meanwhile cannot be processed: ack them.
+            let found: std::collections::HashSet<&str> =
+                entries.iter().map(|e| e.id.as_str()).collect();
+            let gone: Vec<String> = ids
+                .iter()
+                .filter(|id| !found.contains(id.as_str()))
+                .cloned()
+                .collect();
+            self.to_ack.extend(gone);
+            recovered += entries.len();
+            let counts: std::collections::HashMap<String, u64> = pending.into_iter().collect();
+            self.process(
+                entries,
+                |id| counts.get(id).copied().unwrap_or(1),
+                out,
+                acks,
+            )
+            .await?;
+        }
+        Ok(recovered)
+    }
+
+    /// Takes over entries idle longer than `claim_idle` on any consumer.
+    async fn claim(
+        &mut self,
+        out: &mut flowpulse_core::runtime::Output,
+        acks: &mut FuturesUnordered<AckFuture>,
+    ) -> Result<(), StepError> {
+        let mut start = "0-0".to_owned();
+        loop {
+            let reply: Value = redis::cmd("XAUTOCLAIM")
+                .arg(&self.cfg().stream)
+                .arg(&self.cfg().group)
+                .arg(&self.source.consumer)
+                .arg(self.cfg().claim_idle.as_millis() as u64)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(self.cfg().batch_size)
+                .query_async(&mut self.commands)
+                .await?;
+            let parts = array(&reply);
+            let next = parts
+                .first()
+                .and_then(string)
+                .unwrap_or_else(|| "0-0".into());
+            let entries = parts.get(1).map(redis_util::entries).unwrap_or_default();
+            if !entries.is_empty() {
+                tracing::info!(source = %self.name, entries = entries.len(), "claimed entries idle longer than claim_idle");
+                let first = entries.first().map(|e| e.id.clone()).unwrap_or_default();
+                let counts: std::collections::HashMap<String, u64> = self
+                    .own_pending(&format!("{}", previous_id(&first)))
+                    .await?
+                    .into_iter()
+                    .collect();
+                self.process(
+                    entries,
+                    |id| counts.get(id).copied().unwrap_or(1),
+                    out,
+                    acks,
+                )
+                .await?;
+            }
+            if next == "0-0" {
+                return Ok(());
+            }
+            start = next;
+        }
+    }
+
+    async fn report_lag(&mut self) -> Result<(), StepError> {
+        let reply: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.cfg().stream)
+            .query_async(&mut self.commands)
+            .await?;
+        for group in array(&reply) {
+            let fields: Vec<(String, &Value)> = match group {
+                Value::Map(pairs) => pairs
+                    .iter()
+                    .filter_map(|(k, v)| Some((string(k)?, v)))
+                    .collect(),
+                other => array(other)
+                    .chunks(2)
+                    .filter_map(|kv| Some((string(kv.first()?)?, kv.get(1)?)))
+                    .collect(),
+            };
+            let name = fields
+                .iter()
+                .find(|(k, _)| k == "name")
+                .and_then(|(_, v)| string(v));
+            if name.as_deref() == Some(self.cfg().group.as_str()) {
+                let lag = fields
+                    .iter()
+                    .find(|(k, _)| k == "lag")
+                    .and_then(|(_, v)| int(v))
+                    .unwrap_or(0);
+                self.stats.set_lag(lag.max(0) as u64);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The id just before `id`, for an exclusive range start.
+fn previous_id(id: &str) -> String {
+    match id
+        .split_once('-')
+        .and_then(|(ms, seq)| Some((ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?)))
+    {
+        Some((ms, seq)) if seq > 0 => format!("{ms}-{}", seq - 1),
+        Some((ms, _)) if ms > 0 => format!("{}-{}", ms - 1, u64::MAX),
+        _ => "0-0".into(),
+    }
+}
+
+#[async_trait]
+impl Source for RedisStreamSource {
+    async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError> {
+        let SourceContext {
+            name,
+            mut out,
+            shutdown,
+            stats,
+        } = cx;
+        let config = &self.config;
+        let mut outage = Outage::default();
+        let mut acks: FuturesUnordered<AckFuture> = FuturesUnordered::new();
+        let mut to_ack: Vec<String> = Vec::new();
+        let mut recovered = false;
+        let mut last_claim = Instant::now();
+        let mut last_lag = Instant::now() - Duration::from_secs(60);
+        let mut last_entry = Instant::now();
+        'connect: while !shutdown.is_cancelled() {
+            let connected = async {
+                let mut commands = connect(&self.client, Duration::from_secs(10)).await?;
+                let blocking =
+                    connect(&self.client, config.block + Duration::from_secs(10)).await?;
+                Ok::<_, redis::RedisError>((
+                    commands.clone(),
+                    blocking,
+                    redis_util::require_redis_7(&mut commands).await,
+                ))
+            }
+            .await;
+            let (commands, blocking) = match connected {
+                Ok((commands, blocking, Ok(()))) => (commands, blocking),
+                Ok((_, _, Err(fatal))) => return Err(ComponentError::Fatal(fatal)),
+                Err(e) => {
+                    stats.error(e.to_string());
+                    let wait = outage.failed(&name, &config.url, &e);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            };
+            let mut reader = Reader {
+                source: &self,
+                name: name.clone(),
+                stats: stats.clone(),
+                commands,
+                blocking,
+                to_ack: std::mem::take(&mut to_ack),
+            };
+            let step: Result<(), StepError> = async {
+                reader.create_group().await?;
+                outage.recovered(&name, &config.url);
+                if !recovered {
+                    let n = reader.recover_pending(&mut out, &mut acks).await?;
+                    if n > 0 {
+                        tracing::info!(source = %name, entries = n, "re-read this consumer's pending entries");
+                    }
+                    recovered = true;
+                }
+                loop {
+                    while let Some(Some((ids, status))) = acks.next().now_or_never() {
+                        if status == BatchStatus::Delivered {
+                            reader.to_ack.extend(ids);
+                        }
+                    }
+                    reader.flush_acks().await?;
+                    if last_lag.elapsed() >= Duration::from_secs(5) {
+                        reader.report_lag().await?;
+                        last_lag = Instant::now();
+                    }
+                    if last_claim.elapsed() >= config.claim_idle / 2 {
+                        reader.claim(&mut out, &mut acks).await?;
+                        last_claim = Instant::now();
+                    }
+                    if let Some(idle) = config.stop_after_idle {
+                        if last_entry.elapsed() >= idle && acks.is_empty() {
+                            return Ok(());
+                        }
+                    }
+                    let mut blocking = reader.blocking.clone();
+                    let read = redis::cmd("XREADGROUP")
+                        .arg("GROUP")
+                        .arg(&config.group)
+                        .arg(&self.consumer)
+                        .arg("COUNT")
+                        .arg(config.batch_size)
+                        .arg("BLOCK")
+                        .arg(config.block.as_millis() as u64)
+                        .arg("STREAMS")
+                        .arg(&config.stream)
+                        .arg(">")
+                        .to_owned();
+                    let reply: Value = tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return Ok(()),
+                        reply = read.query_async(&mut blocking) => reply?,
+                    };
+                    let entries = redis_util::read_reply(&reply);
+                    if !entries.is_empty() {
+                        last_entry = Instant::now();
+                    }
+                    reader.process(entries, |_| 1, &mut out, &mut acks).await?;
+                }
+            }
+            .await;
+            to_ack = std::mem::take(&mut reader.to_ack);
+            match step {
+                Ok(()) => break 'connect,
+                Err(e) => {
+                    stats.error(e.to_string());
+                    let wait = outage.failed(&name, &config.url, &e);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        // Let downstream drain and close, then ack what it took.
+        drop(out);
+        while let Some((ids, status)) = acks.next().await {
+            if status == BatchStatus::Delivered {
+                to_ack.extend(ids);
+            }
+        }
+        if !to_ack.is_empty() {
+            let mut attempt = 0;
+            loop {
+                let result: redis::RedisResult<i64> = async {
+                    let mut conn = connect(&self.client, Duration::from_secs(5)).await?;
+                    redis::cmd("XACK")
+                        .arg(&config.stream)
+                        .arg(&config.group)
+                        .arg(&to_ack)
+                        .query_async(&mut conn)
+                        .await
+                }
+                .await;
+                match result {
+                    Ok(_) => break,
+                    Err(e) if attempt < 5 => {
+                        attempt += 1;
+                        tokio::time::sleep(outage.failed(&name, &config.url, &e)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(source = %name, "could not ack {} entries at shutdown ({e}); they will be re-read and skipped as duplicates", to_ack.len());
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
