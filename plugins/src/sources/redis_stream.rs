@@ -399,7 +399,7 @@ impl Reader<'_> {
                 tracing::info!(source = %self.name, entries = entries.len(), "claimed entries idle longer than claim_idle");
                 let first = entries.first().map(|e| e.id.clone()).unwrap_or_default();
                 let counts: std::collections::HashMap<String, u64> = self
-                    .own_pending(&format!("{}", previous_id(&first)))
+                    .own_pending(&previous_id(&first))
                     .await?
                     .into_iter()
                     .collect();
