@@ -87,6 +87,9 @@ struct StreamSink {
 
 impl StreamSink {
     fn send(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for payload in self.pending.drain(..) {
             pipe.cmd("XADD")

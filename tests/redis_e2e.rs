@@ -1,0 +1,392 @@
+//! Redis end to end against the real server: the stream source, the cache
+//! sink, dead letters, exact restarts after SIGKILL, a Redis restart, and a
+//! dead consumer's entries taken over.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn redis_url() -> String {
+    std::env::var("FLOWPULSE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn connection(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .unwrap_or_else(|e| {
+            panic!("Redis must be reachable at {url} (scripts/test.sh starts it): {e}")
+        })
+}
+
+/// A key prefix of this test's own, cleared first.
+fn prefix(url: &str, test: &str) -> String {
+    let prefix = format!("fp-test:{test}:{}", std::process::id());
+    let mut conn = connection(url);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)
+        .unwrap();
+    for key in keys {
+        let _: () = redis::cmd("DEL").arg(key).query(&mut conn).unwrap();
+    }
+    prefix
+}
+
+/// XADDs seeded envelope events; returns the exact expected counts.
+fn publish(url: &str, stream: &str, n: u64, extra: &[&str]) -> serde_json::Value {
+    let output = Command::new(binary())
+        .args([
+            "generate",
+            "-n",
+            &n.to_string(),
+            "--seed",
+            "17",
+            "--in-flight",
+            "300",
+            "--expect",
+        ])
+        .args(extra)
+        .args(["--redis-url", url, "--stream", stream])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stderr).unwrap()
+}
+
+fn config(dir: &Path, url: &str, prefix: &str, source_extra: &str) -> std::path::PathBuf {
+    let path = dir.join("p.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[pipeline]
+name = "{prefix}"
+shutdown_deadline = "20s"
+
+[checkpoint]
+url = "{url}"
+interval = "200ms"
+
+[sources.events]
+type = "redis_stream"
+url = "{url}"
+stream = "{prefix}:events"
+block = "200ms"
+claim_idle = "3s"
+{source_extra}
+
+[processors.metrics]
+type = "aggregate"
+inputs = ["events"]
+interval = "300ms"
+history = "0s"
+
+[sinks.cache]
+type = "redis_cache"
+url = "{url}"
+key = "{prefix}:metrics"
+inputs = ["metrics"]
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn cached_metrics(url: &str, key: &str) -> Option<serde_json::Value> {
+    let mut conn = redis::Client::open(url).ok()?.get_connection().ok()?;
+    let text: Option<String> = redis::cmd("GET").arg(key).query(&mut conn).ok()?;
+    serde_json::from_str(&text?).ok()
+}
+
+const COUNTS: [&str; 6] = [
+    "total_workflows",
+    "running_workflows",
+    "paused_workflows",
+    "completed_workflows",
+    "failed_workflows",
+    "cancelled_workflows",
+];
+
+fn matches_expectation(doc: &serde_json::Value, expect: &serde_json::Value) -> bool {
+    let tasks: u64 = doc["agents"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|a| a["total_tasks"].as_u64()).sum())
+        .unwrap_or(0);
+    let expected_tasks = expect["stage_tasks_completed"].as_u64().unwrap()
+        + expect["stage_tasks_failed"].as_u64().unwrap();
+    COUNTS.iter().all(|f| doc["overview"][f] == expect[f]) && tasks == expected_tasks
+}
+
+/// Waits until the cached document has exactly the expected counts.
+fn wait_for_exact(
+    url: &str,
+    key: &str,
+    expect: &serde_json::Value,
+    limit: Duration,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Some(doc) = cached_metrics(url, key) {
+            if matches_expectation(&doc, expect) {
+                return doc;
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "counts never matched:\n{}\nexpected {expect}",
+                    doc["overview"]
+                );
+            }
+        } else if start.elapsed() > limit {
+            panic!("no metrics in {key} after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn spawn(dir: &Path, config: &Path) -> Child {
+    run_command(dir, config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn stop(child: Child) -> std::process::Output {
+    terminate(&child);
+    let output = wait_with_timeout(child, Duration::from_secs(30));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[test]
+fn envelopes_with_duplicates_and_malformed_entries_give_exact_counts_and_dead_letters() {
+    let url = redis_url();
+    let prefix = prefix(&url, "exact");
+    let expect = publish(
+        &url,
+        &format!("{prefix}:events"),
+        20_000,
+        &["--duplicates", "0.05", "--malformed", "0.01"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &url, &prefix, "");
+    let child = spawn(dir.path(), &config);
+    let doc = wait_for_exact(
+        &url,
+        &format!("{prefix}:metrics"),
+        &expect,
+        Duration::from_secs(60),
+    );
+    let output = stop(child);
+    assert_eq!(doc["anomalies"], 0);
+
+    let mut conn = connection(&url);
+    let dead: Vec<redis::Value> = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:events:dead"))
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(dead.len() as u64, expect["malformed"].as_u64().unwrap());
+    let first = format!("{:?}", dead[0]);
+    for field in ["original_id", "reason", "delivery_count", "payload"] {
+        assert!(first.contains(field), "{first}");
+    }
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("{prefix}:metrics"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 300, "ttl {ttl}");
+    // Every entry was acknowledged.
+    assert_eq!(pending_count(&mut conn, &format!("{prefix}:events")), 0);
+    let summaries = summaries(&output.stderr);
+    assert_eq!(
+        counter(&summaries, "events", "malformed"),
+        expect["malformed"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn sigkill_at_random_points_then_restart_gives_the_exact_answer() {
+    let url = redis_url();
+    let prefix = prefix(&url, "kill");
+    let expect = publish(
+        &url,
+        &format!("{prefix}:events"),
+        60_000,
+        &["--duplicates", "0.05"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &url, &prefix, "batch_size = 200");
+    // A fixed sequence of kill points, spread over the run.
+    for delay_ms in [350u64, 900, 200, 1300, 600] {
+        let mut child = spawn(dir.path(), &config);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let child = spawn(dir.path(), &config);
+    let doc = wait_for_exact(
+        &url,
+        &format!("{prefix}:metrics"),
+        &expect,
+        Duration::from_secs(90),
+    );
+    stop(child);
+    assert_eq!(doc["anomalies"], 0);
+}
+
+/// Entries delivered to the `flowpulse` group and not acknowledged.
+fn pending_count(conn: &mut redis::Connection, stream: &str) -> i64 {
+    let summary: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("flowpulse")
+        .query(conn)
+        .unwrap();
+    match summary.first() {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("unexpected XPENDING reply {other:?}"),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_redis(dir: &Path, port: u16) {
+    let status = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "yes",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .status()
+        .expect("redis-server must be installed for this test");
+    assert!(status.success());
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn shutdown_redis(port: u16) {
+    let _ = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "shutdown"])
+        .status();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn redis_restarted_mid_stream_still_gives_exact_counts() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    start_redis(data.path(), port);
+    let url = format!("redis://127.0.0.1:{port}");
+    let prefix = "restart".to_owned();
+    let expect = publish(
+        &url,
+        &format!("{prefix}:events"),
+        60_000,
+        &["--duplicates", "0.05"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &url, &prefix, "batch_size = 200");
+    let child = spawn(dir.path(), &config);
+    std::thread::sleep(Duration::from_millis(700));
+    shutdown_redis(port);
+    std::thread::sleep(Duration::from_millis(1500));
+    start_redis(data.path(), port);
+    let result = std::panic::catch_unwind(|| {
+        wait_for_exact(
+            &url,
+            &format!("{prefix}:metrics"),
+            &expect,
+            Duration::from_secs(90),
+        )
+    });
+    let output = stop(child);
+    shutdown_redis(port);
+    let doc = result.unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(doc["anomalies"], 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The outage is logged once per component, not per attempt.
+    assert!(stderr.matches("cannot reach").count() <= 3, "{stderr}");
+}
+
+#[test]
+fn a_dead_consumers_pending_entries_are_claimed_processed_and_acked() {
+    let url = redis_url();
+    let prefix = prefix(&url, "claim");
+    let stream = format!("{prefix}:events");
+    let expect = publish(&url, &stream, 2_000, &[]);
+    let mut conn = connection(&url);
+    // A consumer takes every entry and dies without acking.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("flowpulse")
+        .arg("0")
+        .query(&mut conn)
+        .unwrap();
+    let taken: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("flowpulse")
+        .arg("dead")
+        .arg("COUNT")
+        .arg(10_000)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut conn)
+        .unwrap();
+    assert!(format!("{taken:?}").len() > 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &url, &prefix, "consumer = \"alive\"");
+    let child = spawn(dir.path(), &config);
+    wait_for_exact(
+        &url,
+        &format!("{prefix}:metrics"),
+        &expect,
+        Duration::from_secs(60),
+    );
+    let output = stop(child);
+    assert_eq!(pending_count(&mut conn, &stream), 0);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("claimed entries"));
+}
