@@ -5,10 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use flowpulse_core::checkpoint::checkpoint_key;
 use flowpulse_core::config::{LoadError, PipelineConfig};
 use flowpulse_core::plugin::{registered_plugins, Shutdown};
 use flowpulse_core::runtime::Pipeline;
 use flowpulse_core::topology;
+use flowpulse_plugins::processors::aggregate::snapshot::describe;
+use flowpulse_plugins::processors::aggregate::AggregateConfig;
 
 mod generate;
 
@@ -54,6 +57,27 @@ enum Command {
     Plugins,
     /// Write realistic seeded workflow events (for load tests and benchmarks).
     Generate(generate::GenerateArgs),
+    /// Inspect or clear the checkpointed state of stateful processors.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateAction {
+    /// Show each stateful processor's checkpoint: size, version, contents.
+    Show {
+        /// The pipeline config [default: pipeline.toml, else the built-in default].
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Delete each stateful processor's checkpoint (the next run starts empty).
+    Reset {
+        /// The pipeline config [default: pipeline.toml, else the built-in default].
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -91,6 +115,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config.as_deref()),
         Command::Validate { config } => validate(config.as_deref()),
         Command::Generate(args) => generate::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::State { action } => state(action),
         Command::Plugins => {
             for plugin in registered_plugins() {
                 println!(
@@ -168,6 +193,53 @@ fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+    })
+}
+
+fn state(action: StateAction) -> anyhow::Result<ExitCode> {
+    let (path, reset) = match &action {
+        StateAction::Show { config } => (config.as_deref(), false),
+        StateAction::Reset { config } => (config.as_deref(), true),
+    };
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let Some(checkpoint) = &config.checkpoint else {
+        println!("no [checkpoint] table: nothing is kept between runs");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let store = flowpulse_plugins::checkpoint::open(&checkpoint.url)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        for spec in &config.components {
+            let Some(aggregate) = spec.config.as_any().downcast_ref::<AggregateConfig>() else {
+                continue;
+            };
+            let key = checkpoint_key(&config.pipeline.name, &spec.name, 0);
+            if reset {
+                store.delete(&key).await.map_err(anyhow::Error::msg)?;
+                println!("{}: deleted {key}", spec.name);
+                continue;
+            }
+            match store.load(&key).await.map_err(anyhow::Error::msg)? {
+                Some(bytes) => println!(
+                    "{}: {key}: {}",
+                    spec.name,
+                    describe(&bytes, &aggregate.limits())
+                ),
+                None => println!("{}: {key}: no checkpoint", spec.name),
+            }
+        }
+        Ok(ExitCode::SUCCESS)
     })
 }
 

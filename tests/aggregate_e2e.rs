@@ -237,3 +237,106 @@ fn default_pipeline_emits_metrics_with_the_custom_metric() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("workflows total="), "{stdout}");
 }
+
+#[test]
+fn checkpointed_state_continues_across_runs_and_state_commands_show_and_clear_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = Command::new(binary())
+        .args([
+            "generate",
+            "-n",
+            "5000",
+            "--seed",
+            "4",
+            "--in-flight",
+            "100",
+            "--expect",
+            "-o",
+        ])
+        .arg(dir.path().join("events.jsonl"))
+        .output()
+        .unwrap();
+    let expect: serde_json::Value = serde_json::from_slice(&generated.stderr).unwrap();
+    let config = pipeline(dir.path(), "events.jsonl");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("[pipeline]\nname = \"cp\"\n\n[checkpoint]\nurl = \"file://{}\"\ninterval = \"100ms\"\n{text}", dir.path().join("state").display())).unwrap();
+
+    // The same input twice: the second run restores the state and skips
+    // every event as a duplicate, so the counts do not double.
+    for _ in 0..2 {
+        let output = run_to_end(dir.path(), &config, Duration::from_secs(60));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let doc = last_document(&dir.path().join("metrics.jsonl"));
+        assert_eq!(
+            doc["overview"]["total_workflows"],
+            expect["total_workflows"]
+        );
+        assert_eq!(
+            doc["overview"]["completed_workflows"],
+            expect["completed_workflows"]
+        );
+    }
+
+    let state = |action: &str| {
+        let output = Command::new(binary())
+            .args(["state", action, "-c"])
+            .arg(&config)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let shown = state("show");
+    assert!(
+        shown.contains("flowpulse:checkpoint:cp:metrics:0: version 1"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("5000 events folded, 5000 duplicates dropped"),
+        "{shown}"
+    );
+    assert!(state("reset").contains("deleted flowpulse:checkpoint:cp:metrics:0"));
+    assert!(state("show").contains("no checkpoint"));
+}
+
+#[test]
+fn checkpoint_of_other_settings_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        flat_event_lines(100, 1).join("\n") + "\n",
+    )
+    .unwrap();
+    let config = pipeline(dir.path(), "in.jsonl");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_checkpoint = format!(
+        "[checkpoint]\nurl = \"file://{}\"\n{text}",
+        dir.path().join("state").display()
+    );
+    std::fs::write(&config, &with_checkpoint).unwrap();
+    assert!(run_to_end(dir.path(), &config, Duration::from_secs(30))
+        .status
+        .success());
+    std::fs::write(
+        &config,
+        with_checkpoint.replace("interval = \"1s\"", "interval = \"2s\""),
+    )
+    .unwrap();
+    let output = run_to_end(dir.path(), &config, Duration::from_secs(30));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("written with other aggregate settings"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("flowpulse state reset"), "{stderr}");
+}

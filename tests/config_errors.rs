@@ -41,7 +41,10 @@ fn unknown_type_lists_known_types_and_the_nearest() {
     assert!(d.message.contains("unknown source type \"fiel\""), "{d}");
     let help = d.help.unwrap();
     assert!(help.contains("did you mean \"file\"?"), "{help}");
-    assert!(help.contains("demo, file, stdin"), "{help}");
+    assert!(
+        help.contains("known source types: demo, file, redis_stream, stdin"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -280,4 +283,27 @@ fn readme_example_is_the_real_plugin() {
         .collect();
     assert_eq!(code.trim_end(), plugin.trim_end());
     assert!(code.lines().count() < 40, "{} lines", code.lines().count());
+}
+
+#[test]
+fn claim_idle_shorter_than_checkpoint_interval_plus_block_is_rejected() {
+    let text = "[checkpoint]\nurl = \"redis://127.0.0.1:6379\"\ninterval = \"5s\"\n\n[sources.in]\ntype = \"redis_stream\"\nurl = \"redis://127.0.0.1:6379\"\nblock = \"2s\"\nclaim_idle = \"6s\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\n";
+    let d = only_error(text);
+    assert_eq!(d.line, 9);
+    assert!(
+        d.message
+            .contains("`claim_idle`: must exceed the checkpoint interval plus `block` (7s)"),
+        "{d}"
+    );
+}
+
+#[test]
+fn redis_url_password_never_appears_in_errors() {
+    let text = "[sources.in]\ntype = \"redis_stream\"\nurl = \"ftp://app:hunter2@host\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\n";
+    let d = only_error(text);
+    assert!(
+        d.message.contains("invalid Redis URL ftp://app:***@host"),
+        "{d}"
+    );
+    assert!(!d.to_string().contains("hunter2"));
 }

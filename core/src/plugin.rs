@@ -298,6 +298,8 @@ pub trait ComponentConfig: Send + Sync {
     fn output_kinds(&self) -> RecordKinds;
     /// Builds the component.
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Component, BuildError>>;
+    /// The plugin's own typed config, for tools that know its type.
+    fn as_any(&self) -> &dyn Any;
 }
 
 struct SourceAdapter<T>(T);
@@ -320,6 +322,9 @@ impl<T: SourceConfig> ComponentConfig for SourceAdapter<T> {
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Component, BuildError>> {
         Box::pin(async move { self.0.build(cx).await.map(Component::Source) })
     }
+    fn as_any(&self) -> &dyn Any {
+        &self.0
+    }
 }
 
 impl<T: ProcessorConfig> ComponentConfig for ProcessorAdapter<T> {
@@ -338,6 +343,9 @@ impl<T: ProcessorConfig> ComponentConfig for ProcessorAdapter<T> {
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Component, BuildError>> {
         Box::pin(async move { self.0.build(cx).await.map(Component::Processor) })
     }
+    fn as_any(&self) -> &dyn Any {
+        &self.0
+    }
 }
 
 impl<T: SinkConfig> ComponentConfig for SinkAdapter<T> {
@@ -355,6 +363,9 @@ impl<T: SinkConfig> ComponentConfig for SinkAdapter<T> {
     }
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Component, BuildError>> {
         Box::pin(async move { self.0.build(cx).await.map(Component::Sink) })
+    }
+    fn as_any(&self) -> &dyn Any {
+        &self.0
     }
 }
 

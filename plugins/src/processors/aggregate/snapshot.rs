@@ -69,3 +69,26 @@ pub fn restore(bytes: &[u8], limits: &Limits) -> Result<AggregateState, Snapshot
     state.rebuild_indices();
     Ok(state)
 }
+
+/// What a snapshot holds, for `flowpulse state show`.
+pub fn describe(bytes: &[u8], limits: &Limits) -> String {
+    match restore(bytes, limits) {
+        Ok(state) => {
+            let a = state.accounting();
+            format!(
+                "version {VERSION}, {} bytes: event time {}, {} events folded, {} duplicates dropped, {} anomalies, {} workflows in memory, {} identities in the dedup window, {} events held for reordering",
+                bytes.len(),
+                state
+                    .event_time_ms()
+                    .map_or("none".into(), flowpulse_core::event::format_rfc3339_ms),
+                a.events,
+                a.duplicates,
+                a.anomalies,
+                state.workflows_in_memory(),
+                state.dedup_len(),
+                state.pending_len()
+            )
+        }
+        Err(e) => format!("{} bytes, not usable: {e}", bytes.len()),
+    }
+}
