@@ -178,7 +178,6 @@ struct Reader<'a> {
     name: String,
     stats: std::sync::Arc<ComponentStats>,
     commands: MultiplexedConnection,
-    blocking: MultiplexedConnection,
     /// Entries taken by the pipeline, waiting for XACK.
     to_ack: Vec<String>,
 }
@@ -452,6 +451,70 @@ impl Reader<'_> {
     }
 }
 
+/// Starts the task that reads new entries (`XREADGROUP … >`) on a
+/// connection of its own, reconnecting with backoff, and hands them over
+/// through a small buffer.
+fn spawn_reads(
+    source: &RedisStreamSource,
+    name: &str,
+    shutdown: flowpulse_core::plugin::Shutdown,
+) -> tokio::sync::mpsc::Receiver<Vec<StreamEntry>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let client = source.client.clone();
+    let config = source.config.clone();
+    let consumer = source.consumer.clone();
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        let mut outage = Outage::default();
+        let mut conn: Option<MultiplexedConnection> = None;
+        let read = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&config.group)
+            .arg(&consumer)
+            .arg("COUNT")
+            .arg(config.batch_size)
+            .arg("BLOCK")
+            .arg(config.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&config.stream)
+            .arg(">")
+            .to_owned();
+        while !shutdown.is_cancelled() && !tx.is_closed() {
+            let result = async {
+                if conn.is_none() {
+                    conn = Some(connect(&client, config.block + Duration::from_secs(10)).await?);
+                }
+                match conn.as_mut() {
+                    Some(c) => read.query_async::<Value>(c).await,
+                    None => Ok(Value::Nil),
+                }
+            };
+            let reply = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                reply = result => reply,
+            };
+            match reply {
+                Ok(reply) => {
+                    outage.recovered(&name, &config.url);
+                    let entries = redis_util::read_reply(&reply);
+                    if !entries.is_empty() && tx.send(entries).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    conn = None;
+                    let wait = outage.failed(&name, &config.url, &e);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// The id just before `id`, for an exclusive range start.
 fn previous_id(id: &str) -> String {
     match id
@@ -481,21 +544,17 @@ impl Source for RedisStreamSource {
         let mut last_claim = Instant::now();
         let mut last_lag = Instant::now() - Duration::from_secs(60);
         let mut last_entry = Instant::now();
+        let mut reads: Option<tokio::sync::mpsc::Receiver<Vec<StreamEntry>>> = None;
         'connect: while !shutdown.is_cancelled() {
             let connected = async {
                 let mut commands = connect(&self.client, Duration::from_secs(10)).await?;
-                let blocking =
-                    connect(&self.client, config.block + Duration::from_secs(10)).await?;
-                Ok::<_, redis::RedisError>((
-                    commands.clone(),
-                    blocking,
-                    redis_util::require_redis_7(&mut commands).await,
-                ))
+                let version = redis_util::require_redis_7(&mut commands).await;
+                Ok::<_, redis::RedisError>((commands, version))
             }
             .await;
-            let (commands, blocking) = match connected {
-                Ok((commands, blocking, Ok(()))) => (commands, blocking),
-                Ok((_, _, Err(fatal))) => return Err(ComponentError::Fatal(fatal)),
+            let commands = match connected {
+                Ok((commands, Ok(()))) => commands,
+                Ok((_, Err(fatal))) => return Err(ComponentError::Fatal(fatal)),
                 Err(e) => {
                     stats.error(e.to_string());
                     let wait = outage.failed(&name, &config.url, &e);
@@ -510,7 +569,6 @@ impl Source for RedisStreamSource {
                 name: name.clone(),
                 stats: stats.clone(),
                 commands,
-                blocking,
                 to_ack: std::mem::take(&mut to_ack),
             };
             let step: Result<(), StepError> = async {
@@ -523,6 +581,12 @@ impl Source for RedisStreamSource {
                     }
                     recovered = true;
                 }
+                if reads.is_none() {
+                    reads = Some(spawn_reads(&self, &name, shutdown.clone()));
+                }
+                let Some(entries_rx) = reads.as_mut() else {
+                    return Ok(());
+                };
                 loop {
                     while let Some(Some((ids, status))) = acks.next().now_or_never() {
                         if status == BatchStatus::Delivered {
@@ -543,28 +607,18 @@ impl Source for RedisStreamSource {
                             return Ok(());
                         }
                     }
-                    let mut blocking = reader.blocking.clone();
-                    let read = redis::cmd("XREADGROUP")
-                        .arg("GROUP")
-                        .arg(&config.group)
-                        .arg(&self.consumer)
-                        .arg("COUNT")
-                        .arg(config.batch_size)
-                        .arg("BLOCK")
-                        .arg(config.block.as_millis() as u64)
-                        .arg("STREAMS")
-                        .arg(&config.stream)
-                        .arg(">")
-                        .to_owned();
-                    let reply: Value = tokio::select! {
+                    // Reads run ahead in their own task: the next batch is on
+                    // its way while this one is processed.
+                    let entries = tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => return Ok(()),
-                        reply = read.query_async(&mut blocking) => reply?,
+                        entries = entries_rx.recv() => match entries {
+                            Some(entries) => entries,
+                            None => return Ok(()),
+                        },
+                        _ = tokio::time::sleep(config.block) => continue,
                     };
-                    let entries = redis_util::read_reply(&reply);
-                    if !entries.is_empty() {
-                        last_entry = Instant::now();
-                    }
+                    last_entry = Instant::now();
                     reader.process(entries, |_| 1, &mut out, &mut acks).await?;
                 }
             }
