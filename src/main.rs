@@ -181,6 +181,7 @@ fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                         malformed = stats.malformed,
                         ignored = stats.ignored,
                         dropped = stats.dropped,
+                        lag = stats.lag,
                         errors = stats.errors,
                         "summary"
                     );

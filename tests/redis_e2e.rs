@@ -390,3 +390,54 @@ fn a_dead_consumers_pending_entries_are_claimed_processed_and_acked() {
     assert_eq!(pending_count(&mut conn, &stream), 0);
     assert!(String::from_utf8_lossy(&output.stderr).contains("claimed entries"));
 }
+
+#[test]
+fn acl_user_and_password_work_and_never_appear_in_logs() {
+    let url = redis_url();
+    let mut admin = connection(&url);
+    let user = format!("fp-acl-{}", std::process::id());
+    let password = "s3cret-Pa55word";
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query(&mut admin)
+        .unwrap();
+    let authed = url.replacen("redis://", &format!("redis://{user}:{password}@"), 1);
+    let prefix = prefix(&url, "acl");
+    let expect = publish(&authed, &format!("{prefix}:events"), 3_000, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let good = config(dir.path(), &authed, &prefix, "stop_after_idle = \"1s\"");
+    let output = run_to_end(dir.path(), &good, Duration::from_secs(60));
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query(&mut admin)
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let doc = cached_metrics(&url, &format!("{prefix}:metrics")).unwrap();
+    assert!(matches_expectation(&doc, &expect), "{}", doc["overview"]);
+    assert!(!String::from_utf8_lossy(&output.stderr).contains(password));
+
+    // A wrong password is reported without it.
+    let wrong = url.replacen("redis://", &format!("redis://{user}:wrong-{password}@"), 1);
+    let bad = config(dir.path(), &wrong, &prefix, "stop_after_idle = \"1s\"");
+    let output = run_to_end(dir.path(), &bad, Duration::from_secs(60));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach the checkpoint store redis://{user}:***@"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(password), "{stderr}");
+}
