@@ -441,3 +441,92 @@ fn acl_user_and_password_work_and_never_appear_in_logs() {
     );
     assert!(!stderr.contains(password), "{stderr}");
 }
+
+#[test]
+fn rediss_urls_connect_over_tls() {
+    let data = tempfile::tempdir().unwrap();
+    let generated = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+        ])
+        .arg(data.path().join("key.pem"))
+        .arg("-out")
+        .arg(data.path().join("cert.pem"))
+        .output()
+        .expect("openssl must be installed for this test");
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let port = free_port();
+    let status = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "yes",
+            "--save",
+            "",
+            "--tls-auth-clients",
+            "no",
+        ])
+        .arg("--tls-cert-file")
+        .arg(data.path().join("cert.pem"))
+        .arg("--tls-key-file")
+        .arg(data.path().join("key.pem"))
+        .arg("--tls-ca-cert-file")
+        .arg(data.path().join("cert.pem"))
+        .arg("--dir")
+        .arg(data.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "redis-server (TLS) did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The test's certificate is self-signed: skip verification, not encryption.
+    let url = format!("rediss://127.0.0.1:{port}/#insecure");
+    let expect = publish(&url, "tls:events", 2_000, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &url, "tls", "stop_after_idle = \"1s\"");
+    let output = run_to_end(dir.path(), &config, Duration::from_secs(60));
+    let doc = cached_metrics(&url, "tls:metrics");
+    let _ = Command::new("redis-cli")
+        .args([
+            "--tls",
+            "--insecure",
+            "-p",
+            &port.to_string(),
+            "shutdown",
+            "nosave",
+        ])
+        .status();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let doc = doc.expect("metrics written over TLS");
+    assert!(matches_expectation(&doc, &expect), "{}", doc["overview"]);
+}
