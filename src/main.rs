@@ -15,6 +15,10 @@ use flowpulse_plugins::processors::aggregate::AggregateConfig;
 
 mod generate;
 
+// A faster allocator: decoding allocates and frees several strings per event.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The default pipeline, used when no config is given and there is no
 /// `pipeline.toml` in the working directory.
 const DEFAULT_PIPELINE: &str = include_str!("../pipeline.toml");

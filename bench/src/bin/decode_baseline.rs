@@ -8,6 +8,11 @@ use std::time::Instant;
 
 use flowpulse_core::event::{decode_json, Decoded};
 
+// The same allocator as the `flowpulse` binary, so the comparison is of the
+// pipeline around decoding, not of allocators.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)

@@ -248,7 +248,7 @@ impl Reader {
         let mut start = 0;
         // On shutdown, stop between batches: lines not yet sent stay unacknowledged
         // and are read again after a restart.
-        while start < self.buf.len() && !self.shutdown.is_cancelled() {
+        while start < self.buf.len() {
             let end = match memchr::memchr(b'\n', &self.buf[start..]) {
                 Some(i) => start + i + 1,
                 None if eof => self.buf.len(),
@@ -265,6 +265,9 @@ impl Reader {
             start = end;
             if self.batch.len() >= self.batch_size {
                 self.send(out, in_flight).await;
+                if self.shutdown.is_cancelled() {
+                    break;
+                }
             }
         }
         self.buf.drain(..start);

@@ -11,7 +11,7 @@ use flowpulse_core::metrics::{
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::dedup::Dedup;
+use super::dedup::{Dedup, IdKey};
 use super::windows::{BucketRing, Sketch, Totals};
 
 /// A timestamp more than this far ahead of the wall clock is clamped.
@@ -125,7 +125,10 @@ enum Phase {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Workflow {
-    id: Box<str>,
+    /// 128-bit hash of the workflow id (ids are never kept as strings).
+    key: IdKey,
+    /// Forgotten (finished past the bound, or expired); the slot is free.
+    removed: bool,
     generation: u32,
     known: bool,
     workflow_type: u16,
@@ -225,66 +228,6 @@ impl ReorderBuffer {
     }
 }
 
-/// Workflow id → slot, keyed by a 64-bit hash of the id and checked
-/// against the id kept in the slot; ids whose hash collides with another's
-/// go to a plain map (in practice it stays empty).
-#[derive(Debug, Clone, Default)]
-struct WorkflowIndex {
-    by_hash: FxHashMap<u64, u32>,
-    collisions: FxHashMap<Box<str>, u32>,
-}
-
-impl WorkflowIndex {
-    fn hash(id: &str) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(id.as_bytes())
-    }
-
-    fn get(&self, id: &str, slots: &[Option<Workflow>]) -> Option<u32> {
-        if let Some(&slot) = self.by_hash.get(&Self::hash(id)) {
-            if slots[slot as usize].as_ref().is_some_and(|w| &*w.id == id) {
-                return Some(slot);
-            }
-        }
-        if self.collisions.is_empty() {
-            None
-        } else {
-            self.collisions.get(id).copied()
-        }
-    }
-
-    /// Indexes `id` (which must not be indexed yet) at `slot`.
-    fn insert(&mut self, id: &str, slot: u32, slots: &[Option<Workflow>]) {
-        match self.by_hash.entry(Self::hash(id)) {
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(slot);
-            }
-            std::collections::hash_map::Entry::Occupied(e) => {
-                let taken = slots[*e.get() as usize]
-                    .as_ref()
-                    .is_some_and(|w| &*w.id != id);
-                if taken {
-                    self.collisions.insert(id.into(), slot);
-                } else {
-                    *e.into_mut() = slot;
-                }
-            }
-        }
-    }
-
-    fn remove(&mut self, id: &str, slot: u32) {
-        let hash = Self::hash(id);
-        if self.by_hash.get(&hash) == Some(&slot) {
-            self.by_hash.remove(&hash);
-        } else {
-            self.collisions.remove(id);
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.by_hash.len() + self.collisions.len()
-    }
-}
-
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct AgentAgg {
     completed: u64,
@@ -354,8 +297,9 @@ pub struct AggregateState {
     pending: ReorderBuffer,
     slots: Vec<Option<Workflow>>,
     free: Vec<u32>,
+    /// Workflow key → slot.
     #[serde(skip)]
-    by_id: WorkflowIndex,
+    by_id: FxHashMap<IdKey, u32>,
     /// Outcome time, slot, generation: finished workflows to forget.
     finished: VecDeque<(i64, u32, u32)>,
     counts: Counts,
@@ -386,7 +330,7 @@ impl AggregateState {
             pending: ReorderBuffer::default(),
             slots: Vec::new(),
             free: Vec::new(),
-            by_id: WorkflowIndex::default(),
+            by_id: FxHashMap::default(),
             finished: VecDeque::new(),
             counts: Counts::default(),
             agents: Names::default(),
@@ -459,7 +403,7 @@ impl AggregateState {
         let (slot, generation) = if is_stage {
             (u32::MAX, 0)
         } else {
-            match self.slot_for(&event.workflow_id, !late) {
+            match self.slot_for(IdKey::of(&event.workflow_id), !late) {
                 Some(found) => found,
                 None => {
                     // Later than the out-of-order bound, for a workflow no longer
@@ -545,8 +489,8 @@ impl AggregateState {
 
     /// The slot of a workflow, created (unknown until an event is applied)
     /// when `create` is set.
-    fn slot_for(&mut self, id: &str, create: bool) -> Option<(u32, u32)> {
-        if let Some(slot) = self.by_id.get(id, &self.slots) {
+    fn slot_for(&mut self, key: IdKey, create: bool) -> Option<(u32, u32)> {
+        if let Some(&slot) = self.by_id.get(&key) {
             let generation = self.slots[slot as usize]
                 .as_ref()
                 .map_or(0, |w| w.generation);
@@ -556,7 +500,8 @@ impl AggregateState {
             return None;
         }
         let workflow = |generation| Workflow {
-            id: id.into(),
+            key,
+            removed: false,
             generation,
             known: false,
             workflow_type: 0,
@@ -579,7 +524,7 @@ impl AggregateState {
             }
         };
         self.slots[slot as usize] = Some(workflow(generation));
-        self.by_id.insert(id, slot, &self.slots);
+        self.by_id.insert(key, slot);
         Some((slot, generation))
     }
 
@@ -607,10 +552,13 @@ impl AggregateState {
 
     fn remove_slot(&mut self, slot: u32, generation: u32) {
         let entry = &mut self.slots[slot as usize];
-        if let Some(workflow) = entry.as_mut().filter(|w| w.generation == generation) {
-            self.by_id.remove(&workflow.id, slot);
+        if let Some(workflow) = entry
+            .as_mut()
+            .filter(|w| w.generation == generation && !w.removed)
+        {
+            self.by_id.remove(&workflow.key);
             // Keep the generation so a reused slot gets a new one.
-            workflow.id = Box::from("");
+            workflow.removed = true;
             workflow.known = false;
             self.free.push(slot);
         }
@@ -657,7 +605,7 @@ impl AggregateState {
     fn apply_workflow(&mut self, kind: EventKind, event: &Pending) {
         let Some(workflow) = self.slots[event.slot as usize]
             .as_mut()
-            .filter(|w| w.generation == event.generation && !w.id.is_empty())
+            .filter(|w| w.generation == event.generation && !w.removed)
         else {
             // The workflow was finished and forgotten, or expired.
             self.accounting.anomalies += 1;
@@ -931,16 +879,12 @@ impl AggregateState {
     pub(super) fn rebuild_indices(&mut self) {
         self.agents.rebuild_index();
         self.types.rebuild_index();
-        self.by_id = WorkflowIndex::default();
-        for i in 0..self.slots.len() {
-            let id = self.slots[i]
-                .as_ref()
-                .filter(|w| !w.id.is_empty())
-                .map(|w| w.id.clone());
-            if let Some(id) = id {
-                self.by_id.insert(&id, i as u32, &self.slots);
-            }
-        }
+        self.by_id = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.as_ref().filter(|w| !w.removed).map(|w| (w.key, i as u32)))
+            .collect();
     }
 
     /// Adds a partial state of a disjoint partition of workflows into this
@@ -954,10 +898,10 @@ impl AggregateState {
         // Re-home the other's workflows, then its held events and finished list.
         let mut slot_map = FxHashMap::default();
         for (old, workflow) in other.slots.iter().enumerate() {
-            let Some(w) = workflow.as_ref().filter(|w| !w.id.is_empty()) else {
+            let Some(w) = workflow.as_ref().filter(|w| !w.removed) else {
                 continue;
             };
-            if let Some((slot, generation)) = self.slot_for(&w.id, true) {
+            if let Some((slot, generation)) = self.slot_for(w.key, true) {
                 let mut moved = w.clone();
                 moved.generation = generation;
                 moved.workflow_type = self.intern_type(other.types.name(w.workflow_type));
