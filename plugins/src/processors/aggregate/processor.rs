@@ -94,9 +94,17 @@ impl Aggregate {
         if !c.changed || (!force && c.last.elapsed() < c.interval) {
             return;
         }
+        let started = Instant::now();
         let bytes = snapshot(&self.state);
         match c.store.save(&c.key, &bytes).await {
             Ok(()) => {
+                tracing::debug!(
+                    key = %c.key,
+                    bytes = bytes.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    released = c.held.len(),
+                    "checkpoint written"
+                );
                 c.held.clear();
                 c.changed = false;
                 c.last = Instant::now();
