@@ -334,6 +334,13 @@ impl Source for FileSource {
                 reader.buf.extend_from_slice(&chunk[..n]);
                 reader.drain(false, &mut out, &mut in_flight).await;
                 stats.received((reader.base.line - lines_before) as usize);
+                if follow {
+                    // Throttled: at most every 200 ms, so a crash mid-file
+                    // replays little.
+                    if let Err(e) = in_flight.store(&self.offsets, false) {
+                        stats.error(format!("cannot keep the offset: {e}"));
+                    }
+                }
                 continue;
             }
             // End of file: hand over what is batched.

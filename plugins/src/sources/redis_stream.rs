@@ -172,6 +172,30 @@ struct RedisStreamSource {
 
 type AckFuture = BoxFuture<'static, (Vec<String>, BatchStatus)>;
 
+/// Batches handed to the pipeline and not yet settled.
+#[derive(Default)]
+struct InFlight {
+    acks: FuturesUnordered<AckFuture>,
+    /// Their entry ids: a claim must not take these back from ourselves.
+    ids: std::collections::HashSet<String>,
+}
+
+impl InFlight {
+    /// Settled batches: the ids of those delivered.
+    fn settled(&mut self) -> Vec<String> {
+        let mut delivered = Vec::new();
+        while let Some(Some((ids, status))) = self.acks.next().now_or_never() {
+            for id in &ids {
+                self.ids.remove(id);
+            }
+            if status == BatchStatus::Delivered {
+                delivered.extend(ids);
+            }
+        }
+        delivered
+    }
+}
+
 /// The running source's connections and bookkeeping.
 struct Reader<'a> {
     source: &'a RedisStreamSource,
@@ -253,7 +277,7 @@ impl Reader<'_> {
         entries: Vec<StreamEntry>,
         deliveries: impl Fn(&str) -> u64,
         out: &mut flowpulse_core::runtime::Output,
-        acks: &mut FuturesUnordered<AckFuture>,
+        track: &mut InFlight,
     ) -> Result<(), StepError> {
         if entries.is_empty() {
             return Ok(());
@@ -297,8 +321,9 @@ impl Reader<'_> {
         }
         if !records.is_empty() {
             let (handle, receipt) = AckHandle::new();
+            track.ids.extend(ids.iter().cloned());
             out.send(Batch::new(records, vec![handle])).await;
-            acks.push(async move { (ids, receipt.await) }.boxed());
+            track.acks.push(async move { (ids, receipt.await) }.boxed());
         }
         Ok(())
     }
@@ -311,6 +336,31 @@ impl Reader<'_> {
             .arg(format!("({after}"))
             .arg("+")
             .arg(self.cfg().batch_size)
+            .arg(&self.source.consumer)
+            .query_async(&mut self.commands)
+            .await?;
+        Ok(array(&reply)
+            .iter()
+            .filter_map(|p| {
+                let p = array(p);
+                Some((string(p.first()?)?, int(p.get(3)?)? as u64))
+            })
+            .collect())
+    }
+
+    /// Delivery counts of this consumer's pending entries from `first` to
+    /// `last` (inclusive).
+    async fn pending_between(
+        &mut self,
+        first: &str,
+        last: &str,
+    ) -> Result<std::collections::HashMap<String, u64>, StepError> {
+        let reply: Value = redis::cmd("XPENDING")
+            .arg(&self.cfg().stream)
+            .arg(&self.cfg().group)
+            .arg(first)
+            .arg(last)
+            .arg(1_000_000)
             .arg(&self.source.consumer)
             .query_async(&mut self.commands)
             .await?;
@@ -336,7 +386,7 @@ impl Reader<'_> {
     async fn recover_pending(
         &mut self,
         out: &mut flowpulse_core::runtime::Output,
-        acks: &mut FuturesUnordered<AckFuture>,
+        track: &mut InFlight,
     ) -> Result<usize, StepError> {
         let mut after = "0-0".to_owned();
         let mut recovered = 0;
@@ -363,7 +413,7 @@ impl Reader<'_> {
                 entries,
                 |id| counts.get(id).copied().unwrap_or(1),
                 out,
-                acks,
+                track,
             )
             .await?;
         }
@@ -374,7 +424,7 @@ impl Reader<'_> {
     async fn claim(
         &mut self,
         out: &mut flowpulse_core::runtime::Output,
-        acks: &mut FuturesUnordered<AckFuture>,
+        track: &mut InFlight,
     ) -> Result<(), StepError> {
         let mut start = "0-0".to_owned();
         loop {
@@ -393,20 +443,23 @@ impl Reader<'_> {
                 .first()
                 .and_then(string)
                 .unwrap_or_else(|| "0-0".into());
-            let entries = parts.get(1).map(redis_util::entries).unwrap_or_default();
-            if !entries.is_empty() {
+            let entries: Vec<StreamEntry> = parts
+                .get(1)
+                .map(redis_util::entries)
+                .unwrap_or_default()
+                .into_iter()
+                // Our own entries still in the pipeline (held for a checkpoint,
+                // say) are not abandoned: leave them be.
+                .filter(|e| !track.ids.contains(&e.id))
+                .collect();
+            if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
                 tracing::info!(source = %self.name, entries = entries.len(), "claimed entries idle longer than claim_idle");
-                let first = entries.first().map(|e| e.id.clone()).unwrap_or_default();
-                let counts: std::collections::HashMap<String, u64> = self
-                    .own_pending(&previous_id(&first))
-                    .await?
-                    .into_iter()
-                    .collect();
+                let counts = self.pending_between(&first.id, &last.id).await?;
                 self.process(
                     entries,
                     |id| counts.get(id).copied().unwrap_or(1),
                     out,
-                    acks,
+                    track,
                 )
                 .await?;
             }
@@ -497,8 +550,11 @@ fn spawn_reads(
                 Ok(reply) => {
                     outage.recovered(&name, &config.url);
                     let entries = redis_util::read_reply(&reply);
-                    if !entries.is_empty() && tx.send(entries).await.is_err() {
-                        break;
+                    if !entries.is_empty() {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            sent = tx.send(entries) => if sent.is_err() { break },
+                        }
                     }
                 }
                 Err(e) => {
@@ -515,18 +571,6 @@ fn spawn_reads(
     rx
 }
 
-/// The id just before `id`, for an exclusive range start.
-fn previous_id(id: &str) -> String {
-    match id
-        .split_once('-')
-        .and_then(|(ms, seq)| Some((ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?)))
-    {
-        Some((ms, seq)) if seq > 0 => format!("{ms}-{}", seq - 1),
-        Some((ms, _)) if ms > 0 => format!("{}-{}", ms - 1, u64::MAX),
-        _ => "0-0".into(),
-    }
-}
-
 #[async_trait]
 impl Source for RedisStreamSource {
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError> {
@@ -538,7 +582,8 @@ impl Source for RedisStreamSource {
         } = cx;
         let config = &self.config;
         let mut outage = Outage::default();
-        let mut acks: FuturesUnordered<AckFuture> = FuturesUnordered::new();
+        let mut track = InFlight::default();
+        let reads_stop = shutdown.child_token();
         let mut to_ack: Vec<String> = Vec::new();
         let mut recovered = false;
         let mut last_claim = Instant::now();
@@ -575,35 +620,32 @@ impl Source for RedisStreamSource {
                 reader.create_group().await?;
                 outage.recovered(&name, &config.url);
                 if !recovered {
-                    let n = reader.recover_pending(&mut out, &mut acks).await?;
+                    let n = reader.recover_pending(&mut out, &mut track).await?;
                     if n > 0 {
                         tracing::info!(source = %name, entries = n, "re-read this consumer's pending entries");
                     }
                     recovered = true;
                 }
                 if reads.is_none() {
-                    reads = Some(spawn_reads(&self, &name, shutdown.clone()));
+                    reads = Some(spawn_reads(&self, &name, reads_stop.clone()));
                 }
                 let Some(entries_rx) = reads.as_mut() else {
                     return Ok(());
                 };
                 loop {
-                    while let Some(Some((ids, status))) = acks.next().now_or_never() {
-                        if status == BatchStatus::Delivered {
-                            reader.to_ack.extend(ids);
-                        }
-                    }
+                    let delivered = track.settled();
+                    reader.to_ack.extend(delivered);
                     reader.flush_acks().await?;
                     if last_lag.elapsed() >= Duration::from_secs(5) {
                         reader.report_lag().await?;
                         last_lag = Instant::now();
                     }
                     if last_claim.elapsed() >= config.claim_idle / 2 {
-                        reader.claim(&mut out, &mut acks).await?;
+                        reader.claim(&mut out, &mut track).await?;
                         last_claim = Instant::now();
                     }
                     if let Some(idle) = config.stop_after_idle {
-                        if last_entry.elapsed() >= idle && acks.is_empty() {
+                        if last_entry.elapsed() >= idle && track.acks.is_empty() {
                             return Ok(());
                         }
                     }
@@ -619,7 +661,7 @@ impl Source for RedisStreamSource {
                         _ = tokio::time::sleep(config.block) => continue,
                     };
                     last_entry = Instant::now();
-                    reader.process(entries, |_| 1, &mut out, &mut acks).await?;
+                    reader.process(entries, |_| 1, &mut out, &mut track).await?;
                 }
             }
             .await;
@@ -636,9 +678,13 @@ impl Source for RedisStreamSource {
                 }
             }
         }
-        // Let downstream drain and close, then ack what it took.
+        // Stop reading ahead (what was read and not processed stays pending,
+        // re-read on the next start), let downstream drain and close, then ack
+        // what it took.
+        reads_stop.cancel();
+        drop(reads);
         drop(out);
-        while let Some((ids, status)) = acks.next().await {
+        while let Some((ids, status)) = track.acks.next().await {
             if status == BatchStatus::Delivered {
                 to_ack.extend(ids);
             }

@@ -290,8 +290,13 @@ pub struct Accounting {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AggregateState {
     limits: Limits,
-    /// Event time T, once any event was seen.
+    /// Event time T, once any event was seen: the largest (clamped) event
+    /// timestamp, moved on by the wall clock while the input is idle.
     now_ms: Option<i64>,
+    /// The largest (clamped) event timestamp alone. Lateness, forgetting and
+    /// the dedup window follow it, never the wall clock: after an outage the
+    /// backlog is not late.
+    max_event_ms: Option<i64>,
     seq: u64,
     dedup: Dedup,
     pending: ReorderBuffer,
@@ -325,6 +330,7 @@ impl AggregateState {
         types.intern(UNKNOWN, usize::MAX);
         AggregateState {
             now_ms: None,
+            max_event_ms: None,
             seq: 0,
             dedup: Dedup::default(),
             pending: ReorderBuffer::default(),
@@ -378,26 +384,34 @@ impl AggregateState {
         self.pending.len()
     }
 
+    /// Events older than this are later than the out-of-order bound.
     fn watermark(&self) -> i64 {
-        self.now_ms
+        self.max_event_ms
             .map_or(i64::MIN, |t| t - self.limits.max_out_of_order_ms)
+    }
+
+    fn dedup_cutoff(&self) -> i64 {
+        self.max_event_ms
+            .map_or(i64::MIN, |t| t.saturating_sub(self.limits.dedup_window_ms))
     }
 
     /// Folds one event. `wall_ms` is the wall clock, used only to clamp
     /// timestamps from the future.
     pub fn fold(&mut self, event: &WorkflowEvent, wall_ms: i64) {
+        // A timestamp from the future is clamped, so it cannot pin state.
+        let clamped = event
+            .timestamp_ms
+            .min(wall_ms.saturating_add(MAX_CLOCK_SKEW_MS));
         if let Some(id) = &event.id {
-            let cutoff = self
-                .now_ms
-                .map_or(i64::MIN, |t| t.saturating_sub(self.limits.dedup_window_ms));
-            if !self.dedup.first_sighting(id, event.timestamp_ms, cutoff) {
+            let cutoff = self.dedup_cutoff();
+            if !self.dedup.first_sighting(id, clamped, cutoff) {
                 self.accounting.duplicates += 1;
                 return;
             }
         }
         self.accounting.events += 1;
         self.seq += 1;
-        let ts = event.timestamp_ms;
+        let ts = clamped;
         let late = ts < self.watermark();
         let is_stage = event.kind.is_stage();
         let (slot, generation) = if is_stage {
@@ -444,7 +458,9 @@ impl AggregateState {
         } else {
             self.pending.push(pending);
         }
-        let clamped = ts.min(wall_ms.saturating_add(MAX_CLOCK_SKEW_MS));
+        if self.max_event_ms.is_none_or(|t| clamped > t) {
+            self.max_event_ms = Some(clamped);
+        }
         if self.now_ms.is_none_or(|t| clamped > t) {
             self.now_ms = Some(clamped);
         }
@@ -452,10 +468,17 @@ impl AggregateState {
     }
 
     /// Advances event time by `elapsed_ms` (a live source is idle).
+    ///
+    /// Held events the moved-on time has passed are applied (so an idle
+    /// input's last events show up), but lateness and forgetting still follow
+    /// event timestamps alone.
     pub fn advance(&mut self, elapsed_ms: i64) {
         if let Some(t) = self.now_ms.as_mut() {
             *t += elapsed_ms.max(0);
-            self.release(self.watermark());
+            let idle_watermark = *t - self.limits.max_out_of_order_ms;
+            while let Some(event) = self.pending.pop_until(idle_watermark) {
+                self.apply(event);
+            }
         }
     }
 
@@ -532,11 +555,8 @@ impl AggregateState {
         while let Some(event) = self.pending.pop_until(watermark) {
             self.apply(event);
         }
-        self.forget_finished(watermark);
-        if let Some(t) = self.now_ms {
-            self.dedup
-                .forget_before(t.saturating_sub(self.limits.dedup_window_ms));
-        }
+        self.forget_finished(watermark.min(self.watermark()));
+        self.dedup.forget_before(self.dedup_cutoff());
     }
 
     /// Finished workflows leave memory once no in-bound event can concern them.
@@ -584,7 +604,7 @@ impl AggregateState {
         agent.last_seen_ms = agent.last_seen_ms.max(event.ts);
         match event.duration_ms {
             Some(d) => {
-                agent.duration_sum_ms += d;
+                agent.duration_sum_ms = agent.duration_sum_ms.saturating_add(d);
                 agent.duration_count += 1;
                 agent
                     .durations
@@ -707,7 +727,8 @@ impl AggregateState {
         };
         self.durations.add(duration as f64);
         if !failed {
-            self.completed_duration_sum_ms += duration;
+            self.completed_duration_sum_ms =
+                self.completed_duration_sum_ms.saturating_add(duration);
             self.completed_duration_count += 1;
         }
         for ring in [&mut self.seconds, &mut self.history] {
@@ -891,6 +912,10 @@ impl AggregateState {
     /// one (the two must have the same limits).
     pub fn merge(&mut self, other: &AggregateState) {
         self.now_ms = match (self.now_ms, other.now_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.max_event_ms = match (self.max_event_ms, other.max_event_ms) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };

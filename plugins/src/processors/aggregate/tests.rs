@@ -616,3 +616,131 @@ fn custom_values_appear_under_custom() {
         serde_json::json!({"coder": 2})
     );
 }
+
+#[test]
+fn backlog_after_an_idle_stretch_is_not_late() {
+    let mut state = AggregateState::new(limits());
+    state.fold(&event(EventKind::WorkflowCreated, "a", 0), WALL_MS);
+    // The input was idle (or Redis away) for a minute of wall time...
+    state.advance(60_000);
+    // ...then the backlog arrives: in bound by event time, so it counts.
+    state.fold(&event(EventKind::WorkflowCreated, "b", 1_000), WALL_MS);
+    state.fold(&event(EventKind::WorkflowCancelled, "a", 2_000), WALL_MS);
+    state.flush();
+    let o = document(&state).overview;
+    assert_eq!(
+        (
+            o.total_workflows,
+            o.cancelled_workflows,
+            o.running_workflows
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(state.accounting().anomalies, 0);
+}
+
+#[test]
+fn idle_time_applies_held_events() {
+    let mut state = AggregateState::new(limits());
+    state.fold(&event(EventKind::WorkflowCreated, "a", 0), WALL_MS);
+    assert_eq!(document(&state).overview.total_workflows, 0);
+    state.advance(BOUND_MS);
+    assert_eq!(document(&state).overview.total_workflows, 1);
+}
+
+#[test]
+fn a_timestamp_from_the_future_is_clamped() {
+    let mut state = AggregateState::new(limits());
+    let mut far = event(EventKind::WorkflowCreated, "a", 0);
+    far.timestamp_ms = i64::MAX / 2;
+    state.fold(&far, WALL_MS);
+    assert_eq!(state.event_time_ms(), Some(WALL_MS + 60_000));
+}
+
+#[tokio::test]
+async fn handles_held_for_an_unwritten_checkpoint_fail_their_batches() {
+    use flowpulse_core::ack::{AckHandle, BatchStatus};
+    use flowpulse_core::plugin::Processor;
+    use flowpulse_core::record::{Batch, Record};
+    use flowpulse_core::runtime::Output;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::checkpoint::open(&format!("file://{}", dir.path().display()))
+        .await
+        .unwrap();
+    let config: super::AggregateConfig = serde_json::from_str("{}").unwrap();
+    let checkpointing = super::processor::Checkpointing::new(
+        store,
+        "k".into(),
+        std::time::Duration::from_secs(3600),
+    );
+    let mut aggregate = super::processor::Aggregate::new(
+        &config,
+        AggregateState::new(config.limits()),
+        Default::default(),
+        Some(checkpointing),
+    );
+    let (handle, receipt) = AckHandle::new();
+    let batch = Batch::new(
+        vec![Record::Event(event(EventKind::WorkflowCreated, "a", 0))],
+        vec![handle],
+    );
+    aggregate
+        .process(batch, &mut Output::discard())
+        .await
+        .unwrap();
+    // Folded, but in no written snapshot: dropping the processor must not
+    // report the batch delivered.
+    drop(aggregate);
+    assert_eq!(receipt.await, BatchStatus::Failed);
+}
+
+#[tokio::test]
+async fn handles_are_released_once_a_checkpoint_is_written() {
+    use flowpulse_core::ack::{AckHandle, BatchStatus};
+    use flowpulse_core::plugin::Processor;
+    use flowpulse_core::record::{Batch, Record};
+    use flowpulse_core::runtime::Output;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::checkpoint::open(&format!("file://{}", dir.path().display()))
+        .await
+        .unwrap();
+    let config: super::AggregateConfig = serde_json::from_str("{}").unwrap();
+    let checkpointing = super::processor::Checkpointing::new(
+        store.clone(),
+        "k".into(),
+        std::time::Duration::from_secs(3600),
+    );
+    let mut aggregate = super::processor::Aggregate::new(
+        &config,
+        AggregateState::new(config.limits()),
+        Default::default(),
+        Some(checkpointing),
+    );
+    let (handle, mut receipt) = AckHandle::new();
+    let batch = Batch::new(
+        vec![Record::Event(event(EventKind::WorkflowCreated, "a", 0))],
+        vec![handle],
+    );
+    let mut out = Output::discard();
+    aggregate.process(batch, &mut out).await.unwrap();
+    assert!(
+        futures::poll!(&mut receipt).is_pending(),
+        "released before the checkpoint"
+    );
+    aggregate.finish(&mut out).await.unwrap();
+    assert_eq!(receipt.await, BatchStatus::Delivered);
+    let saved = store.load("k").await.unwrap().unwrap();
+    assert_eq!(
+        restore(&saved, &limits_of(&config))
+            .unwrap()
+            .accounting()
+            .events,
+        1
+    );
+}
+
+fn limits_of(config: &super::AggregateConfig) -> Limits {
+    config.limits()
+}
