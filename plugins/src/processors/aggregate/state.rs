@@ -61,10 +61,16 @@ struct Names {
 }
 
 fn prefix(name: &str) -> (usize, u64) {
-    let mut bytes = [0u8; 8];
-    let n = name.len().min(8);
-    bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
-    (name.len(), u64::from_le_bytes(bytes))
+    let b = name.as_bytes();
+    // Fixed-size loads, not a variable-length copy (which calls memcpy).
+    let value = match b.get(..8) {
+        Some(head) => u64::from_le_bytes(head.try_into().unwrap_or([0; 8])),
+        None => b
+            .iter()
+            .enumerate()
+            .fold(0u64, |v, (i, c)| v | (u64::from(*c) << (8 * i))),
+    };
+    (b.len(), value)
 }
 
 impl Names {
