@@ -744,3 +744,35 @@ async fn handles_are_released_once_a_checkpoint_is_written() {
 fn limits_of(config: &super::AggregateConfig) -> Limits {
     config.limits()
 }
+
+#[test]
+fn names_sharing_a_long_prefix_stay_apart() {
+    let mut state = AggregateState::new(limits());
+    for (i, agent) in [
+        "security",
+        "security_review",
+        "security_patch",
+        "security_review",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e = event(EventKind::StageCompleted, "w", i as i64);
+        e.agent_type = Some(agent.into());
+        e.duration_ms = Some(5);
+        state.fold(&e, WALL_MS);
+    }
+    let names: Vec<_> = document(&state)
+        .agents
+        .into_iter()
+        .map(|a| (a.agent_type, a.total_tasks))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("security".into(), 1),
+            ("security_patch".into(), 1),
+            ("security_review".into(), 2)
+        ]
+    );
+}
