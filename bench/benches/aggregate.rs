@@ -34,8 +34,8 @@ fn fold(c: &mut Criterion, rate: f64) {
         b.iter_batched(
             || warm.clone(),
             |mut state| {
-                for event in measured {
-                    state.fold(event, wall_ms);
+                for batch in measured.chunks(1024) {
+                    state.fold_all(batch, wall_ms);
                 }
                 state
             },

@@ -153,11 +153,11 @@ impl Processor for Aggregate {
     async fn process(&mut self, batch: Batch, out: &mut Output) -> Result<(), ComponentError> {
         let now = wall_ms();
         let before = self.state.accounting();
+        self.state
+            .fold_all(batch.records().iter().filter_map(Record::as_event), now);
         for record in batch.records() {
-            match record {
-                Record::Event(event) => self.state.fold(event, now),
-                Record::Custom(custom) => self.state.set_custom(&custom.name, &custom.value),
-                _ => {}
+            if let Record::Custom(custom) = record {
+                self.state.set_custom(&custom.name, &custom.value);
             }
         }
         let after = self.state.accounting();

@@ -404,6 +404,26 @@ impl AggregateState {
     /// Folds one event. `wall_ms` is the wall clock, used only to clamp
     /// timestamps from the future.
     pub fn fold(&mut self, event: &WorkflowEvent, wall_ms: i64) {
+        self.fold_held(event, wall_ms);
+        self.release(self.watermark());
+    }
+
+    /// Folds a batch of events: the same result as folding them one by one,
+    /// with the dedup window's housekeeping done once per batch.
+    pub fn fold_all<'a>(
+        &mut self,
+        events: impl IntoIterator<Item = &'a WorkflowEvent>,
+        wall_ms: i64,
+    ) {
+        for event in events {
+            self.fold_held(event, wall_ms);
+        }
+        self.release(self.watermark());
+    }
+
+    /// Folds one event, applying what the watermark has passed; the dedup
+    /// window's housekeeping is left to the caller.
+    fn fold_held(&mut self, event: &WorkflowEvent, wall_ms: i64) {
         // A timestamp from the future is clamped, so it cannot pin state.
         let clamped = event
             .timestamp_ms
@@ -459,7 +479,12 @@ impl AggregateState {
         };
         // Stage statistics do not depend on order: apply them at once. Workflow
         // lifecycles do: hold them until the watermark passes them.
-        if late || is_stage {
+        if late {
+            // Everything the watermark passed goes first, as if released
+            // event by event, so the order of application is the same.
+            self.release(self.watermark());
+            self.apply(pending);
+        } else if is_stage {
             self.apply(pending);
         } else {
             self.pending.push(pending);
@@ -470,7 +495,11 @@ impl AggregateState {
         if self.now_ms.is_none_or(|t| clamped > t) {
             self.now_ms = Some(clamped);
         }
-        self.release(self.watermark());
+        let watermark = self.watermark();
+        while let Some(event) = self.pending.pop_until(watermark) {
+            self.apply(event);
+        }
+        self.forget_finished(watermark);
     }
 
     /// Advances event time by `elapsed_ms` (a live source is idle).

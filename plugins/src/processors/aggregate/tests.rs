@@ -364,6 +364,27 @@ proptest! {
     }
 
     #[test]
+    fn folding_in_batches_equals_folding_one_by_one(
+        lifecycles in prop::collection::vec(lifecycle(), 1..40),
+        delays in prop::collection::vec(0i64..BOUND_MS, 1..20),
+        batch in 1usize..50,
+    ) {
+        let events: Vec<_> = lifecycles.iter().enumerate().flat_map(|(i, l)| events_of(i, l)).collect();
+        let arrived = arrival(&events, &delays, 3);
+        let mut one_by_one = AggregateState::new(limits());
+        fold_all(&mut one_by_one, &arrived);
+        let mut batched = AggregateState::new(limits());
+        for chunk in arrived.chunks(batch) {
+            batched.fold_all(chunk, WALL_MS);
+        }
+        // Before the final flush too: what is applied so far is the same.
+        prop_assert!(document(&batched).same_state(&document(&one_by_one)));
+        one_by_one.flush();
+        batched.flush();
+        prop_assert!(document(&batched).same_state(&document(&one_by_one)));
+    }
+
+    #[test]
     fn merged_partitions_equal_the_whole(
         lifecycles in prop::collection::vec(lifecycle(), 1..40),
         delays in prop::collection::vec(0i64..BOUND_MS, 1..20),
