@@ -10,7 +10,7 @@ use flowpulse_core::config::{LoadError, PipelineConfig};
 use flowpulse_core::plugin::{registered_plugins, Shutdown};
 use flowpulse_core::runtime::Pipeline;
 use flowpulse_core::topology;
-use flowpulse_plugins::processors::aggregate::snapshot::describe;
+use flowpulse_plugins::processors::aggregate::snapshot;
 use flowpulse_plugins::processors::aggregate::AggregateConfig;
 
 mod generate;
@@ -230,18 +230,24 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
                 continue;
             };
             let key = checkpoint_key(&config.pipeline.name, &spec.name, 0);
+            let limits = aggregate.limits();
             if reset {
-                store.delete(&key).await.map_err(anyhow::Error::msg)?;
+                snapshot::delete(store.as_ref(), &key, &limits)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
                 println!("{}: deleted {key}", spec.name);
                 continue;
             }
-            match store.load(&key).await.map_err(anyhow::Error::msg)? {
-                Some(bytes) => println!(
-                    "{}: {key}: {}",
-                    spec.name,
-                    describe(&bytes, &aggregate.limits())
-                ),
-                None => println!("{}: {key}: no checkpoint", spec.name),
+            match snapshot::load(store.as_ref(), &key, &limits).await {
+                Ok(Some((state, bytes))) => {
+                    println!(
+                        "{}: {key}: {}",
+                        spec.name,
+                        snapshot::describe(&state, bytes)
+                    )
+                }
+                Ok(None) => println!("{}: {key}: no checkpoint", spec.name),
+                Err(e) => println!("{}: {key}: not usable: {e}", spec.name),
             }
         }
         Ok(ExitCode::SUCCESS)

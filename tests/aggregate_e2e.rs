@@ -297,7 +297,7 @@ fn checkpointed_state_continues_across_runs_and_state_commands_show_and_clear_it
     };
     let shown = state("show");
     assert!(
-        shown.contains("flowpulse:checkpoint:cp:metrics:0: version 1"),
+        shown.contains("flowpulse:checkpoint:cp:metrics:0: version 2"),
         "{shown}"
     );
     assert!(

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use flowpulse_core::checkpoint::checkpoint_key;
 
 use super::processor::{Aggregate, Checkpointing};
-use super::snapshot::restore;
+use super::snapshot::load;
 use super::state::{AggregateState, Limits};
 
 /// `[processors.NAME] type = "aggregate"`.
@@ -159,20 +159,19 @@ impl ProcessorConfig for AggregateConfig {
             .await
             .map_err(BuildError)?;
         let key = checkpoint_key(&cx.pipeline.name, &cx.name, 0);
-        let loaded = store
-            .load(&key)
+        let loaded = load(store.as_ref(), &key, &self.limits())
             .await
-            .map_err(|e| BuildError(format!("cannot read checkpoint {key}: {e}")))?;
+            .map_err(|e| {
+                BuildError(format!(
+                    "checkpoint {key}: {e} (`flowpulse state reset` clears it)"
+                ))
+            })?;
         let state = match loaded {
-            Some(bytes) => {
-                let state = restore(&bytes, &self.limits()).map_err(|e| {
-                    BuildError(format!(
-                        "checkpoint {key}: {e} (`flowpulse state reset` clears it)"
-                    ))
-                })?;
+            Some((state, bytes)) => {
                 tracing::info!(
                     component = %cx.name,
                     key = %key,
+                    bytes,
                     workflows = state.workflows_in_memory(),
                     events = state.accounting().events,
                     "restored state from checkpoint"
@@ -181,7 +180,9 @@ impl ProcessorConfig for AggregateConfig {
             }
             None => AggregateState::new(self.limits()),
         };
-        let checkpointing = Checkpointing::new(store, key, settings.interval);
+        let stored = state.dedup_epochs();
+        let checkpointing =
+            Checkpointing::new(store, key, settings.interval).with_stored_epochs(stored);
         Ok(Box::new(Aggregate::new(
             self,
             state,

@@ -212,37 +212,79 @@ impl Dedup {
     }
 }
 
-/// Serialized as the epochs' entries (oldest first) then the hot table's;
-/// the filters are rebuilt on load.
-#[derive(Serialize, Deserialize)]
-struct DedupForm {
-    epochs: Vec<Vec<(IdKey, i64)>>,
-    hot: Vec<(IdKey, i64)>,
+/// One epoch in a snapshot: its entries inline, or `None` when they are
+/// stored apart (they never change once frozen, so a checkpoint writes them
+/// once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochForm {
+    /// The epoch's freezing order (its name in the store).
+    pub order: u64,
+    /// Its identities, when inline.
+    pub entries: Option<Vec<(IdKey, i64)>>,
 }
 
-impl Serialize for Dedup {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+/// The serialized form of [`Dedup`]; filters are rebuilt on load.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DedupForm {
+    /// Epochs, oldest first.
+    pub epochs: Vec<EpochForm>,
+    /// The hot table.
+    pub hot: Vec<(IdKey, i64)>,
+    /// The order the next epoch will get.
+    pub next_order: u64,
+}
+
+impl Dedup {
+    /// The serialized form; epochs whose order is in `apart` are left out
+    /// (referenced only).
+    pub fn to_form(&self, apart: &dyn Fn(u64) -> bool) -> DedupForm {
         DedupForm {
             epochs: self
                 .ordered_epochs()
                 .into_iter()
-                .map(|e| e.entries.iter().map(|(k, v)| (*k, *v)).collect())
+                .map(|e| EpochForm {
+                    order: e.order,
+                    entries: (!apart(e.order))
+                        .then(|| e.entries.iter().map(|(k, v)| (*k, *v)).collect()),
+                })
                 .collect(),
             hot: self.hot.iter().map(|(k, v)| (*k, *v)).collect(),
+            next_order: self.next_order,
         }
-        .serialize(serializer)
     }
-}
 
-impl<'de> Deserialize<'de> for Dedup {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let form = DedupForm::deserialize(deserializer)?;
+    /// The orders of the epochs held now.
+    pub fn epoch_orders(&self) -> Vec<u64> {
+        self.ordered_epochs().into_iter().map(|e| e.order).collect()
+    }
+
+    /// The entries of one epoch, for storing it apart.
+    pub fn epoch_entries(&self, order: u64) -> Option<Vec<(IdKey, i64)>> {
+        self.epochs
+            .iter()
+            .flatten()
+            .find(|e| e.order == order)
+            .map(|e| e.entries.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    /// Rebuilds from a form; `apart` supplies epochs stored apart. Fails with
+    /// the order of an epoch that is neither inline nor supplied.
+    pub fn from_form(
+        form: DedupForm,
+        mut apart: impl FnMut(u64) -> Option<Vec<(IdKey, i64)>>,
+    ) -> Result<Dedup, u64> {
         let mut dedup = Dedup::default();
-        for entries in form.epochs {
+        for epoch in form.epochs {
+            let entries = match epoch.entries {
+                Some(entries) => entries,
+                None => apart(epoch.order).ok_or(epoch.order)?,
+            };
             dedup.hot = entries.into_iter().collect();
+            dedup.next_order = epoch.order;
             dedup.freeze();
         }
         dedup.hot = form.hot.into_iter().collect();
+        dedup.next_order = form.next_order;
         Ok(dedup)
     }
 }

@@ -12,7 +12,7 @@ use flowpulse_core::runtime::Output;
 use flowpulse_core::telemetry::ComponentStats;
 
 use super::config::AggregateConfig;
-use super::snapshot::snapshot;
+use super::snapshot::{epoch_key, snapshot_split};
 use super::state::AggregateState;
 
 /// Periodic snapshots to a checkpoint store. What a snapshot has folded
@@ -26,6 +26,8 @@ pub struct Checkpointing {
     held: Vec<AckHandle>,
     changed: bool,
     failing: bool,
+    /// Dedup epochs already in the store.
+    stored_epochs: std::collections::BTreeSet<u64>,
 }
 
 impl Drop for Checkpointing {
@@ -49,7 +51,37 @@ impl Checkpointing {
             held: Vec::new(),
             changed: false,
             failing: false,
+            stored_epochs: Default::default(),
         }
+    }
+
+    /// Notes the dedup epochs a restored snapshot already has in the store.
+    pub fn with_stored_epochs(mut self, stored: std::collections::BTreeSet<u64>) -> Checkpointing {
+        self.stored_epochs = stored;
+        self
+    }
+
+    /// Writes new epochs, then the snapshot naming them, then deletes the
+    /// epochs no longer named: a crash at any point leaves a complete
+    /// snapshot in the store.
+    async fn write(&mut self, state: &AggregateState) -> Result<usize, String> {
+        let (main, fresh) = snapshot_split(state, &self.stored_epochs);
+        let mut bytes = main.len();
+        for (order, epoch) in fresh {
+            self.store
+                .save(&epoch_key(&self.key, order), &epoch)
+                .await?;
+            bytes += epoch.len();
+            self.stored_epochs.insert(order);
+        }
+        self.store.save(&self.key, &main).await?;
+        let live = state.dedup_epochs();
+        let retired: Vec<u64> = self.stored_epochs.difference(&live).copied().collect();
+        for order in retired {
+            self.store.delete(&epoch_key(&self.key, order)).await?;
+            self.stored_epochs.remove(&order);
+        }
+        Ok(bytes)
     }
 }
 
@@ -107,12 +139,11 @@ impl Aggregate {
             return;
         }
         let started = Instant::now();
-        let bytes = snapshot(&self.state);
-        match c.store.save(&c.key, &bytes).await {
-            Ok(()) => {
+        match c.write(&self.state).await {
+            Ok(bytes) => {
                 tracing::debug!(
                     key = %c.key,
-                    bytes = bytes.len(),
+                    bytes,
                     ms = started.elapsed().as_millis() as u64,
                     released = c.held.len(),
                     "checkpoint written"

@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::dedup::{Dedup, IdKey};
+
 use super::windows::{BucketRing, Sketch, Totals};
 
 /// A timestamp more than this far ahead of the wall clock is clamped.
@@ -304,6 +305,8 @@ pub struct AggregateState {
     /// backlog is not late.
     max_event_ms: Option<i64>,
     seq: u64,
+    /// Serialized apart (see `snapshot`), so its epochs can be stored once.
+    #[serde(skip)]
     dedup: Dedup,
     pending: ReorderBuffer,
     slots: Vec<Option<Workflow>>,
@@ -378,6 +381,21 @@ impl AggregateState {
     /// Workflows held in memory (in flight, or finished within the bound).
     pub fn workflows_in_memory(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// The dedup window (for snapshots).
+    pub(super) fn dedup(&self) -> &Dedup {
+        &self.dedup
+    }
+
+    /// The orders of the dedup epochs held now (each stored once, apart).
+    pub fn dedup_epochs(&self) -> std::collections::BTreeSet<u64> {
+        self.dedup.epoch_orders().into_iter().collect()
+    }
+
+    /// Replaces the dedup window (when restoring).
+    pub(super) fn set_dedup(&mut self, dedup: Dedup) {
+        self.dedup = dedup;
     }
 
     /// Event identities remembered for deduplication.
