@@ -181,6 +181,16 @@ impl ProcessorConfig for AggregateConfig {
             None => AggregateState::new(self.limits()),
         };
         let stored = state.dedup_epochs();
+        // A crash between writing a snapshot and deleting the epochs it
+        // retired leaves those (the oldest, just below the ones it names)
+        // behind: sweep them.
+        let oldest = stored
+            .first()
+            .copied()
+            .unwrap_or_else(|| state.next_dedup_epoch());
+        for order in oldest.saturating_sub(8)..oldest {
+            let _ = store.delete(&super::snapshot::epoch_key(&key, order)).await;
+        }
         let checkpointing =
             Checkpointing::new(store, key, settings.interval).with_stored_epochs(stored);
         Ok(Box::new(Aggregate::new(
