@@ -328,14 +328,21 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// This consumer's pending entries with their delivery counts.
-    async fn own_pending(&mut self, after: &str) -> Result<Vec<(String, u64)>, StepError> {
+    /// This consumer's pending entries in `start..=end` (XPENDING range
+    /// syntax, so `(` makes a bound exclusive), at most `count`, with their
+    /// delivery counts, in id order.
+    async fn pending(
+        &mut self,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<Vec<(String, u64)>, StepError> {
         let reply: Value = redis::cmd("XPENDING")
             .arg(&self.cfg().stream)
             .arg(&self.cfg().group)
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg(self.cfg().batch_size)
+            .arg(start)
+            .arg(end)
+            .arg(count)
             .arg(&self.source.consumer)
             .query_async(&mut self.commands)
             .await?;
@@ -348,6 +355,12 @@ impl Reader<'_> {
             .collect())
     }
 
+    /// This consumer's pending entries after `after`, a page at a time.
+    async fn own_pending(&mut self, after: &str) -> Result<Vec<(String, u64)>, StepError> {
+        let batch = self.cfg().batch_size;
+        self.pending(&format!("({after}"), "+", batch).await
+    }
+
     /// Delivery counts of this consumer's pending entries from `first` to
     /// `last` (inclusive).
     async fn pending_between(
@@ -355,21 +368,10 @@ impl Reader<'_> {
         first: &str,
         last: &str,
     ) -> Result<std::collections::HashMap<String, u64>, StepError> {
-        let reply: Value = redis::cmd("XPENDING")
-            .arg(&self.cfg().stream)
-            .arg(&self.cfg().group)
-            .arg(first)
-            .arg(last)
-            .arg(1_000_000)
-            .arg(&self.source.consumer)
-            .query_async(&mut self.commands)
-            .await?;
-        Ok(array(&reply)
-            .iter()
-            .filter_map(|p| {
-                let p = array(p);
-                Some((string(p.first()?)?, int(p.get(3)?)? as u64))
-            })
+        Ok(self
+            .pending(first, last, 1_000_000)
+            .await?
+            .into_iter()
             .collect())
     }
 
