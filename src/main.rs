@@ -232,7 +232,7 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
             let key = checkpoint_key(&config.pipeline.name, &spec.name, 0);
             let limits = aggregate.limits();
             if reset {
-                snapshot::delete(store.as_ref(), &key, &limits)
+                snapshot::delete(store.as_ref(), &key)
                     .await
                     .map_err(anyhow::Error::msg)?;
                 println!("{}: deleted {key}", spec.name);

@@ -85,17 +85,24 @@ impl CheckpointStore for FileStore {
     }
 
     async fn save(&self, key: &str, bytes: &[u8]) -> Result<(), String> {
-        tokio::fs::create_dir_all(&self.0)
-            .await
-            .map_err(|e| e.to_string())?;
+        use tokio::io::AsyncWriteExt;
+        let io = |e: std::io::Error| e.to_string();
+        tokio::fs::create_dir_all(&self.0).await.map_err(io)?;
         let path = self.path(key);
         let tmp = path.with_extension("tmp");
-        tokio::fs::write(&tmp, bytes)
+        // Durable before visible: the data, then the rename, then the
+        // directory entry, so a power loss leaves the old file or the new.
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        file.write_all(bytes).await.map_err(io)?;
+        file.sync_all().await.map_err(io)?;
+        drop(file);
+        tokio::fs::rename(&tmp, &path).await.map_err(io)?;
+        tokio::fs::File::open(&self.0)
             .await
-            .map_err(|e| e.to_string())?;
-        tokio::fs::rename(&tmp, &path)
+            .map_err(io)?
+            .sync_all()
             .await
-            .map_err(|e| e.to_string())
+            .map_err(io)
     }
 
     async fn delete(&self, key: &str) -> Result<(), String> {

@@ -182,14 +182,15 @@ impl ProcessorConfig for AggregateConfig {
         };
         let stored = state.dedup_epochs();
         // A crash between writing a snapshot and deleting the epochs it
-        // retired leaves those (the oldest, just below the ones it names)
-        // behind: sweep them.
-        let oldest = stored
-            .first()
-            .copied()
-            .unwrap_or_else(|| state.next_dedup_epoch());
-        for order in oldest.saturating_sub(8)..oldest {
-            let _ = store.delete(&super::snapshot::epoch_key(&key, order)).await;
+        // retired leaves those behind: sweep every epoch number around the
+        // live ones (from a little below the oldest to the next) that the
+        // snapshot does not name.
+        let next = state.next_dedup_epoch();
+        let oldest = stored.first().copied().unwrap_or(next);
+        for order in oldest.saturating_sub(64)..next.saturating_add(8) {
+            if !stored.contains(&order) {
+                let _ = store.delete(&super::snapshot::epoch_key(&key, order)).await;
+            }
         }
         let checkpointing =
             Checkpointing::new(store, key, settings.interval).with_stored_epochs(stored);

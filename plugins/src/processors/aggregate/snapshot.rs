@@ -86,6 +86,19 @@ pub fn snapshot_split(
 }
 
 fn decode(bytes: &[u8], limits: &Limits) -> Result<(AggregateState, DedupForm), SnapshotError> {
+    let (state, form) = decode_any(bytes)?;
+    if state.limits() != limits {
+        return Err(SnapshotError::Shape(format!(
+            "snapshot {:?}, configured {:?}",
+            state.limits(),
+            limits
+        )));
+    }
+    Ok((state, form))
+}
+
+/// Decodes a snapshot of this version whatever its limits.
+fn decode_any(bytes: &[u8]) -> Result<(AggregateState, DedupForm), SnapshotError> {
     let body = bytes
         .strip_prefix(MAGIC)
         .ok_or(SnapshotError::NotASnapshot)?;
@@ -101,13 +114,6 @@ fn decode(bytes: &[u8], limits: &Limits) -> Result<(AggregateState, DedupForm), 
     }
     let (state, rest): (AggregateState, _) =
         postcard::take_from_bytes(body).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-    if state.limits() != limits {
-        return Err(SnapshotError::Shape(format!(
-            "snapshot {:?}, configured {:?}",
-            state.limits(),
-            limits
-        )));
-    }
     let (form, _): (DedupForm, _) =
         postcard::take_from_bytes(rest).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
     Ok((state, form))
@@ -171,16 +177,21 @@ pub async fn load(
     Ok(Some((state, total)))
 }
 
-/// Deletes the state under `key` and the epochs it names.
-pub async fn delete(store: &dyn CheckpointStore, key: &str, limits: &Limits) -> Result<(), String> {
-    if let Some(main) = store.load(key).await? {
-        if let Ok(orders) = epochs_apart(&main, limits) {
-            for order in orders {
-                store.delete(&epoch_key(key, order)).await?;
-            }
-        }
+/// Deletes the state under `key` (whatever settings wrote it) and the epochs
+/// it names: the snapshot first, so a crash midway leaves no snapshot naming
+/// missing epochs.
+pub async fn delete(store: &dyn CheckpointStore, key: &str) -> Result<(), String> {
+    let orders = match store.load(key).await? {
+        Some(main) => decode_any(&main)
+            .map(|(_, form)| form.epochs.iter().map(|e| e.order).collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    store.delete(key).await?;
+    for order in orders {
+        store.delete(&epoch_key(key, order)).await?;
     }
-    store.delete(key).await
+    Ok(())
 }
 
 /// What a state holds, for `flowpulse state show`.
