@@ -339,4 +339,19 @@ fn checkpoint_of_other_settings_is_refused_with_a_clear_message() {
         "{stderr}"
     );
     assert!(stderr.contains("flowpulse state reset"), "{stderr}");
+    // Reset clears it whatever settings wrote it, and the next run starts.
+    let reset = Command::new(binary())
+        .args(["state", "reset", "-c"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        reset.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    assert!(run_to_end(dir.path(), &config, Duration::from_secs(30))
+        .status
+        .success());
 }
