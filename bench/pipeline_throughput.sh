@@ -4,7 +4,7 @@
 # pipeline. All in one run on one seeded workload (10,000 workflows in flight,
 # 5% duplicates), as ratios.
 #
-#   bench/pipeline_throughput.sh [EVENTS]   (default 2,000,000)
+#   [RATE=events per second of event time] bench/pipeline_throughput.sh [EVENTS]   (default 2,000,000; RATE 1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-2000000}
@@ -14,7 +14,7 @@ bin="$CARGO_TARGET_DIR/release"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-"$bin/flowpulse" generate -n "$events" --seed 7 --in-flight 10000 --duplicates 0.05 -o "$work/events.jsonl"
+"$bin/flowpulse" generate -n "$events" --seed 7 --in-flight 10000 --duplicates 0.05 --rate "${RATE:-1000}" -o "$work/events.jsonl"
 echo "workload: $events flat events, $(du -h "$work/events.jsonl" | cut -f1)"
 
 config() { # $1 = number of passthrough processors, or "agg" for one aggregate
