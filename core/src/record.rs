@@ -202,6 +202,11 @@ impl Batch {
         (records, self.acks)
     }
 
+    /// The acknowledgement handles of the source batches this derives from.
+    pub fn ack_handles(&self) -> &[AckHandle] {
+        &self.acks
+    }
+
     /// Takes the acknowledgement handles out, leaving the records.
     pub fn take_acks(&mut self) -> Vec<AckHandle> {
         std::mem::take(&mut self.acks)

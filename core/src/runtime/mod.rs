@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 pub use output::Output;
 
+use crate::ack::AckHandle;
 use crate::config::PipelineConfig;
 use crate::plugin::{
     BuildContext, Component, ComponentError, ComponentRole, Processor, Resources, Shutdown, Sink,
@@ -270,7 +271,14 @@ async fn run_processor(
             batch = rx.recv() => match batch {
                 Some(batch) => {
                     stats.received(batch.len());
-                    processor.process(batch, &mut out).await
+                    // If processing fails, the source batches must not count as
+                    // delivered, whatever the processor did with the handles.
+                    let guard = batch.ack_handles().to_vec();
+                    let result = processor.process(batch, &mut out).await;
+                    if result.is_err() {
+                        guard.iter().for_each(AckHandle::fail);
+                    }
+                    result
                 }
                 None => break,
             },
@@ -318,5 +326,42 @@ fn handle_result(
             stats.error(fatal.to_string());
             Err(fatal)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ack::BatchStatus;
+    use async_trait::async_trait;
+
+    struct Failing;
+
+    #[async_trait]
+    impl Processor for Failing {
+        async fn process(&mut self, batch: Batch, _out: &mut Output) -> Result<(), ComponentError> {
+            drop(batch);
+            Err(ComponentError::Transient("cannot".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_a_processor_fails_on_is_not_acknowledged() {
+        let (tx, rx) = mpsc::channel(1);
+        let (handle, receipt) = AckHandle::new();
+        tx.send(Batch::new(Vec::new(), vec![handle])).await.unwrap();
+        drop(tx);
+        let stats = Arc::new(ComponentStats::default());
+        run_processor(
+            "p".into(),
+            Box::new(Failing),
+            rx,
+            Output::discard(),
+            stats.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(receipt.await, BatchStatus::Failed);
+        assert_eq!(stats.snapshot().errors, 1);
     }
 }
