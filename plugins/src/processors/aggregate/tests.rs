@@ -678,24 +678,29 @@ fn a_timestamp_from_the_future_is_clamped() {
     assert_eq!(state.event_time_ms(), Some(WALL_MS + 60_000));
 }
 
-#[tokio::test]
-async fn handles_held_for_an_unwritten_checkpoint_fail_their_batches() {
-    use flowpulse_core::ack::{AckHandle, BatchStatus};
-    use flowpulse_core::plugin::Processor;
+/// An aggregate checkpointing (hourly, so only when forced) to a directory
+/// store, the store, and one batch carrying an acknowledgement handle.
+async fn checkpointing_aggregate(
+    dir: &std::path::Path,
+) -> (
+    super::processor::Aggregate,
+    std::sync::Arc<dyn flowpulse_core::checkpoint::CheckpointStore>,
+    flowpulse_core::record::Batch,
+    flowpulse_core::ack::AckReceipt,
+) {
+    use flowpulse_core::ack::AckHandle;
     use flowpulse_core::record::{Batch, Record};
-    use flowpulse_core::runtime::Output;
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::checkpoint::open(&format!("file://{}", dir.path().display()))
+    let store = crate::checkpoint::open(&format!("file://{}", dir.display()))
         .await
         .unwrap();
     let config: super::AggregateConfig = serde_json::from_str("{}").unwrap();
     let checkpointing = super::processor::Checkpointing::new(
-        store,
+        store.clone(),
         "k".into(),
         std::time::Duration::from_secs(3600),
     );
-    let mut aggregate = super::processor::Aggregate::new(
+    let aggregate = super::processor::Aggregate::new(
         &config,
         AggregateState::new(config.limits()),
         Default::default(),
@@ -706,6 +711,17 @@ async fn handles_held_for_an_unwritten_checkpoint_fail_their_batches() {
         vec![Record::Event(event(EventKind::WorkflowCreated, "a", 0))],
         vec![handle],
     );
+    (aggregate, store, batch, receipt)
+}
+
+#[tokio::test]
+async fn handles_held_for_an_unwritten_checkpoint_fail_their_batches() {
+    use flowpulse_core::ack::BatchStatus;
+    use flowpulse_core::plugin::Processor;
+    use flowpulse_core::runtime::Output;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut aggregate, _store, batch, receipt) = checkpointing_aggregate(dir.path()).await;
     aggregate
         .process(batch, &mut Output::discard())
         .await
@@ -718,32 +734,12 @@ async fn handles_held_for_an_unwritten_checkpoint_fail_their_batches() {
 
 #[tokio::test]
 async fn handles_are_released_once_a_checkpoint_is_written() {
-    use flowpulse_core::ack::{AckHandle, BatchStatus};
+    use flowpulse_core::ack::BatchStatus;
     use flowpulse_core::plugin::Processor;
-    use flowpulse_core::record::{Batch, Record};
     use flowpulse_core::runtime::Output;
 
     let dir = tempfile::tempdir().unwrap();
-    let store = crate::checkpoint::open(&format!("file://{}", dir.path().display()))
-        .await
-        .unwrap();
-    let config: super::AggregateConfig = serde_json::from_str("{}").unwrap();
-    let checkpointing = super::processor::Checkpointing::new(
-        store.clone(),
-        "k".into(),
-        std::time::Duration::from_secs(3600),
-    );
-    let mut aggregate = super::processor::Aggregate::new(
-        &config,
-        AggregateState::new(config.limits()),
-        Default::default(),
-        Some(checkpointing),
-    );
-    let (handle, mut receipt) = AckHandle::new();
-    let batch = Batch::new(
-        vec![Record::Event(event(EventKind::WorkflowCreated, "a", 0))],
-        vec![handle],
-    );
+    let (mut aggregate, store, batch, mut receipt) = checkpointing_aggregate(dir.path()).await;
     let mut out = Output::discard();
     aggregate.process(batch, &mut out).await.unwrap();
     assert!(
@@ -753,17 +749,7 @@ async fn handles_are_released_once_a_checkpoint_is_written() {
     aggregate.finish(&mut out).await.unwrap();
     assert_eq!(receipt.await, BatchStatus::Delivered);
     let saved = store.load("k").await.unwrap().unwrap();
-    assert_eq!(
-        restore(&saved, &limits_of(&config))
-            .unwrap()
-            .accounting()
-            .events,
-        1
-    );
-}
-
-fn limits_of(config: &super::AggregateConfig) -> Limits {
-    config.limits()
+    assert_eq!(restore(&saved, &limits()).unwrap().accounting().events, 1);
 }
 
 #[test]
