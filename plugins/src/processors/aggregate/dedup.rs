@@ -1,7 +1,7 @@
 //! Remembered event identities, for dropping duplicates within a window of
 //! event time.
 //!
-//! Identities are 128-bit hashes. New ones go to a small hot table; when it
+//! Identities are 128-bit hashes. New ones go to a hot table; when it
 //! holds [`EPOCH_LEN`] entries it is frozen into an epoch, with a Bloom
 //! filter. The filters of all epochs are interleaved word by word, so one
 //! lookup reads the same word of every epoch's filter from one or two cache
@@ -9,31 +9,49 @@
 //! into that epoch's own table. An epoch is dropped whole once all its
 //! identities are older than the window, and its tables are reused. Compared
 //! with one big hash table this turns a cache miss per event into a couple of
-//! cache hits.
+//! cache hits, and [`Dedup::prefetch`] lets a batch fetch those lines for the
+//! events ahead while it folds the current one.
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-/// Entries per epoch: keeps the hot table within a core's L2 cache. 7/8 of
-/// a power of two, the most a hash table of 2^16 buckets holds without
-/// doubling.
-const EPOCH_LEN: usize = (1 << 16) / 8 * 7;
+use super::table::{prefetch, KeyTable};
+
+/// Entries per epoch: 3/4 of 2^16, the most a [`KeyTable`] of 2^16 buckets
+/// holds without doubling (1.5 MB).
+const EPOCH_LEN: usize = (1 << 16) / 4 * 3;
 /// Bloom filter bits per entry (about 1% false positives).
 const BITS_PER_ENTRY: usize = 16;
 /// Words of every epoch's filter.
 const FILTER_WORDS: usize = EPOCH_LEN * BITS_PER_ENTRY / 64;
 
-type IdTable = FxHashMap<IdKey, i64>;
+type IdTable = KeyTable<i64>;
 
 /// A 128-bit identity hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct IdKey(u64, u64);
 
 impl IdKey {
+    /// The key no identity has (it marks empty buckets).
+    pub const ZERO: IdKey = IdKey(0, 0);
+
     /// The key of an event identity.
+    #[inline]
     pub fn of(id: &str) -> IdKey {
-        let hash = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+        // A hash of zero (one chance in 2^128) is moved off the empty mark.
+        let hash = xxhash_rust::xxh3::xxh3_128(id.as_bytes()).max(1);
         IdKey(hash as u64, (hash >> 64) as u64)
+    }
+
+    /// The low 64 bits (uniform: a bucket index needs no further hashing).
+    #[inline]
+    pub fn low(self) -> u64 {
+        self.0
+    }
+
+    /// A key from its two halves (tests that need colliding keys).
+    #[cfg(test)]
+    pub fn from_parts(low: u64, high: u64) -> IdKey {
+        IdKey(low, high)
     }
 
     /// The filter word of the key and the four bits it sets there.
@@ -58,7 +76,7 @@ struct Epoch {
 }
 
 /// Identities seen within the dedup window. See the module docs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Dedup {
     hot: IdTable,
     epochs: Vec<Option<Epoch>>,
@@ -72,37 +90,62 @@ pub struct Dedup {
     oldest_ms: i64,
 }
 
+impl Default for Dedup {
+    fn default() -> Self {
+        Dedup {
+            hot: KeyTable::with_capacity(EPOCH_LEN),
+            epochs: Vec::new(),
+            filters: Vec::new(),
+            spare: None,
+            next_order: 0,
+            oldest_ms: i64::MAX,
+        }
+    }
+}
+
 impl Dedup {
     /// Records `id` seen at `ts`; false if it was already seen at an event
     /// time of at least `cutoff` (the oldest time still in the window).
+    #[cfg(test)]
     pub fn first_sighting(&mut self, id: &str, ts: i64, cutoff: i64) -> bool {
         self.first_sighting_key(IdKey::of(id), ts, cutoff)
     }
 
-    fn first_sighting_key(&mut self, key: IdKey, ts: i64, cutoff: i64) -> bool {
+    /// Prefetches what [`Dedup::first_sighting_key`] of `key` reads: its
+    /// filter words and its hot-table bucket.
+    #[inline]
+    pub fn prefetch(&self, key: IdKey) {
+        let slots = self.epochs.len();
+        if slots > 0 {
+            let (word, _) = key.probe();
+            let row = self.filters.as_ptr().wrapping_add(word * slots);
+            prefetch(row);
+            prefetch(row.wrapping_add(slots - 1));
+        }
+        self.hot.prefetch(key);
+    }
+
+    /// [`Dedup::first_sighting`] of an identity's key.
+    pub fn first_sighting_key(&mut self, key: IdKey, ts: i64, cutoff: i64) -> bool {
         let slots = self.epochs.len();
         if slots > 0 {
             let (word, mask) = key.probe();
             let words = &self.filters[word * slots..(word + 1) * slots];
             for (slot, bits) in words.iter().enumerate() {
                 if bits & mask == mask {
-                    let seen = self.epochs[slot].as_ref().and_then(|e| e.entries.get(&key));
-                    if seen.is_some_and(|seen| *seen >= cutoff) {
+                    let seen = self.epochs[slot].as_ref().and_then(|e| e.entries.get(key));
+                    if seen.is_some_and(|seen| seen >= cutoff) {
                         return false;
                     }
                 }
             }
         }
-        match self.hot.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                if *e.get() >= cutoff {
-                    return false;
-                }
-                e.insert(ts);
+        let (seen, found) = self.hot.entry(key, ts);
+        if found {
+            if *seen >= cutoff {
+                return false;
             }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(ts);
-            }
+            *seen = ts;
         }
         if self.hot.len() >= EPOCH_LEN {
             self.freeze();
@@ -112,20 +155,24 @@ impl Dedup {
 
     /// Moves the hot table into an epoch slot.
     fn freeze(&mut self) {
-        let mut next = self.spare.take().unwrap_or_default();
-        next.reserve(EPOCH_LEN);
+        let next = self
+            .spare
+            .take()
+            .unwrap_or_else(|| KeyTable::with_capacity(EPOCH_LEN));
         let entries = std::mem::replace(&mut self.hot, next);
         let slot = match self.epochs.iter().position(Option::is_none) {
             Some(slot) => slot,
             None => self.add_slot(),
         };
         let slots = self.epochs.len();
-        for key in entries.keys() {
+        let mut newest_ms = i64::MIN;
+        for (key, ts) in entries.iter() {
             let (word, mask) = key.probe();
             self.filters[word * slots + slot] |= mask;
+            newest_ms = newest_ms.max(ts);
         }
         self.epochs[slot] = Some(Epoch {
-            newest_ms: entries.values().copied().max().unwrap_or(i64::MIN),
+            newest_ms,
             entries,
             order: self.next_order,
         });
@@ -207,7 +254,7 @@ impl Dedup {
             .flat_map(|e| e.entries.iter())
             .chain(other.hot.iter());
         for (key, ts) in theirs {
-            self.first_sighting_key(*key, *ts, i64::MAX);
+            self.first_sighting_key(key, ts, i64::MAX);
         }
     }
 }
@@ -244,11 +291,10 @@ impl Dedup {
                 .into_iter()
                 .map(|e| EpochForm {
                     order: e.order,
-                    entries: (!apart(e.order))
-                        .then(|| e.entries.iter().map(|(k, v)| (*k, *v)).collect()),
+                    entries: (!apart(e.order)).then(|| e.entries.iter().collect()),
                 })
                 .collect(),
-            hot: self.hot.iter().map(|(k, v)| (*k, *v)).collect(),
+            hot: self.hot.iter().collect(),
             next_order: self.next_order,
         }
     }
@@ -269,7 +315,7 @@ impl Dedup {
             .iter()
             .flatten()
             .find(|e| e.order == order)
-            .map(|e| e.entries.iter().map(|(k, v)| (*k, *v)).collect())
+            .map(|e| e.entries.iter().collect())
     }
 
     /// Rebuilds from a form; `apart` supplies epochs stored apart. Fails with
@@ -288,7 +334,10 @@ impl Dedup {
             dedup.next_order = epoch.order;
             dedup.freeze();
         }
-        dedup.hot = form.hot.into_iter().collect();
+        dedup.hot.clear();
+        for (key, ts) in form.hot {
+            dedup.hot.insert(key, ts);
+        }
         dedup.next_order = form.next_order;
         Ok(dedup)
     }

@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::dedup::{Dedup, IdKey};
+use super::table::{prefetch, KeyTable};
 
 use super::windows::{BucketRing, Sketch, Totals};
 
@@ -27,6 +28,27 @@ pub const OTHER: &str = "other";
 pub const UNKNOWN: &str = "unknown";
 /// No interned name.
 const NONE: u16 = u16::MAX;
+/// How many events ahead a batch prefetches: far enough to hide a miss to
+/// memory behind the folding of the events in between.
+const AHEAD: usize = 16;
+
+/// The keys of an event, hashed once per batch ahead of folding.
+#[derive(Debug, Clone, Copy)]
+struct EventKeys {
+    /// Of the identity, if the event has one.
+    id: Option<IdKey>,
+    /// Of the workflow, for workflow (not stage) events.
+    workflow: Option<IdKey>,
+}
+
+impl EventKeys {
+    fn of(event: &WorkflowEvent) -> EventKeys {
+        EventKeys {
+            id: event.id.as_deref().map(IdKey::of),
+            workflow: (!event.kind.is_stage()).then(|| IdKey::of(&event.workflow_id)),
+        }
+    }
+}
 
 /// What shapes the state (from the processor's config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,7 +335,10 @@ pub struct AggregateState {
     free: Vec<u32>,
     /// Workflow key → slot.
     #[serde(skip)]
-    by_id: FxHashMap<IdKey, u32>,
+    by_id: KeyTable<u32>,
+    /// Reused per batch.
+    #[serde(skip)]
+    keys: Vec<EventKeys>,
     /// Outcome time, slot, generation: finished workflows to forget.
     finished: VecDeque<(i64, u32, u32)>,
     counts: Counts,
@@ -345,7 +370,8 @@ impl AggregateState {
             pending: ReorderBuffer::default(),
             slots: Vec::new(),
             free: Vec::new(),
-            by_id: FxHashMap::default(),
+            by_id: KeyTable::default(),
+            keys: Vec::new(),
             finished: VecDeque::new(),
             counts: Counts::default(),
             agents: Names::default(),
@@ -427,33 +453,56 @@ impl AggregateState {
     /// Folds one event. `wall_ms` is the wall clock, used only to clamp
     /// timestamps from the future.
     pub fn fold(&mut self, event: &WorkflowEvent, wall_ms: i64) {
-        self.fold_held(event, wall_ms);
+        self.fold_held(event, EventKeys::of(event), wall_ms);
         self.release(self.watermark());
     }
 
     /// Folds a batch of events: the same result as folding them one by one,
     /// with the dedup window's housekeeping done once per batch.
+    ///
+    /// The batch's keys are hashed first; then, while one event is folded,
+    /// the table buckets of the events a little ahead are prefetched, so
+    /// their cache misses overlap instead of following one another.
     pub fn fold_all<'a>(
         &mut self,
         events: impl IntoIterator<Item = &'a WorkflowEvent>,
         wall_ms: i64,
     ) {
-        for event in events {
-            self.fold_held(event, wall_ms);
+        let events: Vec<&WorkflowEvent> = events.into_iter().collect();
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        keys.extend(events.iter().map(|e| EventKeys::of(e)));
+        for (i, event) in events.iter().enumerate() {
+            if let Some(far) = keys.get(i + 2 * AHEAD) {
+                if let Some(id) = far.id {
+                    self.dedup.prefetch(id);
+                }
+                if let Some(workflow) = far.workflow {
+                    self.by_id.prefetch(workflow);
+                }
+            }
+            // The slot lookup's bucket was prefetched a round ago.
+            if let Some(workflow) = keys.get(i + AHEAD).and_then(|k| k.workflow) {
+                if let Some(slot) = self.by_id.get(workflow) {
+                    prefetch(self.slots.as_ptr().wrapping_add(slot as usize));
+                }
+            }
+            self.fold_held(event, keys[i], wall_ms);
         }
+        self.keys = keys;
         self.release(self.watermark());
     }
 
     /// Folds one event, applying what the watermark has passed; the dedup
     /// window's housekeeping is left to the caller.
-    fn fold_held(&mut self, event: &WorkflowEvent, wall_ms: i64) {
+    fn fold_held(&mut self, event: &WorkflowEvent, keys: EventKeys, wall_ms: i64) {
         // A timestamp from the future is clamped, so it cannot pin state.
         let clamped = event
             .timestamp_ms
             .min(wall_ms.saturating_add(MAX_CLOCK_SKEW_MS));
-        if let Some(id) = &event.id {
+        if let Some(id) = keys.id {
             let cutoff = self.dedup_cutoff();
-            if !self.dedup.first_sighting(id, clamped, cutoff) {
+            if !self.dedup.first_sighting_key(id, clamped, cutoff) {
                 self.accounting.duplicates += 1;
                 return;
             }
@@ -463,10 +512,9 @@ impl AggregateState {
         let ts = clamped;
         let late = ts < self.watermark();
         let is_stage = event.kind.is_stage();
-        let (slot, generation) = if is_stage {
-            (u32::MAX, 0)
-        } else {
-            match self.slot_for(IdKey::of(&event.workflow_id), !late) {
+        let (slot, generation) = match keys.workflow {
+            None => (u32::MAX, 0),
+            Some(key) => match self.slot_for(key, !late) {
                 Some(found) => found,
                 None => {
                     // Later than the out-of-order bound, for a workflow no longer
@@ -474,7 +522,7 @@ impl AggregateState {
                     self.accounting.anomalies += 1;
                     return;
                 }
-            }
+            },
         };
         let agent = match (&event.agent_type, is_stage) {
             (Some(a), true) => self.intern_agent(a),
@@ -519,10 +567,23 @@ impl AggregateState {
             self.now_ms = Some(clamped);
         }
         let watermark = self.watermark();
+        self.apply_until(watermark);
+        self.forget_finished(watermark);
+    }
+
+    /// Applies the held events up to `watermark`, in order.
+    fn apply_until(&mut self, watermark: i64) {
         while let Some(event) = self.pending.pop_until(watermark) {
+            // The workflow of an event a little ahead, and the entry a
+            // little further: each is a miss a few events from now.
+            if let Some(far) = self.pending.in_order.get(2 * AHEAD) {
+                prefetch(far);
+            }
+            if let Some(near) = self.pending.in_order.get(AHEAD) {
+                prefetch(self.slots.as_ptr().wrapping_add(near.slot as usize));
+            }
             self.apply(event);
         }
-        self.forget_finished(watermark);
     }
 
     /// Advances event time by `elapsed_ms` (a live source is idle).
@@ -534,9 +595,7 @@ impl AggregateState {
         if let Some(t) = self.now_ms.as_mut() {
             *t += elapsed_ms.max(0);
             let idle_watermark = *t - self.limits.max_out_of_order_ms;
-            while let Some(event) = self.pending.pop_until(idle_watermark) {
-                self.apply(event);
-            }
+            self.apply_until(idle_watermark);
         }
     }
 
@@ -571,7 +630,7 @@ impl AggregateState {
     /// The slot of a workflow, created (unknown until an event is applied)
     /// when `create` is set.
     fn slot_for(&mut self, key: IdKey, create: bool) -> Option<(u32, u32)> {
-        if let Some(&slot) = self.by_id.get(&key) {
+        if let Some(slot) = self.by_id.get(key) {
             let generation = self.slots[slot as usize]
                 .as_ref()
                 .map_or(0, |w| w.generation);
@@ -610,9 +669,7 @@ impl AggregateState {
     }
 
     fn release(&mut self, watermark: i64) {
-        while let Some(event) = self.pending.pop_until(watermark) {
-            self.apply(event);
-        }
+        self.apply_until(watermark);
         self.forget_finished(watermark.min(self.watermark()));
         self.dedup.forget_before(self.dedup_cutoff());
     }
@@ -622,6 +679,16 @@ impl AggregateState {
         while let Some(&(ts, slot, generation)) = self.finished.front() {
             if ts >= watermark {
                 break;
+            }
+            // As in `apply_until`: the slot of a workflow further ahead, and
+            // the table bucket of a nearer one, whose slot is cached by now.
+            if let Some(&(_, far, _)) = self.finished.get(2 * AHEAD) {
+                prefetch(self.slots.as_ptr().wrapping_add(far as usize));
+            }
+            if let Some(&(_, near, _)) = self.finished.get(AHEAD) {
+                if let Some(Some(w)) = self.slots.get(near as usize) {
+                    self.by_id.prefetch(w.key);
+                }
             }
             self.finished.pop_front();
             self.remove_slot(slot, generation);
@@ -634,7 +701,7 @@ impl AggregateState {
             .as_mut()
             .filter(|w| w.generation == generation && !w.removed)
         {
-            self.by_id.remove(&workflow.key);
+            self.by_id.remove(workflow.key);
             // Keep the generation so a reused slot gets a new one.
             workflow.removed = true;
             workflow.known = false;
