@@ -19,7 +19,7 @@ use super::table::{prefetch, KeyTable};
 /// Entries per epoch: 3/4 of 2^16, the most a [`KeyTable`] of 2^16 buckets
 /// holds without doubling (1.5 MB).
 const EPOCH_LEN: usize = (1 << 16) / 4 * 3;
-/// Bloom filter bits per entry (about 1% false positives).
+/// Bloom filter bits per entry.
 const BITS_PER_ENTRY: usize = 16;
 /// Words of every epoch's filter.
 const FILTER_WORDS: usize = EPOCH_LEN * BITS_PER_ENTRY / 64;
@@ -54,15 +54,13 @@ impl IdKey {
         IdKey(low, high)
     }
 
-    /// The filter word of the key and the four bits it sets there.
+    /// The filter word of the key and the eight bits it sets there (about
+    /// 0.06% false positives per epoch at 16 bits per entry).
     fn probe(self) -> (usize, u64) {
         // Multiply-shift maps the hash onto the words without a division.
         let word = ((u128::from(self.0) * FILTER_WORDS as u128) >> 64) as usize;
         let h = self.1;
-        let mask = (1u64 << (h & 63))
-            | (1 << ((h >> 6) & 63))
-            | (1 << ((h >> 12) & 63))
-            | (1 << ((h >> 18) & 63));
+        let mask = (0..8).fold(0u64, |mask, i| mask | 1 << ((h >> (6 * i)) & 63));
         (word, mask)
     }
 }
@@ -79,8 +77,14 @@ struct Epoch {
 #[derive(Debug, Clone)]
 pub struct Dedup {
     hot: IdTable,
+    /// The newest time in the hot table.
+    hot_newest_ms: i64,
+    /// The filter column the hot table's identities are added to as they
+    /// arrive, so freezing it needs no pass over its entries.
+    hot_slot: usize,
+    /// Frozen epochs by filter column; `None` for free columns and the hot one.
     epochs: Vec<Option<Epoch>>,
-    /// `FILTER_WORDS × epochs.len()` words: word `w` of epoch slot `s` is at
+    /// `FILTER_WORDS × epochs.len()` words: word `w` of column `s` is at
     /// `w * epochs.len() + s`.
     filters: Vec<u64>,
     /// The table of the last expired epoch, reused for the next hot table.
@@ -94,13 +98,36 @@ impl Default for Dedup {
     fn default() -> Self {
         Dedup {
             hot: KeyTable::with_capacity(EPOCH_LEN),
-            epochs: Vec::new(),
-            filters: Vec::new(),
+            hot_newest_ms: i64::MIN,
+            hot_slot: 0,
+            epochs: vec![None],
+            filters: vec![0; FILTER_WORDS],
             spare: None,
             next_order: 0,
             oldest_ms: i64::MAX,
         }
     }
+}
+
+/// Calls `f` with the column of every word of `row` that has all bits of
+/// `mask`, until `f` returns true. The words are tested without branches,
+/// 64 at a time; only the (rare) matches branch.
+#[inline]
+fn for_each_match(row: &[u64], mask: u64, mut f: impl FnMut(usize) -> bool) -> bool {
+    for (chunk_index, chunk) in row.chunks(64).enumerate() {
+        let mut hits = 0u64;
+        for (i, bits) in chunk.iter().enumerate() {
+            hits |= u64::from(bits & mask == mask) << i;
+        }
+        while hits != 0 {
+            let i = hits.trailing_zeros() as usize;
+            hits &= hits - 1;
+            if f(chunk_index * 64 + i) {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 impl Dedup {
@@ -116,29 +143,31 @@ impl Dedup {
     #[inline]
     pub fn prefetch(&self, key: IdKey) {
         let slots = self.epochs.len();
-        if slots > 0 {
-            let (word, _) = key.probe();
-            let row = self.filters.as_ptr().wrapping_add(word * slots);
-            prefetch(row);
-            prefetch(row.wrapping_add(slots - 1));
+        let (word, _) = key.probe();
+        let row = &self.filters[word * slots..(word + 1) * slots];
+        // Every cache line of the row: 8 words a line.
+        for words in row.chunks(8) {
+            prefetch(words.as_ptr());
         }
+        prefetch(row.as_ptr().wrapping_add(slots - 1));
         self.hot.prefetch(key);
     }
 
     /// [`Dedup::first_sighting`] of an identity's key.
     pub fn first_sighting_key(&mut self, key: IdKey, ts: i64, cutoff: i64) -> bool {
         let slots = self.epochs.len();
-        if slots > 0 {
-            let (word, mask) = key.probe();
-            let words = &self.filters[word * slots..(word + 1) * slots];
-            for (slot, bits) in words.iter().enumerate() {
-                if bits & mask == mask {
-                    let seen = self.epochs[slot].as_ref().and_then(|e| e.entries.get(key));
-                    if seen.is_some_and(|seen| seen >= cutoff) {
-                        return false;
-                    }
-                }
-            }
+        let (word, mask) = key.probe();
+        let row = word * slots;
+        let epochs = &self.epochs;
+        let seen_in_epoch = for_each_match(&self.filters[row..row + slots], mask, |slot| {
+            // The hot column has no epoch: the hot table is looked at below.
+            epochs[slot]
+                .as_ref()
+                .and_then(|e| e.entries.get(key))
+                .is_some_and(|seen| seen >= cutoff)
+        });
+        if seen_in_epoch {
+            return false;
         }
         let (seen, found) = self.hot.entry(key, ts);
         if found {
@@ -146,38 +175,51 @@ impl Dedup {
                 return false;
             }
             *seen = ts;
+        } else {
+            self.filters[row + self.hot_slot] |= mask;
         }
+        self.hot_newest_ms = self.hot_newest_ms.max(ts);
         if self.hot.len() >= EPOCH_LEN {
             self.freeze();
         }
         true
     }
 
-    /// Moves the hot table into an epoch slot.
+    /// Makes the hot table an epoch (its filter column is already built) and
+    /// starts a new one in a free column.
     fn freeze(&mut self) {
         let next = self
             .spare
             .take()
             .unwrap_or_else(|| KeyTable::with_capacity(EPOCH_LEN));
         let entries = std::mem::replace(&mut self.hot, next);
-        let slot = match self.epochs.iter().position(Option::is_none) {
-            Some(slot) => slot,
-            None => self.add_slot(),
-        };
-        let slots = self.epochs.len();
-        let mut newest_ms = i64::MIN;
-        for (key, ts) in entries.iter() {
-            let (word, mask) = key.probe();
-            self.filters[word * slots + slot] |= mask;
-            newest_ms = newest_ms.max(ts);
-        }
-        self.epochs[slot] = Some(Epoch {
-            newest_ms,
+        self.epochs[self.hot_slot] = Some(Epoch {
+            newest_ms: self.hot_newest_ms,
             entries,
             order: self.next_order,
         });
         self.next_order += 1;
+        self.hot_newest_ms = i64::MIN;
+        self.hot_slot = match self.epochs.iter().position(Option::is_none) {
+            Some(slot) => slot,
+            None => self.add_slot(),
+        };
         self.oldest_ms = self.oldest_newest();
+    }
+
+    /// Adds identities to the hot table (loading a snapshot).
+    fn load_hot(&mut self, entries: impl IntoIterator<Item = (IdKey, i64)>) {
+        let slots = self.epochs.len();
+        for (key, ts) in entries {
+            let (word, mask) = key.probe();
+            let (seen, found) = self.hot.entry(key, ts);
+            if found {
+                *seen = (*seen).max(ts);
+            } else {
+                self.filters[word * slots + self.hot_slot] |= mask;
+            }
+            self.hot_newest_ms = self.hot_newest_ms.max(ts);
+        }
     }
 
     fn oldest_newest(&self) -> i64 {
@@ -189,8 +231,8 @@ impl Dedup {
             .unwrap_or(i64::MAX)
     }
 
-    /// One more epoch slot: re-lays the interleaved filters (only while the
-    /// window first fills).
+    /// One more filter column: re-lays the interleaved filters (only while
+    /// the window first fills).
     fn add_slot(&mut self) -> usize {
         let old = self.epochs.len();
         let new = old + 1;
@@ -330,14 +372,11 @@ impl Dedup {
                 Some(entries) => entries,
                 None => apart(epoch.order).ok_or(epoch.order)?,
             };
-            dedup.hot = entries.into_iter().collect();
+            dedup.load_hot(entries);
             dedup.next_order = epoch.order;
             dedup.freeze();
         }
-        dedup.hot.clear();
-        for (key, ts) in form.hot {
-            dedup.hot.insert(key, ts);
-        }
+        dedup.load_hot(form.hot);
         dedup.next_order = form.next_order;
         Ok(dedup)
     }

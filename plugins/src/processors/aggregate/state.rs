@@ -481,7 +481,8 @@ impl AggregateState {
                     self.by_id.prefetch(workflow);
                 }
             }
-            // The slot lookup's bucket was prefetched a round ago.
+            // The bucket prefetched a round ago is cached now: look into it
+            // and prefetch the workflow it points to.
             if let Some(workflow) = keys.get(i + AHEAD).and_then(|k| k.workflow) {
                 if let Some(slot) = self.by_id.get(workflow) {
                     prefetch(self.slots.as_ptr().wrapping_add(slot as usize));
