@@ -31,6 +31,10 @@ const NONE: u16 = u16::MAX;
 /// How many events ahead a batch prefetches: far enough to hide a miss to
 /// memory behind the folding of the events in between.
 const AHEAD: usize = 16;
+/// The same for the strings of the events being hashed.
+const STRINGS_AHEAD: usize = 8;
+/// The same for finished workflows leaving the state.
+const FORGET_AHEAD: usize = 4;
 
 /// The keys of an event, hashed once per batch ahead of folding.
 #[derive(Debug, Clone, Copy)]
@@ -78,27 +82,37 @@ struct Names {
     names: Vec<String>,
     #[serde(skip)]
     index: FxHashMap<String, u16>,
-    /// (length, first 8 bytes) of each name: most comparisons end here.
+    /// The [`NameKey`] of each name: most comparisons end there.
     #[serde(skip)]
-    prefixes: Vec<(usize, u64)>,
+    prefixes: Vec<NameKey>,
 }
 
-fn prefix(name: &str) -> (usize, u64) {
+/// (length, first 8 bytes, last 8 bytes) of a name: the whole name when it
+/// is at most 16 bytes long, as agent and type names are.
+type NameKey = (usize, u64, u64);
+
+fn name_key(name: &str) -> NameKey {
     let b = name.as_bytes();
     // Fixed-size loads, not a variable-length copy (which calls memcpy).
-    let value = match b.get(..8) {
-        Some(head) => u64::from_le_bytes(head.try_into().unwrap_or([0; 8])),
-        None => b
+    let load = |at: usize| {
+        b.get(at..at + 8)
+            .and_then(|w| w.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    if b.len() >= 8 {
+        (b.len(), load(0), load(b.len() - 8))
+    } else {
+        let value = b
             .iter()
             .enumerate()
-            .fold(0u64, |v, (i, c)| v | (u64::from(*c) << (8 * i))),
-    };
-    (b.len(), value)
+            .fold(0u64, |v, (i, c)| v | (u64::from(*c) << (8 * i)));
+        (b.len(), value, 0)
+    }
 }
 
 impl Names {
     fn rebuild_index(&mut self) {
-        self.prefixes = self.names.iter().map(|n| prefix(n)).collect();
+        self.prefixes = self.names.iter().map(|n| name_key(n)).collect();
         self.index = self
             .names
             .iter()
@@ -110,12 +124,12 @@ impl Names {
     fn intern(&mut self, name: &str, cap: usize) -> u16 {
         // A handful of names is the common case: a scan beats hashing.
         if self.names.len() <= 16 {
-            let p = prefix(name);
+            let key = name_key(name);
             let found = self
                 .prefixes
                 .iter()
                 .zip(&self.names)
-                .position(|(q, n)| *q == p && (p.0 <= 8 || n == name));
+                .position(|(k, n)| *k == key && (key.0 <= 16 || n == name));
             if let Some(i) = found {
                 return i as u16;
             }
@@ -132,7 +146,7 @@ impl Names {
         }
         let i = self.names.len() as u16;
         self.names.push(name.to_owned());
-        self.prefixes.push(prefix(name));
+        self.prefixes.push(name_key(name));
         self.index.insert(name.to_owned(), i);
         i
     }
@@ -463,16 +477,27 @@ impl AggregateState {
     /// The batch's keys are hashed first; then, while one event is folded,
     /// the table buckets of the events a little ahead are prefetched, so
     /// their cache misses overlap instead of following one another.
-    pub fn fold_all<'a>(
-        &mut self,
-        events: impl IntoIterator<Item = &'a WorkflowEvent>,
-        wall_ms: i64,
-    ) {
-        let events: Vec<&WorkflowEvent> = events.into_iter().collect();
+    pub fn fold_all<'a, I>(&mut self, events: I, wall_ms: i64)
+    where
+        I: IntoIterator<Item = &'a WorkflowEvent>,
+        I::IntoIter: Clone,
+    {
+        let events = events.into_iter();
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
-        keys.extend(events.iter().map(|e| EventKeys::of(e)));
-        for (i, event) in events.iter().enumerate() {
+        // The strings of an event are allocations of their own: fetch those
+        // of an event ahead while this one is hashed.
+        let mut ahead = events.clone().skip(STRINGS_AHEAD);
+        for event in events.clone() {
+            if let Some(ahead) = ahead.next() {
+                prefetch(ahead.workflow_id.as_ptr());
+                if let Some(id) = &ahead.id {
+                    prefetch(id.as_ptr());
+                }
+            }
+            keys.push(EventKeys::of(event));
+        }
+        for (i, event) in events.enumerate() {
             if let Some(far) = keys.get(i + 2 * AHEAD) {
                 if let Some(id) = far.id {
                     self.dedup.prefetch(id);
@@ -683,10 +708,11 @@ impl AggregateState {
             }
             // As in `apply_until`: the slot of a workflow further ahead, and
             // the table bucket of a nearer one, whose slot is cached by now.
-            if let Some(&(_, far, _)) = self.finished.get(2 * AHEAD) {
+            // Finished workflows leave a few events apart: a short distance.
+            if let Some(&(_, far, _)) = self.finished.get(FORGET_AHEAD * 2) {
                 prefetch(self.slots.as_ptr().wrapping_add(far as usize));
             }
-            if let Some(&(_, near, _)) = self.finished.get(AHEAD) {
+            if let Some(&(_, near, _)) = self.finished.get(FORGET_AHEAD) {
                 if let Some(Some(w)) = self.slots.get(near as usize) {
                     self.by_id.prefetch(w.key);
                 }

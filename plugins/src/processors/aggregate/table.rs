@@ -79,10 +79,13 @@ impl<V: Copy + Default> KeyTable<V> {
         key.low() as usize & self.mask()
     }
 
-    /// Prefetches the bucket `key` starts probing at.
+    /// Prefetches the bucket `key` starts probing at, and the next cache
+    /// line, where a probe that started near the end of a line goes on.
     #[inline(always)]
     pub fn prefetch(&self, key: IdKey) {
-        prefetch(self.buckets.as_ptr().wrapping_add(self.home(key)));
+        let home = self.buckets.as_ptr().wrapping_add(self.home(key));
+        prefetch(home);
+        prefetch(home.cast::<u8>().wrapping_add(64));
     }
 
     /// The position of `key`, or of the empty bucket where it would go.
