@@ -19,18 +19,20 @@ use super::table::{prefetch, KeyTable};
 
 /// Entries per epoch: 3/4 of 2^16, the most a [`KeyTable`] of 2^16 buckets
 /// holds without doubling (1.5 MB).
-const EPOCH_LEN: usize = (1 << 16) / 4 * 3;
+pub(super) const EPOCH_LEN: usize = (1 << 16) / 4 * 3;
 /// Bloom filter bits per entry.
 const BITS_PER_ENTRY: usize = 32;
-/// Words of every epoch's filter.
-const FILTER_WORDS: usize = EPOCH_LEN * BITS_PER_ENTRY / 64;
-/// Filter columns per cache line.
-const LANES: usize = 8;
+/// 32-bit words of every epoch's filter.
+const FILTER_WORDS: usize = EPOCH_LEN * BITS_PER_ENTRY / 32;
+/// Filter columns per cache line: a window of up to 16 epochs (~780k
+/// identities) takes one line per lookup.
+const LANES: usize = 16;
 
-/// One word of the filters of [`LANES`] epochs: one cache line.
+/// One word of the filters of [`LANES`] epochs: one cache line. 32-bit
+/// words, so testing all lanes is a few SIMD compares.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(align(64))]
-struct Line([u64; LANES]);
+struct Line([u32; LANES]);
 
 /// The filters of [`LANES`] columns, a [`Line`] per filter word.
 type Group = Vec<Line>;
@@ -46,15 +48,21 @@ type IdTable = KeyTable<i64>;
 pub struct IdKey(u64, u64);
 
 impl IdKey {
-    /// The key no identity has (it marks empty buckets).
+    /// A key no identity has (its low half, zero, marks empty buckets).
     pub const ZERO: IdKey = IdKey(0, 0);
 
     /// The key of an event identity.
     #[inline]
     pub fn of(id: &str) -> IdKey {
-        // A hash of zero (one chance in 2^128) is moved off the empty mark.
-        let hash = xxhash_rust::xxh3::xxh3_128(id.as_bytes()).max(1);
-        IdKey(hash as u64, (hash >> 64) as u64)
+        let hash = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+        IdKey(hash as u64, (hash >> 64) as u64).nonzero()
+    }
+
+    /// The key with a low half of zero (one chance in 2^64, or a damaged
+    /// snapshot) moved off the empty-bucket mark.
+    #[inline]
+    pub fn nonzero(self) -> IdKey {
+        IdKey(self.0.max(1), self.1)
     }
 
     /// The low 64 bits (uniform: a bucket index needs no further hashing).
@@ -63,20 +71,40 @@ impl IdKey {
         self.0
     }
 
+    /// The high 64 bits.
+    #[inline]
+    pub fn high(self) -> u64 {
+        self.1
+    }
+
     /// A key from its two halves (tests that need colliding keys).
     #[cfg(test)]
     pub fn from_parts(low: u64, high: u64) -> IdKey {
         IdKey(low, high)
     }
+}
 
-    /// The filter word of the key and the eight bits it sets there (about
-    /// 0.06% false positives per epoch at 16 bits per entry).
-    fn probe(self) -> (usize, u64) {
+/// An identity's key with its place in the filters, computed once per
+/// event and used both to prefetch and to look up.
+#[derive(Debug, Clone, Copy)]
+pub struct Sighting {
+    key: IdKey,
+    /// The filter word.
+    word: u32,
+    /// The six bits the key sets in it (about 0.1% false positives per
+    /// epoch at 32 bits per entry).
+    mask: u32,
+}
+
+impl Sighting {
+    /// The sighting of `key`.
+    #[inline]
+    pub fn of(key: IdKey) -> Sighting {
         // Multiply-shift maps the hash onto the words without a division.
-        let word = ((u128::from(self.0) * FILTER_WORDS as u128) >> 64) as usize;
-        let h = self.1;
-        let mask = (0..8).fold(0u64, |mask, i| mask | 1 << ((h >> (6 * i)) & 63));
-        (word, mask)
+        let word = ((u128::from(key.0) * FILTER_WORDS as u128) >> 64) as u32;
+        let h = key.1;
+        let mask = (0..6).fold(0u32, |mask, i| mask | 1 << ((h >> (5 * i)) & 31));
+        Sighting { key, word, mask }
     }
 }
 
@@ -126,7 +154,7 @@ impl Default for Dedup {
 
 /// The lanes of `line` that have all bits of `mask`, as bits. Branch-free.
 #[inline]
-fn matches(line: &Line, mask: u64) -> u32 {
+fn matches(line: &Line, mask: u32) -> u32 {
     line.0.iter().enumerate().fold(0, |hits, (lane, bits)| {
         hits | u32::from(bits & mask == mask) << lane
     })
@@ -137,23 +165,24 @@ impl Dedup {
     /// time of at least `cutoff` (the oldest time still in the window).
     #[cfg(test)]
     pub fn first_sighting(&mut self, id: &str, ts: i64, cutoff: i64) -> bool {
-        self.first_sighting_key(IdKey::of(id), ts, cutoff)
+        self.first(Sighting::of(IdKey::of(id)), ts, cutoff)
     }
 
-    /// Prefetches what [`Dedup::first_sighting_key`] of `key` reads: its
-    /// filter lines and its hot-table bucket.
+    /// Prefetches what [`Dedup::first`] of `sighting` reads: its filter
+    /// lines and its hot-table bucket.
     #[inline]
-    pub fn prefetch(&self, key: IdKey) {
-        let (word, _) = key.probe();
+    pub fn prefetch(&self, sighting: &Sighting) {
         for group in &self.filters {
-            prefetch(group.as_ptr().wrapping_add(word));
+            prefetch(group.as_ptr().wrapping_add(sighting.word as usize));
         }
-        self.hot.prefetch(key);
+        self.hot.prefetch(sighting.key);
     }
 
-    /// [`Dedup::first_sighting`] of an identity's key.
-    pub fn first_sighting_key(&mut self, key: IdKey, ts: i64, cutoff: i64) -> bool {
-        let (word, mask) = key.probe();
+    /// Records an identity seen at `ts`; false if it was already seen at an
+    /// event time of at least `cutoff` (the oldest time still in the window).
+    pub fn first(&mut self, sighting: Sighting, ts: i64, cutoff: i64) -> bool {
+        let Sighting { key, word, mask } = sighting;
+        let word = word as usize;
         for (g, group) in self.filters.iter().enumerate() {
             let mut hits = matches(&group[word], mask);
             while hits != 0 {
@@ -187,7 +216,7 @@ impl Dedup {
 
     /// Sets `mask` in word `word` of column `slot`.
     #[inline]
-    fn mark(&mut self, slot: usize, word: usize, mask: u64) {
+    fn mark(&mut self, slot: usize, word: usize, mask: u32) {
         self.filters[slot / LANES][word].0[slot % LANES] |= mask;
     }
 
@@ -216,12 +245,12 @@ impl Dedup {
     /// Adds identities to the hot table (loading a snapshot).
     fn load_hot(&mut self, entries: impl IntoIterator<Item = (IdKey, i64)>) {
         for (key, ts) in entries {
-            let (word, mask) = key.probe();
+            let Sighting { word, mask, .. } = Sighting::of(key);
             let (seen, found) = self.hot.entry(key, ts);
             if found {
                 *seen = (*seen).max(ts);
             } else {
-                self.mark(self.hot_slot, word, mask);
+                self.mark(self.hot_slot, word as usize, mask);
             }
             self.hot_newest_ms = self.hot_newest_ms.max(ts);
         }
@@ -296,7 +325,7 @@ impl Dedup {
             .flat_map(|e| e.entries.iter())
             .chain(other.hot.iter());
         for (key, ts) in theirs {
-            self.first_sighting_key(key, ts, i64::MAX);
+            self.first(Sighting::of(key), ts, i64::MAX);
         }
     }
 }
@@ -415,10 +444,11 @@ mod tests {
         let lookups = 20_000;
         let mut hits = 0;
         for i in 0..lookups {
-            let (word, mask) = IdKey::of(&format!("new-{i}")).probe();
+            let Sighting { word, mask, .. } = Sighting::of(IdKey::of(&format!("new-{i}")));
+            let line = &dedup.filters[0][word as usize];
             hits += (0..dedup.epochs.len())
                 .filter(|&slot| slot != dedup.hot_slot)
-                .filter(|&slot| dedup.filters[slot / LANES][word].0[slot % LANES] & mask == mask)
+                .filter(|&slot| line.0[slot] & mask == mask)
                 .count();
         }
         let per_epoch = hits as f64 / lookups as f64 / frozen as f64;

@@ -11,7 +11,7 @@ use flowpulse_core::metrics::{
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::dedup::{Dedup, IdKey};
+use super::dedup::{Dedup, IdKey, Sighting};
 use super::table::{prefetch, KeyTable};
 
 use super::windows::{BucketRing, Sketch, Totals};
@@ -40,7 +40,7 @@ const FORGET_AHEAD: usize = 4;
 #[derive(Debug, Clone, Copy)]
 struct EventKeys {
     /// Of the identity, if the event has one.
-    id: Option<IdKey>,
+    id: Option<Sighting>,
     /// Of the workflow, for workflow (not stage) events.
     workflow: Option<IdKey>,
 }
@@ -48,7 +48,7 @@ struct EventKeys {
 impl EventKeys {
     fn of(event: &WorkflowEvent) -> EventKeys {
         EventKeys {
-            id: event.id.as_deref().map(IdKey::of),
+            id: event.id.as_deref().map(|id| Sighting::of(IdKey::of(id))),
             workflow: (!event.kind.is_stage()).then(|| IdKey::of(&event.workflow_id)),
         }
     }
@@ -82,10 +82,15 @@ struct Names {
     names: Vec<String>,
     #[serde(skip)]
     index: FxHashMap<String, u16>,
-    /// The [`NameKey`] of each name: most comparisons end there.
+    /// Recently interned names by a hash of their [`NameKey`], with their
+    /// index ([`NONE`]: empty): most lookups end here, without hashing the
+    /// whole name or comparing it.
     #[serde(skip)]
-    prefixes: Vec<NameKey>,
+    recent: Vec<(NameKey, u16)>,
 }
+
+/// Entries of [`Names::recent`].
+const RECENT: usize = 64;
 
 /// (length, first 8 bytes, last 8 bytes) of a name: the whole name when it
 /// is at most 16 bytes long, as agent and type names are.
@@ -112,7 +117,7 @@ fn name_key(name: &str) -> NameKey {
 
 impl Names {
     fn rebuild_index(&mut self) {
-        self.prefixes = self.names.iter().map(|n| name_key(n)).collect();
+        self.recent.clear();
         self.index = self
             .names
             .iter()
@@ -122,20 +127,29 @@ impl Names {
     }
 
     fn intern(&mut self, name: &str, cap: usize) -> u16 {
-        // A handful of names is the common case: a scan beats hashing.
-        if self.names.len() <= 16 {
-            let key = name_key(name);
-            let found = self
-                .prefixes
-                .iter()
-                .zip(&self.names)
-                .position(|(k, n)| *k == key && (key.0 <= 16 || n == name));
-            if let Some(i) = found {
-                return i as u16;
+        let key = name_key(name);
+        let at = ((key.1 ^ key.2.rotate_left(29) ^ key.0 as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> 58) as usize;
+        if let Some(&(k, i)) = self.recent.get(at) {
+            // Up to 16 bytes the key is the whole name.
+            if k == key && i != NONE && (key.0 <= 16 || self.name(i) == name) {
+                return i;
             }
-        } else if let Some(&i) = self.index.get(name) {
+        }
+        let i = self.intern_slow(name, cap);
+        if self.recent.is_empty() {
+            self.recent = vec![((0, 0, 0), NONE); RECENT];
+        }
+        self.recent[at] = (key, i);
+        i
+    }
+
+    fn intern_slow(&mut self, name: &str, cap: usize) -> u16 {
+        if let Some(&i) = self.index.get(name) {
             return i;
         }
+        // Past the cap, new names are `other`; a name once admitted stays.
         let name = if self.names.len() >= cap.min(NONE as usize - 1) {
             OTHER
         } else {
@@ -146,7 +160,6 @@ impl Names {
         }
         let i = self.names.len() as u16;
         self.names.push(name.to_owned());
-        self.prefixes.push(name_key(name));
         self.index.insert(name.to_owned(), i);
         i
     }
@@ -499,7 +512,7 @@ impl AggregateState {
         }
         for (i, event) in events.enumerate() {
             if let Some(far) = keys.get(i + 2 * AHEAD) {
-                if let Some(id) = far.id {
+                if let Some(id) = &far.id {
                     self.dedup.prefetch(id);
                 }
                 if let Some(workflow) = far.workflow {
@@ -528,7 +541,7 @@ impl AggregateState {
             .min(wall_ms.saturating_add(MAX_CLOCK_SKEW_MS));
         if let Some(id) = keys.id {
             let cutoff = self.dedup_cutoff();
-            if !self.dedup.first_sighting_key(id, clamped, cutoff) {
+            if !self.dedup.first(id, clamped, cutoff) {
                 self.accounting.duplicates += 1;
                 return;
             }

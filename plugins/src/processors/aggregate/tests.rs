@@ -787,8 +787,9 @@ fn names_sharing_a_long_prefix_stay_apart() {
 #[test]
 fn dedup_epochs_are_stored_apart_once_and_restore_exactly() {
     use super::snapshot::{restore_with, snapshot_split};
+    let n = 2 * super::dedup::EPOCH_LEN as i64 + 10;
     let mut state = AggregateState::new(limits());
-    for i in 0..150_000i64 {
+    for i in 0..n {
         let mut e = event(EventKind::StageCompleted, "w", i);
         e.agent_type = Some("coder".into());
         e.duration_ms = Some(10);
@@ -814,14 +815,14 @@ fn dedup_epochs_are_stored_apart_once_and_restore_exactly() {
     assert_eq!(restored.dedup_len(), state.dedup_len());
     // Every identity is still known: folding them again changes nothing.
     let before = document(&restored);
-    for i in 0..150_000i64 {
+    for i in 0..n {
         let mut e = event(EventKind::StageCompleted, "w", i);
         e.agent_type = Some("coder".into());
         e.duration_ms = Some(10);
         restored.fold(&e, WALL_MS);
     }
     assert!(document(&restored).same_state(&before));
-    assert_eq!(restored.accounting().duplicates, 150_000);
+    assert_eq!(restored.accounting().duplicates, n as u64);
     // An epoch missing from the store is reported, not silently dropped.
     assert!(restore_with(&main, &limits(), |_| None)
         .unwrap_err()
