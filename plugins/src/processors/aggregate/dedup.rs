@@ -155,9 +155,43 @@ impl Default for Dedup {
 /// The lanes of `line` that have all bits of `mask`, as bits. Branch-free.
 #[inline]
 fn matches(line: &Line, mask: u32) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_and_si128, _mm_castsi128_ps, _mm_cmpeq_epi32, _mm_load_si128,
+            _mm_movemask_ps, _mm_set1_epi32,
+        };
+        let lanes = line.0.as_ptr().cast::<__m128i>();
+        let mut hits = 0;
+        // SAFETY: SSE2 is part of the x86_64 baseline; a `Line` is 64-byte
+        // aligned and 64 bytes long, so the four 16-byte loads are aligned
+        // and in bounds.
+        unsafe {
+            let mask = _mm_set1_epi32(mask as i32);
+            for quarter in 0..4 {
+                let words = _mm_load_si128(lanes.add(quarter));
+                let full = _mm_cmpeq_epi32(_mm_and_si128(words, mask), mask);
+                hits |= (_mm_movemask_ps(_mm_castsi128_ps(full)) as u32) << (4 * quarter);
+            }
+        }
+        hits
+    }
+    #[cfg(not(target_arch = "x86_64"))]
     line.0.iter().enumerate().fold(0, |hits, (lane, bits)| {
         hits | u32::from(bits & mask == mask) << lane
     })
+}
+
+#[cfg(test)]
+#[test]
+fn matches_finds_exactly_the_lanes_with_every_bit_of_the_mask() {
+    let mask = 0b1010_0001;
+    let mut line = Line::default();
+    line.0[0] = mask;
+    line.0[5] = mask | 0b100;
+    line.0[6] = mask & !1;
+    line.0[15] = u32::MAX;
+    assert_eq!(matches(&line, mask), 1 | 1 << 5 | 1 << 15);
 }
 
 impl Dedup {

@@ -98,20 +98,15 @@ type NameKey = (usize, u64, u64);
 
 fn name_key(name: &str) -> NameKey {
     let b = name.as_bytes();
+    let len = b.len();
     // Fixed-size loads, not a variable-length copy (which calls memcpy).
-    let load = |at: usize| {
-        b.get(at..at + 8)
-            .and_then(|w| w.try_into().ok())
-            .map_or(0, u64::from_le_bytes)
-    };
-    if b.len() >= 8 {
-        (b.len(), load(0), load(b.len() - 8))
-    } else {
-        let value = b
-            .iter()
-            .enumerate()
-            .fold(0u64, |v, (i, c)| v | (u64::from(*c) << (8 * i)));
-        (b.len(), value, 0)
+    match (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+        (Some(head), Some(tail)) => (len, u64::from_le_bytes(*head), u64::from_le_bytes(*tail)),
+        _ => {
+            let mut short = [0u8; 8];
+            short[..len].copy_from_slice(b);
+            (len, u64::from_le_bytes(short), 0)
+        }
     }
 }
 
