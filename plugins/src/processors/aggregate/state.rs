@@ -256,8 +256,21 @@ impl ReorderBuffer {
         }
     }
 
+    /// Whether an event is due at `watermark`.
+    #[inline]
+    fn ready(&self, watermark: i64) -> bool {
+        self.in_order.front().is_some_and(|p| p.ts <= watermark)
+            || self.out_of_order.peek().is_some_and(|p| p.ts <= watermark)
+    }
+
     /// The oldest event if its time is at most `watermark`.
     fn pop_until(&mut self, watermark: i64) -> Option<Pending> {
+        if self.out_of_order.is_empty() {
+            return match self.in_order.front() {
+                Some(front) if front.ts <= watermark => self.in_order.pop_front(),
+                _ => None,
+            };
+        }
         let front = self.in_order.front().map(|p| (p.ts, p.seq));
         let heap = self.out_of_order.peek().map(|p| (p.ts, p.seq));
         match (front, heap) {
@@ -601,8 +614,13 @@ impl AggregateState {
             self.now_ms = Some(clamped);
         }
         let watermark = self.watermark();
-        self.apply_until(watermark);
-        self.forget_finished(watermark);
+        // Most events release nothing: check before calling.
+        if self.pending.ready(watermark) {
+            self.apply_until(watermark);
+        }
+        if self.finished.front().is_some_and(|f| f.0 < watermark) {
+            self.forget_finished(watermark);
+        }
     }
 
     /// Applies the held events up to `watermark`, in order.
@@ -664,16 +682,27 @@ impl AggregateState {
     /// The slot of a workflow, created (unknown until an event is applied)
     /// when `create` is set.
     fn slot_for(&mut self, key: IdKey, create: bool) -> Option<(u32, u32)> {
-        if let Some(slot) = self.by_id.get(key) {
-            let generation = self.slots[slot as usize]
-                .as_ref()
-                .map_or(0, |w| w.generation);
-            return Some((slot, generation));
-        }
+        let generation_of = |slots: &[Option<Workflow>], slot: u32| {
+            slots[slot as usize].as_ref().map_or(0, |w| w.generation)
+        };
         if !create {
-            return None;
+            let slot = self.by_id.get(key)?;
+            return Some((slot, generation_of(&self.slots, slot)));
         }
-        let workflow = |generation| Workflow {
+        let (entry, found) = self.by_id.entry(key, 0);
+        if found {
+            let slot = *entry;
+            return Some((slot, generation_of(&self.slots, slot)));
+        }
+        let (slot, generation) = match self.free.pop() {
+            Some(slot) => (slot, generation_of(&self.slots, slot).wrapping_add(1)),
+            None => {
+                self.slots.push(None);
+                ((self.slots.len() - 1) as u32, 0)
+            }
+        };
+        *entry = slot;
+        self.slots[slot as usize] = Some(Workflow {
             key,
             removed: false,
             generation,
@@ -684,21 +713,7 @@ impl AggregateState {
             paused: false,
             pause_changed_ms: i64::MIN,
             last_seen_ms: i64::MIN,
-        };
-        let (slot, generation) = match self.free.pop() {
-            Some(slot) => {
-                let generation = self.slots[slot as usize]
-                    .as_ref()
-                    .map_or(0, |w| w.generation.wrapping_add(1));
-                (slot, generation)
-            }
-            None => {
-                self.slots.push(None);
-                ((self.slots.len() - 1) as u32, 0)
-            }
-        };
-        self.slots[slot as usize] = Some(workflow(generation));
-        self.by_id.insert(key, slot);
+        });
         Some((slot, generation))
     }
 
