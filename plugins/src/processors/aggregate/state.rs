@@ -103,9 +103,11 @@ fn name_key(name: &str) -> NameKey {
     match (b.first_chunk::<8>(), b.last_chunk::<8>()) {
         (Some(head), Some(tail)) => (len, u64::from_le_bytes(*head), u64::from_le_bytes(*tail)),
         _ => {
-            let mut short = [0u8; 8];
-            short[..len].copy_from_slice(b);
-            (len, u64::from_le_bytes(short), 0)
+            let short = b
+                .iter()
+                .enumerate()
+                .fold(0u64, |v, (i, c)| v | u64::from(*c) << (8 * i));
+            (len, short, 0)
         }
     }
 }
@@ -121,6 +123,7 @@ impl Names {
             .collect();
     }
 
+    #[inline]
     fn intern(&mut self, name: &str, cap: usize) -> u16 {
         let key = name_key(name);
         let at = ((key.1 ^ key.2.rotate_left(29) ^ key.0 as u64)

@@ -95,7 +95,7 @@ impl<V: Copy + Default> KeyTable<V> {
     }
 
     /// The position of `key`, or of the empty bucket where it would go.
-    #[inline]
+    #[inline(always)]
     fn find(&self, key: IdKey) -> (usize, bool) {
         let mask = self.mask();
         let mut i = self.home(key);
@@ -114,7 +114,7 @@ impl<V: Copy + Default> KeyTable<V> {
     }
 
     /// The value of `key`.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, key: IdKey) -> Option<V> {
         match self.find(key.nonzero()) {
             (i, true) => Some(self.buckets[i].value),
@@ -124,7 +124,7 @@ impl<V: Copy + Default> KeyTable<V> {
 
     /// The value of `key`, inserted as `default` if absent; and whether it
     /// was present.
-    #[inline]
+    #[inline(always)]
     pub fn entry(&mut self, key: IdKey, default: V) -> (&mut V, bool) {
         let key = key.nonzero();
         let (mut i, found) = self.find(key);
