@@ -31,6 +31,8 @@ const NONE: u16 = u16::MAX;
 /// How many events ahead a batch prefetches: far enough to hide a miss to
 /// memory behind the folding of the events in between.
 const AHEAD: usize = 16;
+/// The same for the dedup pass, whose loop is short.
+const DEDUP_AHEAD: usize = 8;
 /// The same for the strings of the events being hashed.
 const STRINGS_AHEAD: usize = 8;
 /// The same for finished workflows leaving the state.
@@ -43,6 +45,8 @@ struct EventKeys {
     id: Option<Sighting>,
     /// Of the workflow, for workflow (not stage) events.
     workflow: Option<IdKey>,
+    /// A duplicate within the dedup window (found by the batch's dedup pass).
+    duplicate: bool,
 }
 
 impl EventKeys {
@@ -50,6 +54,7 @@ impl EventKeys {
         EventKeys {
             id: event.id.as_deref().map(|id| Sighting::of(IdKey::of(id))),
             workflow: (!event.kind.is_stage()).then(|| IdKey::of(&event.workflow_id)),
+            duplicate: false,
         }
     }
 }
@@ -165,6 +170,11 @@ impl Names {
     fn name(&self, i: u16) -> &str {
         self.names.get(i as usize).map_or(UNKNOWN, String::as_str)
     }
+}
+
+/// A timestamp from the future is clamped, so it cannot pin state.
+fn clamp(timestamp_ms: i64, wall_ms: i64) -> i64 {
+    timestamp_ms.min(wall_ms.saturating_add(MAX_CLOCK_SKEW_MS))
 }
 
 /// Where a known workflow is in its lifecycle.
@@ -491,16 +501,16 @@ impl AggregateState {
     /// Folds one event. `wall_ms` is the wall clock, used only to clamp
     /// timestamps from the future.
     pub fn fold(&mut self, event: &WorkflowEvent, wall_ms: i64) {
-        self.fold_held(event, EventKeys::of(event), wall_ms);
-        self.release(self.watermark());
+        self.fold_all(std::iter::once(event), wall_ms);
     }
 
     /// Folds a batch of events: the same result as folding them one by one,
     /// with the dedup window's housekeeping done once per batch.
     ///
-    /// The batch's keys are hashed first; then, while one event is folded,
-    /// the table buckets of the events a little ahead are prefetched, so
-    /// their cache misses overlap instead of following one another.
+    /// Three passes, each a tight loop whose cache misses overlap: the
+    /// batch's keys are hashed; then its duplicates are found in order,
+    /// prefetching the dedup lines of the events a little ahead; then the
+    /// new events are folded, prefetching the workflows of those ahead.
     pub fn fold_all<'a, I>(&mut self, events: I, wall_ms: i64)
     where
         I: IntoIterator<Item = &'a WorkflowEvent>,
@@ -521,12 +531,10 @@ impl AggregateState {
             }
             keys.push(EventKeys::of(event));
         }
+        self.find_duplicates(events.clone(), &mut keys, wall_ms);
         for (i, event) in events.enumerate() {
             if let Some(far) = keys.get(i + 2 * AHEAD) {
-                if let Some(id) = &far.id {
-                    self.dedup.prefetch(id);
-                }
-                if let Some(workflow) = far.workflow {
+                if let Some(workflow) = far.workflow.filter(|_| !far.duplicate) {
                     self.by_id.prefetch(workflow);
                 }
             }
@@ -543,20 +551,41 @@ impl AggregateState {
         self.release(self.watermark());
     }
 
+    /// Marks the batch's duplicates, in order, exactly as folding event by
+    /// event would find them: the window's cutoff follows the newest event
+    /// time of the new events before each one.
+    fn find_duplicates<'a>(
+        &mut self,
+        events: impl Iterator<Item = &'a WorkflowEvent>,
+        keys: &mut [EventKeys],
+        wall_ms: i64,
+    ) {
+        let mut newest = self.max_event_ms;
+        for (i, event) in events.enumerate() {
+            if let Some(ahead) = keys.get(i + DEDUP_AHEAD).and_then(|k| k.id.as_ref()) {
+                self.dedup.prefetch(ahead);
+            }
+            let clamped = clamp(event.timestamp_ms, wall_ms);
+            if let Some(id) = keys[i].id {
+                let cutoff =
+                    newest.map_or(i64::MIN, |t| t.saturating_sub(self.limits.dedup_window_ms));
+                if !self.dedup.first(id, clamped, cutoff) {
+                    keys[i].duplicate = true;
+                    continue;
+                }
+            }
+            newest = Some(newest.map_or(clamped, |t| t.max(clamped)));
+        }
+    }
+
     /// Folds one event, applying what the watermark has passed; the dedup
     /// window's housekeeping is left to the caller.
     fn fold_held(&mut self, event: &WorkflowEvent, keys: EventKeys, wall_ms: i64) {
-        // A timestamp from the future is clamped, so it cannot pin state.
-        let clamped = event
-            .timestamp_ms
-            .min(wall_ms.saturating_add(MAX_CLOCK_SKEW_MS));
-        if let Some(id) = keys.id {
-            let cutoff = self.dedup_cutoff();
-            if !self.dedup.first(id, clamped, cutoff) {
-                self.accounting.duplicates += 1;
-                return;
-            }
+        if keys.duplicate {
+            self.accounting.duplicates += 1;
+            return;
         }
+        let clamped = clamp(event.timestamp_ms, wall_ms);
         self.accounting.events += 1;
         self.seq += 1;
         let ts = clamped;
