@@ -30,7 +30,7 @@ pub const UNKNOWN: &str = "unknown";
 const NONE: u16 = u16::MAX;
 /// How many events ahead a batch prefetches: far enough to hide a miss to
 /// memory behind the folding of the events in between.
-const AHEAD: usize = 16;
+const AHEAD: usize = 8;
 /// The same for the dedup pass, whose loop is short.
 const DEDUP_AHEAD: usize = 8;
 /// The same for the strings of the events being hashed.
