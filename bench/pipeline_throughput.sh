@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # file → decode → blackhole throughput on one core, against a bare decode loop;
 # the cost of pass-through processor hops; and the cost of `aggregate` in the
-# pipeline. All in one run on one seeded workload (10,000 workflows in flight,
-# 5% duplicates), as ratios.
+# pipeline (its runs alternate with the 0-hop ones). All in one run on one
+# seeded workload (10,000 workflows in flight, 5% duplicates), as ratios.
 #
 #   [RATE=events per second of event time] bench/pipeline_throughput.sh [EVENTS]   (default 2,000,000; RATE 1000)
 set -euo pipefail
@@ -34,38 +34,50 @@ config() { # $1 = number of passthrough processors, or "agg" for one aggregate
   } > "$work/p$1.toml"
 }
 
+run_rate() { # $1 = config → events/s of one run
+  start=$(date +%s.%N)
+  TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$bin/flowpulse" run -c "$work/p$1.toml" >/dev/null
+  end=$(date +%s.%N)
+  echo "$events / ($end - $start)" | bc -l
+}
+
+best() { # best of the rates on stdin
+  sort -g | tail -1 | xargs printf '%.0f'
+}
+
 pipeline_rate() { # $1 = passthrough count → events/s (best of 3)
   config "$1"
-  best=0
-  for _ in 1 2 3; do
-    start=$(date +%s.%N)
-    TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$bin/flowpulse" run -c "$work/p$1.toml" >/dev/null
-    end=$(date +%s.%N)
-    rate=$(echo "$events / ($end - $start)" | bc -l)
-    best=$(echo "if ($rate > $best) $rate else $best" | bc -l)
-  done
-  printf '%.0f' "$best"
+  for _ in 1 2 3; do run_rate "$1"; done | best
 }
 
 baseline_rate() {
-  best=0
   for _ in 1 2 3; do
-    rate=$(taskset -c 0 "$bin/decode_baseline" "$work/events.jsonl" | sed 's/.*rate=//')
-    best=$(echo "if ($rate > $best) $rate else $best" | bc -l)
-  done
-  printf '%.0f' "$best"
+    taskset -c 0 "$bin/decode_baseline" "$work/events.jsonl" | sed 's/.*rate=//'
+  done | best
 }
+
+# The aggregate's ratio: 0 hops and aggregate runs alternate (best of 5
+# each), so a drift of the machine's speed during the run hits both alike.
+config 0
+config agg
+for _ in 1 2 3 4 5; do
+  echo "0 $(run_rate 0)"
+  echo "agg $(run_rate agg)"
+done > "$work/alternating"
+alt0=$(awk '$1 == "0" { print $2 }' "$work/alternating" | best)
+altagg=$(awk '$1 == "agg" { print $2 }' "$work/alternating" | best)
 
 base=$(baseline_rate)
 p0=$(pipeline_rate 0)
 p1=$(pipeline_rate 1)
 p2=$(pipeline_rate 2)
 p4=$(pipeline_rate 4)
-pagg=$(pipeline_rate agg)
 ratio() { echo "scale=3; $1 / $2" | bc -l; }
 echo "bare decode loop (taskset -c 0):            $base events/s"
 echo "file → decode → blackhole (taskset -c 0):   $p0 events/s  ratio to bare loop: $(ratio "$p0" "$base")"
 echo "  + 1 passthrough:                          $p1 events/s  ratio to 0 hops: $(ratio "$p1" "$p0")"
 echo "  + 2 passthrough:                          $p2 events/s  ratio to 0 hops: $(ratio "$p2" "$p0")"
 echo "  + 4 passthrough:                          $p4 events/s  ratio to 0 hops: $(ratio "$p4" "$p0")"
-echo "file → decode → aggregate → blackhole:      $pagg events/s  ratio to file → decode → blackhole: $(ratio "$pagg" "$p0")"
+echo "alternating, best of 5 each:"
+echo "  file → decode → blackhole:                $alt0 events/s"
+echo "  file → decode → aggregate → blackhole:    $altagg events/s  ratio: $(ratio "$altagg" "$alt0")"
