@@ -381,9 +381,10 @@ pub struct AggregateState {
     pending: ReorderBuffer,
     slots: Vec<Option<Workflow>>,
     free: Vec<u32>,
-    /// Workflow key → slot.
+    /// Workflow key → (slot, generation): folding an event needs no look at
+    /// the workflow itself.
     #[serde(skip)]
-    by_id: KeyTable<u32>,
+    by_id: KeyTable<(u32, u32)>,
     /// Reused per batch.
     #[serde(skip)]
     keys: Vec<EventKeys>,
@@ -533,16 +534,9 @@ impl AggregateState {
         }
         self.find_duplicates(events.clone(), &mut keys, wall_ms);
         for (i, event) in events.enumerate() {
-            if let Some(far) = keys.get(i + 2 * AHEAD) {
+            if let Some(far) = keys.get(i + AHEAD) {
                 if let Some(workflow) = far.workflow.filter(|_| !far.duplicate) {
                     self.by_id.prefetch(workflow);
-                }
-            }
-            // The bucket prefetched a round ago is cached now: look into it
-            // and prefetch the workflow it points to.
-            if let Some(workflow) = keys.get(i + AHEAD).and_then(|k| k.workflow) {
-                if let Some(slot) = self.by_id.get(workflow) {
-                    prefetch(self.slots.as_ptr().wrapping_add(slot as usize));
                 }
             }
             self.fold_held(event, keys[i], wall_ms);
@@ -608,13 +602,9 @@ impl AggregateState {
             (None, true) => self.intern_agent(UNKNOWN),
             _ => NONE,
         };
-        // A type matters only until the workflow's type is known.
-        let type_known = !is_stage
-            && self.slots[slot as usize]
-                .as_ref()
-                .is_some_and(|w| w.workflow_type != 0);
+        // Applying the event ignores the type once the workflow's is known.
         let workflow_type = match &event.workflow_type {
-            Some(t) if !is_stage && !type_known => self.intern_type(t),
+            Some(t) if !is_stage => self.intern_type(t),
             _ => NONE,
         };
         let pending = Pending {
@@ -714,26 +704,26 @@ impl AggregateState {
     /// The slot of a workflow, created (unknown until an event is applied)
     /// when `create` is set.
     fn slot_for(&mut self, key: IdKey, create: bool) -> Option<(u32, u32)> {
-        let generation_of = |slots: &[Option<Workflow>], slot: u32| {
-            slots[slot as usize].as_ref().map_or(0, |w| w.generation)
-        };
         if !create {
-            let slot = self.by_id.get(key)?;
-            return Some((slot, generation_of(&self.slots, slot)));
+            return self.by_id.get(key);
         }
-        let (entry, found) = self.by_id.entry(key, 0);
+        let (entry, found) = self.by_id.entry(key, (0, 0));
         if found {
-            let slot = *entry;
-            return Some((slot, generation_of(&self.slots, slot)));
+            return Some(*entry);
         }
         let (slot, generation) = match self.free.pop() {
-            Some(slot) => (slot, generation_of(&self.slots, slot).wrapping_add(1)),
+            Some(slot) => {
+                let last = self.slots[slot as usize]
+                    .as_ref()
+                    .map_or(0, |w| w.generation);
+                (slot, last.wrapping_add(1))
+            }
             None => {
                 self.slots.push(None);
                 ((self.slots.len() - 1) as u32, 0)
             }
         };
-        *entry = slot;
+        *entry = (slot, generation);
         self.slots[slot as usize] = Some(Workflow {
             key,
             removed: false,
@@ -1111,7 +1101,11 @@ impl AggregateState {
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(i, w)| w.as_ref().filter(|w| !w.removed).map(|w| (w.key, i as u32)))
+            .filter_map(|(i, w)| {
+                w.as_ref()
+                    .filter(|w| !w.removed)
+                    .map(|w| (w.key, (i as u32, w.generation)))
+            })
             .collect();
     }
 
