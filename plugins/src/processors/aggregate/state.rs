@@ -508,10 +508,10 @@ impl AggregateState {
     /// Folds a batch of events: the same result as folding them one by one,
     /// with the dedup window's housekeeping done once per batch.
     ///
-    /// Three passes, each a tight loop whose cache misses overlap: the
-    /// batch's keys are hashed; then its duplicates are found in order,
-    /// prefetching the dedup lines of the events a little ahead; then the
-    /// new events are folded, prefetching the workflows of those ahead.
+    /// Two passes, each a tight loop whose cache misses overlap: the batch's
+    /// keys are hashed and its duplicates found in order, prefetching the
+    /// dedup lines of the events a little ahead; then the new events are
+    /// folded, prefetching the workflow index buckets of those ahead.
     pub fn fold_all<'a, I>(&mut self, events: I, wall_ms: i64)
     where
         I: IntoIterator<Item = &'a WorkflowEvent>,
@@ -520,19 +520,7 @@ impl AggregateState {
         let events = events.into_iter();
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
-        // The strings of an event are allocations of their own: fetch those
-        // of an event ahead while this one is hashed.
-        let mut ahead = events.clone().skip(STRINGS_AHEAD);
-        for event in events.clone() {
-            if let Some(ahead) = ahead.next() {
-                prefetch(ahead.workflow_id.as_ptr());
-                if let Some(id) = &ahead.id {
-                    prefetch(id.as_ptr());
-                }
-            }
-            keys.push(EventKeys::of(event));
-        }
-        self.find_duplicates(events.clone(), &mut keys, wall_ms);
+        self.hash_and_find_duplicates(events.clone(), &mut keys, wall_ms);
         for (i, event) in events.enumerate() {
             if let Some(far) = keys.get(i + AHEAD) {
                 if let Some(workflow) = far.workflow.filter(|_| !far.duplicate) {
@@ -545,20 +533,43 @@ impl AggregateState {
         self.release(self.watermark());
     }
 
-    /// Marks the batch's duplicates, in order, exactly as folding event by
-    /// event would find them: the window's cutoff follows the newest event
-    /// time of the new events before each one.
-    fn find_duplicates<'a>(
+    /// Hashes the batch's keys and marks its duplicates, in order, exactly
+    /// as folding event by event would find them: the window's cutoff follows
+    /// the newest event time of the new events before each one. One loop,
+    /// software-pipelined: the strings of the event `STRINGS_AHEAD` ahead are
+    /// prefetched, the event `DEDUP_AHEAD` ahead is hashed and its dedup lines
+    /// prefetched, and the current one is looked up.
+    fn hash_and_find_duplicates<'a, I>(
         &mut self,
-        events: impl Iterator<Item = &'a WorkflowEvent>,
-        keys: &mut [EventKeys],
+        events: I,
+        keys: &mut Vec<EventKeys>,
         wall_ms: i64,
-    ) {
+    ) where
+        I: Iterator<Item = &'a WorkflowEvent> + Clone,
+    {
+        let mut strings = events.clone().skip(STRINGS_AHEAD);
+        let mut hashed = events.clone();
         let mut newest = self.max_event_ms;
-        for (i, event) in events.enumerate() {
-            if let Some(ahead) = keys.get(i + DEDUP_AHEAD).and_then(|k| k.id.as_ref()) {
-                self.dedup.prefetch(ahead);
+        let mut hash_next = |keys: &mut Vec<EventKeys>, dedup: &Dedup| {
+            if let Some(ahead) = strings.next() {
+                prefetch(ahead.workflow_id.as_ptr());
+                if let Some(id) = &ahead.id {
+                    prefetch(id.as_ptr());
+                }
             }
+            if let Some(event) = hashed.next() {
+                let k = EventKeys::of(event);
+                if let Some(id) = &k.id {
+                    dedup.prefetch(id);
+                }
+                keys.push(k);
+            }
+        };
+        for _ in 0..DEDUP_AHEAD {
+            hash_next(keys, &self.dedup);
+        }
+        for (i, event) in events.enumerate() {
+            hash_next(keys, &self.dedup);
             let clamped = clamp(event.timestamp_ms, wall_ms);
             if let Some(id) = keys[i].id {
                 let cutoff =
