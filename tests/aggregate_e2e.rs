@@ -65,11 +65,7 @@ fn final_document_of_a_known_file_is_the_known_answer() {
     std::fs::write(dir.path().join("in.jsonl"), lines.join("\n") + "\n").unwrap();
     let config = pipeline(dir.path(), "in.jsonl");
     let output = run_to_end(dir.path(), &config, Duration::from_secs(30));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let doc = last_document(&dir.path().join("metrics.jsonl"));
 
     let expected_overview = serde_json::json!({
@@ -175,11 +171,7 @@ fn generated_workload_with_duplicates_and_malformed_lines_gives_the_exact_counts
     let expect: serde_json::Value = serde_json::from_slice(&generated.stderr).unwrap();
     let config = pipeline(dir.path(), "events.jsonl");
     let output = run_to_end(dir.path(), &config, Duration::from_secs(60));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let doc = last_document(&dir.path().join("metrics.jsonl"));
     for field in [
         "total_workflows",
@@ -223,11 +215,7 @@ fn default_pipeline_emits_metrics_with_the_custom_metric() {
     let config = dir.path().join("p.toml");
     std::fs::write(&config, text).unwrap();
     let output = run_to_end(dir.path(), &config, Duration::from_secs(60));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let doc = last_document(&dir.path().join("data/metrics.jsonl"));
     let failures = &doc["custom"]["stage_failures_per_hour"];
     assert!(
@@ -265,11 +253,7 @@ fn checkpointed_state_continues_across_runs_and_state_commands_show_and_clear_it
     // every event as a duplicate, so the counts do not double.
     for _ in 0..2 {
         let output = run_to_end(dir.path(), &config, Duration::from_secs(60));
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_success(&output);
         let doc = last_document(&dir.path().join("metrics.jsonl"));
         assert_eq!(
             doc["overview"]["total_workflows"],
@@ -288,11 +272,7 @@ fn checkpointed_state_continues_across_runs_and_state_commands_show_and_clear_it
             .current_dir(dir.path())
             .output()
             .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_success(&output);
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
     let shown = state("show");

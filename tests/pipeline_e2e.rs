@@ -50,11 +50,7 @@ inputs = ["in"]
     .unwrap();
 
     let output = run_to_end(dir.path(), &config, Duration::from_secs(60));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     assert_eq!(read_lines(&dir.path().join("out.jsonl")), valid);
 
     let summaries = summaries(&output.stderr);
@@ -221,11 +217,7 @@ delay_per_batch = "200ms"
     )
     .unwrap();
     let output = run_to_end(dir.path(), &config, Duration::from_secs(60));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let summaries = summaries(&output.stderr);
     assert_eq!(read_lines(&dir.path().join("all.jsonl")).len(), 200_000);
     let taken = counter(&summaries, "slow", "records_in");

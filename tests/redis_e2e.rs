@@ -53,11 +53,7 @@ fn publish(url: &str, stream: &str, n: u64, extra: &[&str]) -> serde_json::Value
         .args(["--redis-url", url, "--stream", stream])
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     serde_json::from_slice(&output.stderr).unwrap()
 }
 
@@ -163,11 +159,7 @@ fn spawn(dir: &Path, config: &Path) -> Child {
 fn stop(child: Child) -> std::process::Output {
     terminate(&child);
     let output = wait_with_timeout(child, Duration::from_secs(30));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     output
 }
 
@@ -418,11 +410,7 @@ fn acl_user_and_password_work_and_never_appear_in_logs() {
         .arg(&user)
         .query(&mut admin)
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let doc = cached_metrics(&url, &format!("{prefix}:metrics")).unwrap();
     assert!(matches_expectation(&doc, &expect), "{}", doc["overview"]);
     assert!(!String::from_utf8_lossy(&output.stderr).contains(password));
@@ -522,11 +510,7 @@ fn rediss_urls_connect_over_tls() {
             "nosave",
         ])
         .status();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let doc = doc.expect("metrics written over TLS");
     assert!(matches_expectation(&doc, &expect), "{}", doc["overview"]);
 }

@@ -8,6 +8,15 @@ use std::time::{Duration, Instant};
 
 use flowpulse_plugins::sources::demo::generator::{WorkloadConfig, WorkloadGenerator};
 
+/// Asserts that a command exited successfully, showing its stderr if not.
+pub fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// The built binary.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flowpulse"))

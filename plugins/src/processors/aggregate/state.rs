@@ -495,8 +495,13 @@ impl AggregateState {
     }
 
     fn dedup_cutoff(&self) -> i64 {
-        self.max_event_ms
-            .map_or(i64::MIN, |t| t.saturating_sub(self.limits.dedup_window_ms))
+        self.cutoff_after(self.max_event_ms)
+    }
+
+    /// The oldest event time the dedup window keeps once `newest` is the
+    /// newest event time seen.
+    fn cutoff_after(&self, newest: Option<i64>) -> i64 {
+        newest.map_or(i64::MIN, |t| t.saturating_sub(self.limits.dedup_window_ms))
     }
 
     /// Folds one event. `wall_ms` is the wall clock, used only to clamp
@@ -572,8 +577,7 @@ impl AggregateState {
             hash_next(keys, &self.dedup);
             let clamped = clamp(event.timestamp_ms, wall_ms);
             if let Some(id) = keys[i].id {
-                let cutoff =
-                    newest.map_or(i64::MIN, |t| t.saturating_sub(self.limits.dedup_window_ms));
+                let cutoff = self.cutoff_after(newest);
                 if !self.dedup.first(id, clamped, cutoff) {
                     keys[i].duplicate = true;
                     continue;
