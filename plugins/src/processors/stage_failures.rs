@@ -3,39 +3,56 @@
 //! This is the README's "write your own processor" example.
 use flowpulse_core::plugin::prelude::*;
 use std::collections::BTreeMap;
-#[derive(Clone, Default, serde::Deserialize)]
+
+/// One hour of event time, in milliseconds.
+const HOUR_MS: i64 = 3_600_000;
+
+/// The name of the custom metric this processor publishes.
+const METRIC: &str = "stage_failures_per_hour";
+
+/// `[processors.NAME] type = "stage_failures"`: it has no options.
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StageFailures {
-    #[serde(skip)]
-    state: (i64, BTreeMap<String, u64>),
-}
+pub struct StageFailuresConfig {}
+
 inventory::submit! {
-    PluginDescriptor::processor::<StageFailures>("stage_failures", "Counts stage failures per agent in the current hour")
+    PluginDescriptor::processor::<StageFailuresConfig>("stage_failures", "Counts stage failures per agent in the current hour")
 }
+
 #[async_trait]
-impl ProcessorConfig for StageFailures {
+impl ProcessorConfig for StageFailuresConfig {
     fn outputs(&self) -> RecordKinds {
         RecordKinds::CUSTOM
     }
+
     async fn build(&self, _cx: &BuildContext) -> Result<Box<dyn Processor>, BuildError> {
-        Ok(Box::new(self.clone()))
+        Ok(Box::new(HourlyFailures::default()))
     }
 }
+
+/// The running state: failures per agent in the newest hour seen so far.
+#[derive(Default)]
+struct HourlyFailures {
+    /// Hours since the epoch; events of earlier hours come too late to count.
+    hour: i64,
+    per_agent: BTreeMap<String, u64>,
+}
+
 #[async_trait]
-impl Processor for StageFailures {
+impl Processor for HourlyFailures {
     async fn process(&mut self, batch: Batch, out: &mut Output) -> Result<(), ComponentError> {
-        let (hour, per_agent) = &mut self.state;
         for event in batch.records().iter().filter_map(Record::as_event) {
-            if event.timestamp_ms / 3_600_000 > *hour {
-                (*hour, *per_agent) = (event.timestamp_ms / 3_600_000, BTreeMap::new());
+            let hour = event.timestamp_ms / HOUR_MS;
+            if hour > self.hour {
+                self.hour = hour;
+                self.per_agent.clear();
             }
-            if event.kind == EventKind::StageFailed && event.timestamp_ms / 3_600_000 == *hour {
+            if event.kind == EventKind::StageFailed && hour == self.hour {
                 let agent = event.agent_type.clone().unwrap_or_default();
-                *per_agent.entry(agent).or_default() += 1;
+                *self.per_agent.entry(agent).or_default() += 1;
             }
         }
-        out.send_one(Record::custom("stage_failures_per_hour", per_agent))
-            .await;
+        out.send_one(Record::custom(METRIC, &self.per_agent)).await;
         Ok(())
     }
 }
@@ -60,8 +77,8 @@ mod tests {
 
     #[tokio::test]
     async fn counts_failures_per_agent_and_restarts_each_hour() {
-        let hour = 3_600_000;
-        let mut processor = StageFailures::default();
+        let hour = HOUR_MS;
+        let mut processor = HourlyFailures::default();
         let _: &dyn Processor = &processor;
         let (mut out, mut rx) = Output::channel(4);
         let batch = vec![
