@@ -1,6 +1,10 @@
 //! Every kind of config problem is reported with its message and position,
 //! all together, before anything starts.
 
+mod common;
+
+use std::process::Command;
+
 use flowpulse_core::config::{Diagnostic, Level, PipelineConfig};
 
 fn env(name: &str) -> Option<String> {
@@ -215,6 +219,59 @@ fn every_problem_is_reported_together() {
     assert!(
         lines.contains(&2) && lines.contains(&6) && lines.contains(&11),
         "{lines:?}"
+    );
+}
+
+#[test]
+fn validate_reports_field_errors_and_a_dangling_input_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("p.toml");
+    let text = "[sources.in]\ntype = \"demo\"\nrate = \"fast\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"nowhere\"]\nspeed = 3\n";
+    std::fs::write(&config, text).unwrap();
+    let output = Command::new(common::binary())
+        .arg("validate")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "p.toml:3:8: error: source \"in\": invalid type: string \"fast\"",
+        "p.toml:8:1: error: sink \"out\": unknown field `speed`",
+        "p.toml:7:11: error: sink \"out\": input \"nowhere\" does not exist",
+    ] {
+        assert!(stderr.contains(expected), "{expected} missing:\n{stderr}");
+    }
+}
+
+#[test]
+fn cycle_through_a_component_with_a_field_error_is_reported_with_it() {
+    let text = "[sources.in]\ntype = \"demo\"\n\n[processors.a]\ntype = \"passthrough\"\ninputs = [\"in\", \"b\"]\nspeed = 3\n\n[processors.b]\ntype = \"passthrough\"\ninputs = [\"a\"]\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"b\"]\n";
+    let errors: Vec<_> = diagnostics(text)
+        .into_iter()
+        .filter(|d| d.level == Level::Error)
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0].message.contains("unknown field `speed`"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[1].message.contains("cycle in the pipeline"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn input_of_a_component_with_a_field_error_still_counts_as_consumed() {
+    let text = "[sources.in]\ntype = \"demo\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\nspeed = 3\n";
+    let all = diagnostics(text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        all[0].message.contains("unknown field `speed`"),
+        "{}",
+        all[0]
     );
 }
 

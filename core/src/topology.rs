@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{nearest, ComponentSpec, Level};
-use crate::plugin::ComponentRole;
+use crate::plugin::{ComponentConfig, ComponentRole};
 
 /// A topology problem at an offset of the (interpolated) config text.
 #[derive(Debug, Clone)]
@@ -14,41 +14,88 @@ pub(crate) struct Problem {
     pub help: Option<String>,
 }
 
-fn label(spec: &ComponentSpec) -> String {
-    format!("{} \"{}\"", spec.role.as_str(), spec.name)
+/// What the graph check still knows of a component whose table has errors:
+/// its name, role and inputs place it in the graph even though its plugin
+/// options could not be parsed, so its graph problems are reported in the
+/// same pass as its field errors rather than only once those are fixed.
+#[derive(Debug, Clone)]
+pub(crate) struct Unparsed {
+    pub name: String,
+    pub role: ComponentRole,
+    pub offset: usize,
+    pub inputs: Vec<String>,
+    pub input_offsets: Vec<usize>,
+}
+
+/// One declared component as the graph sees it, parsed or not.
+struct Node<'a> {
+    name: &'a str,
+    role: ComponentRole,
+    offset: usize,
+    inputs: &'a [String],
+    input_offsets: &'a [usize],
+    /// `None` when its options did not parse: what it takes and emits is
+    /// then unknown, so kind checks involving it are skipped.
+    config: Option<&'a dyn ComponentConfig>,
+}
+
+impl Node<'_> {
+    fn label(&self) -> String {
+        format!("{} \"{}\"", self.role.as_str(), self.name)
+    }
+}
+
+/// Every declared component in file order, parsed or not.
+fn nodes<'a>(components: &'a [ComponentSpec], unparsed: &'a [Unparsed]) -> Vec<Node<'a>> {
+    let parsed = components.iter().map(|spec| Node {
+        name: &spec.name,
+        role: spec.role,
+        offset: spec.offset,
+        inputs: &spec.inputs,
+        input_offsets: &spec.input_offsets,
+        config: Some(spec.config.as_ref()),
+    });
+    let unparsed = unparsed.iter().map(|u| Node {
+        name: &u.name,
+        role: u.role,
+        offset: u.offset,
+        inputs: &u.inputs,
+        input_offsets: &u.input_offsets,
+        config: None,
+    });
+    let mut nodes: Vec<Node<'a>> = parsed.chain(unparsed).collect();
+    nodes.sort_by_key(|n| n.offset);
+    nodes
 }
 
 /// Every graph problem: duplicate names, dangling inputs, reading from a
 /// sink, record kinds a consumer cannot take, cycles, nothing to read from
 /// (errors), and components nobody consumes (warnings).
 ///
-/// `invalid` names components that were declared but could not be parsed;
-/// they were reported already, so references to them are not.
-pub(crate) fn check(
-    components: &[ComponentSpec],
-    invalid: &BTreeMap<String, ComponentRole>,
-) -> Vec<Problem> {
+/// `unparsed` are components that were declared but whose options could not
+/// be parsed (already reported): their inputs are checked too, and
+/// references to them are not reported as missing.
+pub(crate) fn check(components: &[ComponentSpec], unparsed: &[Unparsed]) -> Vec<Problem> {
+    let nodes = nodes(components, unparsed);
     let mut problems = Vec::new();
-    let mut by_name: BTreeMap<&str, &ComponentSpec> = BTreeMap::new();
-    for spec in components {
-        if let Some(first) = by_name.get(spec.name.as_str()) {
+    let mut by_name: BTreeMap<&str, &Node<'_>> = BTreeMap::new();
+    for node in &nodes {
+        if let Some(first) = by_name.get(node.name) {
             problems.push(Problem {
                 level: Level::Error,
-                offset: spec.offset,
+                offset: node.offset,
                 message: format!(
                     "{} has the same name as {}; names must be unique across sources, processors and sinks",
-                    label(spec),
-                    label(first)
+                    node.label(),
+                    first.label()
                 ),
                 help: None,
             });
         } else {
-            by_name.insert(&spec.name, spec);
+            by_name.insert(node.name, node);
         }
     }
-    let any_source = components.iter().any(|c| c.role == ComponentRole::Source)
-        || invalid.values().any(|r| *r == ComponentRole::Source);
-    if !any_source {
+    if !nodes.iter().any(|n| n.role == ComponentRole::Source) {
         problems.push(Problem {
             level: Level::Error,
             offset: 0,
@@ -57,54 +104,54 @@ pub(crate) fn check(
         });
     }
     let mut consumed = BTreeSet::new();
-    for spec in components {
-        for (input, &offset) in spec.inputs.iter().zip(&spec.input_offsets) {
-            if invalid.contains_key(input) {
-                continue;
-            }
+    for node in &nodes {
+        for (input, &offset) in node.inputs.iter().zip(node.input_offsets) {
             let Some(producer) = by_name.get(input.as_str()) else {
                 let candidates = by_name
                     .values()
-                    .filter(|c| c.role != ComponentRole::Sink && c.name != spec.name)
-                    .map(|c| c.name.as_str());
+                    .filter(|c| c.role != ComponentRole::Sink && c.name != node.name)
+                    .map(|c| c.name);
                 problems.push(Problem {
                     level: Level::Error,
                     offset,
-                    message: format!("{}: input \"{input}\" does not exist", label(spec)),
+                    message: format!("{}: input \"{input}\" does not exist", node.label()),
                     help: nearest(input, candidates).map(|n| format!("did you mean \"{n}\"?")),
                 });
                 continue;
             };
-            consumed.insert(producer.name.as_str());
+            consumed.insert(producer.name);
             if producer.role == ComponentRole::Sink {
                 problems.push(Problem {
                     level: Level::Error,
                     offset,
                     message: format!(
                         "{}: input \"{input}\" is a sink, which emits nothing",
-                        label(spec)
+                        node.label()
                     ),
                     help: None,
                 });
                 continue;
             }
-            let emits = producer.config.output_kinds();
-            let takes = spec.config.input_kinds();
+            let (Some(consumer), Some(producer_config)) = (node.config, producer.config) else {
+                continue;
+            };
+            let emits = producer_config.output_kinds();
+            let takes = consumer.input_kinds();
             if !emits.intersects(takes) {
                 problems.push(Problem {
                     level: Level::Error,
                     offset,
                     message: format!(
                         "{} takes {takes} but its input {} emits {emits}",
-                        label(spec),
-                        label(producer)
+                        node.label(),
+                        producer.label()
                     ),
                     help: None,
                 });
             }
         }
     }
-    if let Some((cycle, offset)) = find_cycle(components, &by_name) {
+    if let Some((cycle, offset)) = find_cycle(&nodes, &by_name) {
         problems.push(Problem {
             level: Level::Error,
             offset,
@@ -112,14 +159,15 @@ pub(crate) fn check(
             help: Some("a component cannot read, directly or not, from itself".into()),
         });
     }
-    for spec in components {
-        if spec.role != ComponentRole::Sink && !consumed.contains(spec.name.as_str()) {
+    // Only parsed components: one whose table has errors was reported already.
+    for node in nodes.iter().filter(|n| n.config.is_some()) {
+        if node.role != ComponentRole::Sink && !consumed.contains(node.name) {
             problems.push(Problem {
                 level: Level::Warning,
-                offset: spec.offset,
+                offset: node.offset,
                 message: format!(
                     "{} is not an input of any component; its output is discarded",
-                    label(spec)
+                    node.label()
                 ),
                 help: None,
             });
@@ -128,9 +176,9 @@ pub(crate) fn check(
     problems
 }
 
-fn find_cycle(
-    components: &[ComponentSpec],
-    by_name: &BTreeMap<&str, &ComponentSpec>,
+fn find_cycle<'a>(
+    nodes: &[Node<'a>],
+    by_name: &BTreeMap<&'a str, &Node<'a>>,
 ) -> Option<(Vec<String>, usize)> {
     // Depth-first search with colours; a grey node reached again closes a cycle.
     #[derive(Clone, Copy, PartialEq)]
@@ -142,14 +190,14 @@ fn find_cycle(
     let mut colour: BTreeMap<&str, Colour> = by_name.keys().map(|k| (*k, Colour::White)).collect();
     fn visit<'a>(
         node: &'a str,
-        by_name: &BTreeMap<&'a str, &'a ComponentSpec>,
+        by_name: &BTreeMap<&'a str, &Node<'a>>,
         colour: &mut BTreeMap<&'a str, Colour>,
         path: &mut Vec<&'a str>,
     ) -> Option<Vec<String>> {
         colour.insert(node, Colour::Grey);
         path.push(node);
         if let Some(spec) = by_name.get(node) {
-            for input in &spec.inputs {
+            for input in spec.inputs {
                 match colour.get(input.as_str()) {
                     Some(Colour::Grey) => {
                         let start = path.iter().position(|n| *n == input.as_str()).unwrap_or(0);
@@ -173,11 +221,11 @@ fn find_cycle(
         colour.insert(node, Colour::Black);
         None
     }
-    for spec in components {
-        if colour.get(spec.name.as_str()) == Some(&Colour::White) {
+    for node in nodes {
+        if colour.get(node.name) == Some(&Colour::White) {
             let mut path = Vec::new();
-            if let Some(cycle) = visit(&spec.name, by_name, &mut colour, &mut path) {
-                return Some((cycle, spec.offset));
+            if let Some(cycle) = visit(node.name, by_name, &mut colour, &mut path) {
+                return Some((cycle, node.offset));
             }
         }
     }

@@ -21,6 +21,7 @@ use crate::plugin::{
     find_plugin, registered_plugins, ComponentConfig, ComponentRole, ValidateContext,
 };
 use crate::redact::redact_url;
+use crate::topology::Unparsed;
 use diagnostic::SourceText;
 
 /// The optional `[pipeline]` table.
@@ -204,9 +205,10 @@ impl PipelineConfig {
 
 struct Parser<'a> {
     source: SourceText<'a>,
-    /// Components declared but not valid: already reported, so the topology
-    /// check must not report them again as missing.
-    invalid: std::collections::BTreeMap<String, ComponentRole>,
+    /// Components declared but not valid: already reported, yet still part
+    /// of the graph, so their inputs are checked and references to them are
+    /// not reported as missing.
+    invalid: Vec<Unparsed>,
     interpolated: Interpolated,
     diagnostics: Vec<Diagnostic>,
 }
@@ -349,10 +351,8 @@ impl Parser<'_> {
         };
         for (name, body) in table.iter() {
             match self.component(role, name, body) {
-                Some(spec) => config.components.push(spec),
-                None => {
-                    self.invalid.insert(name.get_ref().to_string(), role);
-                }
+                Ok(spec) => config.components.push(spec),
+                Err(unparsed) => self.invalid.push(unparsed),
             }
         }
     }
@@ -362,14 +362,20 @@ impl Parser<'_> {
         role: ComponentRole,
         name: &Spanned<std::borrow::Cow<'_, str>>,
         body: &Spanned<DeValue<'_>>,
-    ) -> Option<ComponentSpec> {
+    ) -> Result<ComponentSpec, Unparsed> {
         let name_str = name.get_ref().to_string();
         let label = format!("{} \"{name_str}\"", role.as_str());
-        let DeValue::Table(table) = body.get_ref() else {
-            self.error_at(name.span().start, format!("{label} must be a table"), None);
-            return None;
-        };
         let offset = name.span().start;
+        let DeValue::Table(table) = body.get_ref() else {
+            self.error_at(offset, format!("{label} must be a table"), None);
+            return Err(Unparsed {
+                name: name_str,
+                role,
+                offset,
+                inputs: Vec::new(),
+                input_offsets: Vec::new(),
+            });
+        };
         let mut ok = true;
 
         let type_name = match table.get("type").map(|v| (v.span().start, v.get_ref())) {
@@ -519,10 +525,16 @@ impl Parser<'_> {
                 }
             }
         });
-        let (config, Some((type_name, _))) = (config?, type_name) else {
-            return None;
+        let (Some(config), Some((type_name, _)), true) = (config, type_name, ok) else {
+            return Err(Unparsed {
+                name: name_str,
+                role,
+                offset,
+                inputs,
+                input_offsets,
+            });
         };
-        ok.then_some(ComponentSpec {
+        Ok(ComponentSpec {
             name: name_str,
             role,
             type_name,
