@@ -67,6 +67,14 @@ fn plugins_lists_every_plugin_with_its_description() {
 }
 
 #[test]
+fn plugins_output_ends_with_a_newline() {
+    let output = Command::new(binary()).arg("plugins").output().unwrap();
+    assert_success(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.ends_with('\n'), "{stdout:?}");
+}
+
+#[test]
 fn generated_envelopes_piped_into_stdin_all_arrive() {
     let dir = tempfile::tempdir().unwrap();
     let generated = Command::new(binary())
