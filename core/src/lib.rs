@@ -5,8 +5,9 @@
 //! ([`config`], [`topology`]), defines the plugin traits and registry
 //! ([`plugin`]), the records that flow ([`event`], [`metrics`], [`alert`],
 //! [`record`]), end-to-end acknowledgement ([`ack`]), self-telemetry
-//! ([`telemetry`]) and runs it all ([`runtime`]). It knows nothing of any
-//! vendor: plugins live in `flowpulse-plugins`.
+//! ([`telemetry`]), outages of what components depend on ([`outage`]) and
+//! runs it all ([`runtime`]). It knows nothing of any vendor: plugins live in
+//! `flowpulse-plugins`.
 
 pub mod ack;
 pub mod alert;
@@ -14,6 +15,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod event;
 pub mod metrics;
+pub mod outage;
 pub mod plugin;
 pub mod record;
 pub mod redact;

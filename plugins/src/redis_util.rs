@@ -1,8 +1,9 @@
 //! What every Redis plugin shares: connecting with a response timeout,
-//! reading replies, and an outage logged once rather than per attempt.
+//! reading replies, and how an outage of the server is logged.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use flowpulse_core::outage::Outage;
 use flowpulse_core::redact::redact_url;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Value};
@@ -63,52 +64,10 @@ pub async fn require_redis_7(conn: &mut MultiplexedConnection) -> Result<(), Str
     Ok(())
 }
 
-/// Tracks one outage: logs its start once, its end once, and says how long
-/// to wait before the next attempt (exponential backoff, at most 5 s).
-#[derive(Debug, Default)]
-pub struct Outage {
-    since: Option<Instant>,
-    delay: Duration,
-}
-
-impl Outage {
-    /// Records a failed attempt; returns how long to wait.
-    pub fn failed(
-        &mut self,
-        component: &str,
-        url: &str,
-        error: &dyn std::fmt::Display,
-    ) -> Duration {
-        if self.since.is_none() {
-            self.since = Some(Instant::now());
-            self.delay = Duration::from_millis(100);
-            tracing::warn!(
-                component,
-                "cannot reach {} ({error}); is Redis running? retrying with backoff",
-                redact_url(url)
-            );
-        } else {
-            self.delay = (self.delay * 2).min(Duration::from_secs(5));
-        }
-        self.delay
-    }
-
-    /// Records a success, logging the end of an outage.
-    pub fn recovered(&mut self, component: &str, url: &str) {
-        if let Some(since) = self.since.take() {
-            tracing::info!(
-                component,
-                "reconnected to {} after {:.1}s",
-                redact_url(url),
-                since.elapsed().as_secs_f64()
-            );
-        }
-    }
-
-    /// Whether an outage is going on.
-    pub fn ongoing(&self) -> bool {
-        self.since.is_some()
-    }
+/// An outage of the Redis server, logged once with the hint
+/// "is Redis running?" (see [`Outage`]).
+pub fn outage() -> Outage {
+    Outage::new("Redis")
 }
 
 /// A reply as bytes (bulk or simple string).

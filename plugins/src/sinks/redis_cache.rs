@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flowpulse_core::metrics::RealtimeMetrics;
+use flowpulse_core::outage::Outage;
 use flowpulse_core::plugin::{
     BuildContext, BuildError, ComponentError, FieldError, PluginDescriptor, Sink, SinkConfig,
     ValidateContext,
@@ -16,7 +17,7 @@ use flowpulse_core::redact::redact_url;
 use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 
-use crate::redis_util::{self, connect, Outage};
+use crate::redis_util::{self, connect};
 
 /// `[sinks.NAME] type = "redis_cache"`.
 #[derive(Clone, Deserialize)]
@@ -71,7 +72,7 @@ impl SinkConfig for RedisCacheConfig {
             name: cx.name.clone(),
             conn: None,
             newest: None,
-            outage: Outage::default(),
+            outage: redis_util::outage(),
         }))
     }
 }
