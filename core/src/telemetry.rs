@@ -32,7 +32,8 @@ pub struct StatsSnapshot {
     pub records_out: u64,
     /// Failures (writes, connections, …).
     pub errors: u64,
-    /// Records dropped on purpose (`when_full = "drop_newest"`).
+    /// Records dropped on purpose (`when_full = "drop_newest"`; a document
+    /// superseded by a newer one before it could be written).
     pub dropped: u64,
     /// Bad input: counted, logged once per kind, dead-lettered.
     pub malformed: u64,

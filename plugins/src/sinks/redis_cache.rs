@@ -1,6 +1,8 @@
 //! `redis_cache`: keeps the newest metrics document in a Redis key (with a
 //! TTL) for dashboards to read, and optionally PUBLISHes it. After an outage
-//! it writes the newest document, not a backlog.
+//! it writes the newest document, not a backlog: every failed write counts
+//! as an error, every document superseded before it could be written as
+//! dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use flowpulse_core::plugin::{
 };
 use flowpulse_core::record::{Batch, Record, RecordKinds};
 use flowpulse_core::redact::redact_url;
+use flowpulse_core::telemetry::ComponentStats;
 use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 
@@ -70,6 +73,7 @@ impl SinkConfig for RedisCacheConfig {
             client: redis_util::client(&self.url).map_err(BuildError)?,
             config: self.clone(),
             name: cx.name.clone(),
+            stats: Arc::clone(&cx.stats),
             conn: None,
             newest: None,
             outage: redis_util::outage(),
@@ -81,6 +85,7 @@ struct RedisCacheSink {
     config: RedisCacheConfig,
     client: redis::Client,
     name: String,
+    stats: Arc<ComponentStats>,
     conn: Option<MultiplexedConnection>,
     /// The newest document not yet written (kept across an outage).
     newest: Option<Arc<RealtimeMetrics>>,
@@ -88,6 +93,13 @@ struct RedisCacheSink {
 }
 
 impl RedisCacheSink {
+    /// At shutdown, counts the document that could not be written as dropped.
+    fn give_up_newest(&mut self) {
+        if self.newest.take().is_some() {
+            self.stats.dropped(1);
+        }
+    }
+
     async fn write_newest(&mut self) -> Result<(), ComponentError> {
         let Some(document) = self.newest.clone() else {
             return Ok(());
@@ -124,15 +136,19 @@ impl RedisCacheSink {
                 self.conn = None;
                 let was_ongoing = self.outage.ongoing();
                 self.outage.failed(&self.name, &self.config.url, &e);
-                if was_ongoing {
-                    // Logged once per outage; this one is only counted.
-                    return Ok(());
-                }
-                Err(ComponentError::Transient(format!(
+                let message = format!(
                     "cannot write {} to {}: {e}",
                     self.config.key,
                     redact_url(&self.config.url)
-                )))
+                );
+                if was_ongoing {
+                    // Logged once per outage (the runtime logged its first
+                    // failure); this one is only counted.
+                    self.stats.error(message);
+                    return Ok(());
+                }
+                // The runtime logs and counts it.
+                Err(ComponentError::Transient(message))
             }
         }
     }
@@ -146,6 +162,10 @@ impl Sink for RedisCacheSink {
             _ => None,
         });
         if newest.is_some() {
+            if self.newest.is_some() {
+                // Held since a failed write and now superseded: never written.
+                self.stats.dropped(1);
+            }
             self.newest = newest;
         }
         self.write_newest().await
@@ -156,11 +176,76 @@ impl Sink for RedisCacheSink {
             if self.newest.is_none() {
                 return Ok(());
             }
-            self.write_newest().await?;
+            if let Err(e) = self.write_newest().await {
+                self.give_up_newest();
+                return Err(e);
+            }
             if self.newest.is_some() {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
+        self.give_up_newest();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink whose Redis is down: nothing listens on its port.
+    fn sink_without_redis() -> RedisCacheSink {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let config = RedisCacheConfig {
+            url: format!("redis://127.0.0.1:{port}"),
+            key: default_key(),
+            ttl: default_ttl(),
+            publish_channel: None,
+        };
+        RedisCacheSink {
+            client: redis_util::client(&config.url).unwrap(),
+            config,
+            name: "cache".into(),
+            stats: Arc::default(),
+            conn: None,
+            newest: None,
+            outage: redis_util::outage(),
+        }
+    }
+
+    fn document() -> Batch {
+        Batch::unacked(vec![Record::Metrics(Arc::default())])
+    }
+
+    #[tokio::test]
+    async fn every_write_that_fails_during_an_outage_is_counted() {
+        let mut sink = sink_without_redis();
+        // The first failure goes back to the runtime, which logs and counts it.
+        assert!(sink.write(&document()).await.is_err());
+        assert!(sink.write(&document()).await.is_ok());
+        assert!(sink.write(&document()).await.is_ok());
+        let stats = sink.stats.snapshot();
+        assert_eq!(stats.errors, 2);
+        assert!(stats.last_error.unwrap().contains("cannot write"));
+    }
+
+    #[tokio::test]
+    async fn a_document_superseded_before_it_could_be_written_is_dropped() {
+        let mut sink = sink_without_redis();
+        let _ = sink.write(&document()).await;
+        let _ = sink.write(&document()).await;
+        let _ = sink.write(&document()).await;
+        assert_eq!(sink.stats.snapshot().dropped, 2);
+    }
+
+    #[tokio::test]
+    async fn a_document_still_unwritten_at_shutdown_is_dropped() {
+        let mut sink = sink_without_redis();
+        let _ = sink.write(&document()).await;
+        assert!(sink.flush().await.is_ok());
+        assert_eq!(sink.stats.snapshot().dropped, 1);
     }
 }
