@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::util::{DeadLetterFile, LineDecoder, DEFAULT_BATCH_SIZE};
+use crate::durable::write_atomic;
 
 /// `[sources.NAME] type = "file"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -90,25 +91,22 @@ struct Position {
     line: u64,
 }
 
+/// Where the acknowledged position is kept between runs.
 struct OffsetFile(PathBuf);
 
 impl OffsetFile {
-    fn load(&self) -> Option<Position> {
-        let text = std::fs::read(&self.0).ok()?;
+    /// The kept position; `None` if there is none (a first run) or it
+    /// cannot be read, and then the file is read from the start.
+    async fn load(&self) -> Option<Position> {
+        let text = tokio::fs::read(&self.0).await.ok()?;
         serde_json::from_slice(&text).ok()
     }
 
-    fn store(&self, position: Position) -> std::io::Result<()> {
-        if let Some(dir) = self.0.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        // Write then rename, so a crash leaves the old offset or the new one.
-        let tmp = self.0.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(&position).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&tmp, &self.0)
+    /// Keeps `position` so that a crash, even a power loss, leaves the old
+    /// offset or the new one, never a torn file.
+    async fn store(&self, position: Position) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(&position).map_err(std::io::Error::other)?;
+        write_atomic(&self.0, &bytes).await
     }
 }
 
@@ -190,11 +188,11 @@ impl InFlight {
         }
     }
 
-    fn store(&mut self, offsets: &OffsetFile, force: bool) -> std::io::Result<()> {
+    async fn store(&mut self, offsets: &OffsetFile, force: bool) -> std::io::Result<()> {
         if self.acked != self.stored
             && (force || self.last_store.elapsed() >= Duration::from_millis(200))
         {
-            offsets.store(self.acked)?;
+            offsets.store(self.acked).await?;
             self.stored = self.acked;
             self.last_store = Instant::now();
         }
@@ -212,7 +210,7 @@ impl FileSource {
             ..Position::default()
         };
         if resume {
-            match self.offsets.load() {
+            match self.offsets.load().await {
                 Some(saved) if saved.file_id == id && saved.offset <= metadata.len() => {
                     file.seek(std::io::SeekFrom::Start(saved.offset)).await?;
                     position = saved;
@@ -337,7 +335,7 @@ impl Source for FileSource {
                 if follow {
                     // Throttled: at most every 200 ms, so a crash mid-file
                     // replays little.
-                    if let Err(e) = in_flight.store(&self.offsets, false) {
+                    if let Err(e) = in_flight.store(&self.offsets, false).await {
                         stats.error(format!("cannot keep the offset: {e}"));
                     }
                 }
@@ -357,7 +355,7 @@ impl Source for FileSource {
                 break;
             }
             in_flight.collect_ready(&name);
-            if let Err(e) = in_flight.store(&self.offsets, false) {
+            if let Err(e) = in_flight.store(&self.offsets, false).await {
                 stats.error(format!("cannot keep the offset: {e}"));
             }
             tokio::select! {
@@ -400,6 +398,7 @@ impl Source for FileSource {
         if follow {
             in_flight
                 .store(&self.offsets, true)
+                .await
                 .map_err(|e| ComponentError::Fatal(format!("cannot keep the offset: {e}")))?;
         }
         Ok(())
@@ -437,5 +436,24 @@ async fn rotated_or_truncated(
         Ok(Change::Truncated)
     } else {
         Ok(Change::None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stored_offset_is_loaded_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = OffsetFile(dir.path().join("in").join("offset.json"));
+        assert_eq!(offsets.load().await, None);
+        let position = Position {
+            file_id: 7,
+            offset: 1024,
+            line: 10,
+        };
+        offsets.store(position).await.unwrap();
+        assert_eq!(offsets.load().await, Some(position));
     }
 }
