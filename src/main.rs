@@ -5,13 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use flowpulse_core::checkpoint::checkpoint_key;
+use flowpulse_core::checkpoint::{self, checkpoint_key};
 use flowpulse_core::config::{LoadError, PipelineConfig};
 use flowpulse_core::plugin::{registered_plugins, Shutdown};
 use flowpulse_core::runtime::Pipeline;
 use flowpulse_core::topology;
-use flowpulse_plugins::processors::aggregate::snapshot;
-use flowpulse_plugins::processors::aggregate::AggregateConfig;
 
 mod generate;
 
@@ -222,30 +220,21 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let store = flowpulse_plugins::checkpoint::open(&checkpoint.url)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let store = checkpoint::open(&checkpoint.url).await?;
+        // Every stateful processor, whatever its type: each says what a
+        // fresh state of its settings is, and reads its checkpoint into it.
         for spec in &config.components {
-            let Some(aggregate) = spec.config.as_any().downcast_ref::<AggregateConfig>() else {
+            let Some(mut state) = spec.config.fresh_state() else {
                 continue;
             };
             let key = checkpoint_key(&config.pipeline.name, &spec.name, 0);
-            let limits = aggregate.limits();
             if reset {
-                snapshot::delete(store.as_ref(), &key)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
+                checkpoint::delete(store.as_ref(), &key, state.as_ref()).await?;
                 println!("{}: deleted {key}", spec.name);
                 continue;
             }
-            match snapshot::load(store.as_ref(), &key, &limits).await {
-                Ok(Some((state, bytes))) => {
-                    println!(
-                        "{}: {key}: {}",
-                        spec.name,
-                        snapshot::describe(&state, bytes)
-                    )
-                }
+            match checkpoint::describe(store.as_ref(), &key, state.as_mut()).await {
+                Ok(Some(description)) => println!("{}: {key}: {description}", spec.name),
                 Ok(None) => println!("{}: {key}: no checkpoint", spec.name),
                 Err(e) => println!("{}: {key}: not usable: {e}", spec.name),
             }

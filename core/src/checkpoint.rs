@@ -1,20 +1,445 @@
-//! Where stateful processors keep their state between runs.
+//! Where stateful processors keep their state between runs, and the form a
+//! checkpoint takes there.
+//!
+//! A checkpoint is one value under `flowpulse:checkpoint:PIPELINE:COMPONENT:PARTITION`:
+//! an envelope (magic, envelope version, the state's kind and version, the
+//! source positions folded into it, the parts it names) followed by the
+//! state's body. Parts ([`crate::state::Part`]) live under `KEY:part:ID`,
+//! written before the envelope that names them and deleted after the first
+//! envelope that no longer does, so a crash at any point leaves a complete
+//! checkpoint. Stores are plugins registered by URL scheme
+//! ([`StoreDescriptor`]); core opens none itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::redact::redact_url;
+use crate::state::{ProcessorState, SavedState, Snapshot, StateError, StateFormat};
+
+/// A failure of the store itself (not of what it holds).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or refused the command; retrying may help.
+    #[error("checkpoint store unavailable: {0}")]
+    Unavailable(String),
+    /// A local file operation failed.
+    #[error("checkpoint store I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The URL names no store this build knows.
+    #[error("unsupported checkpoint URL {url} (use {known})")]
+    UnsupportedUrl {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The schemes this build supports.
+        known: String,
+    },
+}
+
+/// Why a checkpoint could not be read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The checkpoint holds a state the processor cannot take.
+    #[error("checkpoint {key}: {source} (`flowpulse state reset` clears it)")]
+    State {
+        /// Its key.
+        key: String,
+        /// What is wrong with it.
+        source: StateError,
+    },
+}
 
 /// A durable key → bytes store (Redis, a directory …).
 #[async_trait]
 pub trait CheckpointStore: Send + Sync {
     /// The bytes under `key`, if any.
-    async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
-    /// Replaces the bytes under `key` atomically.
-    async fn save(&self, key: &str, bytes: &[u8]) -> Result<(), String>;
-    /// Removes `key`.
-    async fn delete(&self, key: &str) -> Result<(), String>;
+    async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Replaces the bytes under `key` atomically and durably.
+    async fn save(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Removes `key` (nothing if it is absent).
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Every key starting with `prefix`.
+    async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// Opens the store of a URL.
+pub type StoreOpener = fn(&str) -> BoxFuture<'_, Result<Arc<dyn CheckpointStore>, StoreError>>;
+
+/// A registered kind of checkpoint store, chosen by URL scheme:
+///
+/// ```ignore
+/// inventory::submit! { StoreDescriptor { scheme: "file", open: open_file_store } }
+/// ```
+pub struct StoreDescriptor {
+    /// The URL scheme, without `://`.
+    pub scheme: &'static str,
+    /// Opens a store.
+    pub open: StoreOpener,
+}
+
+inventory::collect!(StoreDescriptor);
+
+/// Opens the store a `[checkpoint] url` names.
+pub async fn open(url: &str) -> Result<Arc<dyn CheckpointStore>, StoreError> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or_default();
+    match inventory::iter::<StoreDescriptor>
+        .into_iter()
+        .find(|d| d.scheme == scheme)
+    {
+        Some(descriptor) => (descriptor.open)(url).await,
+        None => {
+            let mut known: Vec<String> = inventory::iter::<StoreDescriptor>
+                .into_iter()
+                .map(|d| format!("{}://", d.scheme))
+                .collect();
+            known.sort();
+            Err(StoreError::UnsupportedUrl {
+                url: redact_url(url),
+                known: known.join(", "),
+            })
+        }
+    }
 }
 
 /// The key of a component's state: scoped by pipeline name, component name
 /// and partition, so pipelines and instances sharing a store never collide.
 pub fn checkpoint_key(pipeline: &str, component: &str, partition: u32) -> String {
     format!("flowpulse:checkpoint:{pipeline}:{component}:{partition}")
+}
+
+/// The key of part `id` of the checkpoint under `key`.
+pub fn part_key(key: &str, id: u64) -> String {
+    format!("{key}:part:{id}")
+}
+
+/// Identifies a stream of positions: the input a batch arrived through, the
+/// source that read it and the source's partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PositionKey {
+    /// The component the batch arrived from.
+    pub input: String,
+    /// The source component that read it.
+    pub source: String,
+    /// The partition within the source.
+    pub partition: String,
+}
+
+/// The largest offset folded, per position key.
+pub type PositionMap = BTreeMap<PositionKey, u128>;
+
+const MAGIC: &[u8; 4] = b"FPCK";
+const ENVELOPE_VERSION: u16 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    kind: String,
+    version: u16,
+    positions: Vec<(PositionKey, u128)>,
+    parts: Vec<u64>,
+}
+
+/// A checkpoint read back: what the runtime keeps of it besides the state.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Bytes read (envelope and parts).
+    pub bytes: usize,
+    /// Positions folded into it (empty for a checkpoint written before
+    /// positions were kept: known again from the first new checkpoint).
+    pub positions: PositionMap,
+    /// Parts in the store that it names.
+    pub parts: BTreeSet<u64>,
+    /// Keys of a pre-envelope checkpoint's parts, deleted once a new
+    /// checkpoint has replaced it.
+    pub legacy_keys: Vec<String>,
+}
+
+fn encode(state_kind: &str, version: u16, positions: &PositionMap, snapshot: &Snapshot) -> Vec<u8> {
+    let header = Header {
+        kind: state_kind.to_owned(),
+        version,
+        positions: positions.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        parts: snapshot.parts.iter().map(|p| p.id).collect(),
+    };
+    let mut bytes = Vec::with_capacity(snapshot.body.len() + 256);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&ENVELOPE_VERSION.to_le_bytes());
+    let mut bytes = match postcard::to_extend(&header, bytes) {
+        Ok(bytes) => bytes,
+        // Plain data into a Vec: cannot fail.
+        Err(e) => unreachable!("encoding a checkpoint header failed: {e}"),
+    };
+    bytes.extend_from_slice(&snapshot.body);
+    bytes
+}
+
+/// Splits an envelope: `None` if the bytes predate envelopes.
+fn decode(bytes: &[u8]) -> Result<Option<(Header, &[u8])>, StateError> {
+    let Some(rest) = bytes.strip_prefix(MAGIC) else {
+        return Ok(None);
+    };
+    let (version, rest) = rest
+        .split_at_checked(2)
+        .ok_or_else(|| StateError::Corrupt("truncated checkpoint envelope".into()))?;
+    let version = u16::from_le_bytes([version[0], version[1]]);
+    if version != ENVELOPE_VERSION {
+        return Err(StateError::Corrupt(format!(
+            "checkpoint envelope version {version} is unknown to this version (expects {ENVELOPE_VERSION})"
+        )));
+    }
+    let (header, body): (Header, &[u8]) =
+        postcard::take_from_bytes(rest).map_err(|e| StateError::Corrupt(e.to_string()))?;
+    Ok(Some((header, body)))
+}
+
+/// Loads the checkpoint under `key` into `state` (a fresh one). `None` if
+/// there is none.
+pub async fn load(
+    store: &dyn CheckpointStore,
+    key: &str,
+    state: &mut dyn ProcessorState,
+) -> Result<Option<Restored>, CheckpointError> {
+    let Some(main) = store.load(key).await? else {
+        return Ok(None);
+    };
+    let refused = |source: StateError| CheckpointError::State {
+        key: key.to_owned(),
+        source,
+    };
+    let format = state.format();
+    let mut restored = Restored {
+        bytes: main.len(),
+        ..Restored::default()
+    };
+    let mut saved = SavedState::default();
+    let part_keys: Vec<(u64, String)> = match decode(&main).map_err(refused)? {
+        Some((header, body)) => {
+            if header.kind != format.kind {
+                return Err(refused(StateError::OtherKind {
+                    found: header.kind,
+                    expected: format.kind,
+                }));
+            }
+            saved.version = header.version;
+            saved.body = body.to_vec();
+            restored.positions = header.positions.into_iter().collect();
+            header
+                .parts
+                .into_iter()
+                .map(|id| (id, part_key(key, id)))
+                .collect()
+        }
+        None => {
+            // Written before envelopes: the state's own bytes, positions unknown.
+            let legacy = state.legacy_parts(&main).map_err(refused)?;
+            saved.body = main;
+            saved.version = 0;
+            let keys: Vec<(u64, String)> = legacy
+                .into_iter()
+                .map(|(id, suffix)| (id, format!("{key}:{suffix}")))
+                .collect();
+            restored.legacy_keys = keys.iter().map(|(_, k)| k.clone()).collect();
+            keys
+        }
+    };
+    for (id, part) in &part_keys {
+        let bytes = store
+            .load(part)
+            .await?
+            .ok_or_else(|| refused(StateError::MissingPart(*id)))?;
+        restored.bytes += bytes.len();
+        saved.parts.insert(*id, bytes);
+    }
+    if restored.legacy_keys.is_empty() {
+        restored.parts = saved.parts.keys().copied().collect();
+    }
+    state.restore(saved).map_err(refused)?;
+    Ok(Some(restored))
+}
+
+/// Writes a checkpoint: the parts the store lacks, then the envelope naming
+/// them, then deletes the parts it no longer names (and a replaced
+/// pre-envelope checkpoint's). `stored` is updated to what the store holds.
+/// Returns the bytes written.
+pub async fn write(
+    store: &dyn CheckpointStore,
+    key: &str,
+    format: StateFormat,
+    positions: &PositionMap,
+    snapshot: &Snapshot,
+    stored: &mut BTreeSet<u64>,
+    legacy_keys: &mut Vec<String>,
+) -> Result<usize, StoreError> {
+    let mut written = 0;
+    for part in &snapshot.parts {
+        if let Some(bytes) = &part.bytes {
+            store.save(&part_key(key, part.id), bytes).await?;
+            written += bytes.len();
+            stored.insert(part.id);
+        }
+    }
+    let envelope = encode(format.kind, format.version, positions, snapshot);
+    store.save(key, &envelope).await?;
+    written += envelope.len();
+    let live: BTreeSet<u64> = snapshot.parts.iter().map(|p| p.id).collect();
+    let retired: Vec<u64> = stored.difference(&live).copied().collect();
+    for id in retired {
+        store.delete(&part_key(key, id)).await?;
+        stored.remove(&id);
+    }
+    while let Some(old) = legacy_keys.pop() {
+        store.delete(&old).await?;
+    }
+    Ok(written)
+}
+
+/// Deletes the parts under `key` that its checkpoint does not name: a crash
+/// between writing a checkpoint and deleting what it retired leaves them.
+/// Returns how many were deleted.
+pub async fn sweep(
+    store: &dyn CheckpointStore,
+    key: &str,
+    named: &BTreeSet<u64>,
+) -> Result<usize, StoreError> {
+    let prefix = part_key(key, 0);
+    let prefix = prefix.trim_end_matches('0');
+    let mut swept = 0;
+    for found in store.keys_with_prefix(prefix).await? {
+        let id = found.strip_prefix(prefix).and_then(|id| id.parse().ok());
+        if id.is_some_and(|id| !named.contains(&id)) {
+            store.delete(&found).await?;
+            swept += 1;
+        }
+    }
+    Ok(swept)
+}
+
+/// Deletes the checkpoint under `key` and every part of it: the envelope
+/// first, so a crash midway leaves no checkpoint naming missing parts.
+pub async fn delete(
+    store: &dyn CheckpointStore,
+    key: &str,
+    state: &dyn ProcessorState,
+) -> Result<(), StoreError> {
+    let legacy = match store.load(key).await? {
+        Some(main) if !main.starts_with(MAGIC) => state
+            .legacy_parts(&main)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, suffix)| format!("{key}:{suffix}"))
+            .collect(),
+        _ => Vec::new(),
+    };
+    store.delete(key).await?;
+    for old in legacy {
+        store.delete(&old).await?;
+    }
+    sweep(store, key, &BTreeSet::new()).await?;
+    Ok(())
+}
+
+/// What `flowpulse state show` prints of a checkpoint: its key, state
+/// format, size, positions and what the state holds.
+pub async fn describe(
+    store: &dyn CheckpointStore,
+    key: &str,
+    state: &mut dyn ProcessorState,
+) -> Result<Option<String>, CheckpointError> {
+    let Some(restored) = load(store, key, state).await? else {
+        return Ok(None);
+    };
+    let format = state.format();
+    let positions = if restored.positions.is_empty() {
+        "positions unknown (written before positions were kept)".to_owned()
+    } else {
+        restored
+            .positions
+            .iter()
+            .map(|(k, offset)| {
+                format!(
+                    "{}/{}/{} at {}",
+                    k.input,
+                    k.source,
+                    k.partition,
+                    display_offset(*offset)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Ok(Some(format!(
+        "{} state version {}, {} bytes ({} parts); {}; {}",
+        format.kind,
+        format.version,
+        restored.bytes,
+        restored.parts.len() + restored.legacy_keys.len(),
+        positions,
+        state.describe()
+    )))
+}
+
+/// A Redis stream entry id (`ms-seq`) packed as `ms << 64 | seq`.
+pub fn stream_id_offset(id: &str) -> Option<u128> {
+    let (ms, seq) = id.split_once('-')?;
+    Some(u128::from(ms.parse::<u64>().ok()?) << 64 | u128::from(seq.parse::<u64>().ok()?))
+}
+
+/// An offset as people read it: a stream id when it looks like one, else
+/// the number.
+fn display_offset(offset: u128) -> String {
+    let high = (offset >> 64) as u64;
+    if high > 0 {
+        format!("{high}-{}", offset as u64)
+    } else {
+        offset.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_order_as_offsets() {
+        let a = stream_id_offset("1700000000000-5").unwrap();
+        let b = stream_id_offset("1700000000000-12").unwrap();
+        let c = stream_id_offset("1700000000001-0").unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(display_offset(b), "1700000000000-12");
+        assert_eq!(stream_id_offset("nope"), None);
+    }
+
+    #[test]
+    fn an_envelope_round_trips_and_old_bytes_are_not_one() {
+        let mut positions = PositionMap::new();
+        positions.insert(
+            PositionKey {
+                input: "events".into(),
+                source: "events".into(),
+                partition: "stream".into(),
+            },
+            42,
+        );
+        let snapshot = Snapshot {
+            body: b"body".to_vec(),
+            parts: vec![crate::state::Part { id: 3, bytes: None }],
+            covers: None,
+        };
+        let bytes = encode("kind", 7, &positions, &snapshot);
+        let (header, body) = decode(&bytes).unwrap().unwrap();
+        assert_eq!(header.kind, "kind");
+        assert_eq!(header.version, 7);
+        assert_eq!(header.parts, vec![3]);
+        assert_eq!(
+            header.positions.into_iter().collect::<PositionMap>(),
+            positions
+        );
+        assert_eq!(body, b"body");
+        assert!(decode(b"FPAG\x02\x00rest").unwrap().is_none());
+    }
 }

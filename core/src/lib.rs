@@ -20,6 +20,7 @@ pub mod plugin;
 pub mod record;
 pub mod redact;
 pub mod runtime;
+pub mod state;
 pub mod telemetry;
 pub mod topology;
 

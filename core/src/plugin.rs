@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::config::{CheckpointSettings, PipelineSettings};
 use crate::record::{Batch, RecordKinds};
 use crate::runtime::Output;
+use crate::state::ProcessorState;
 use crate::telemetry::{ComponentStats, Telemetry};
 
 pub use tokio_util::sync::CancellationToken as Shutdown;
@@ -164,6 +165,11 @@ pub struct BuildContext {
     pub resources: Resources,
     /// Cancelled when the pipeline shuts down.
     pub shutdown: Shutdown,
+    /// For a source: whether a stateful processor reads what it emits
+    /// (directly or through others). Such a source must deliver each
+    /// partition in order, oldest first, as one reader, because the
+    /// processor's checkpoint keeps one position per partition.
+    pub feeds_stateful: bool,
 }
 
 impl BuildContext {
@@ -216,6 +222,15 @@ pub trait Processor: Send {
     async fn finish(&mut self, _out: &mut Output) -> Result<(), ComponentError> {
         Ok(())
     }
+
+    /// The processor's state, if it keeps one across batches that the
+    /// runtime should checkpoint (see [`crate::state`]). A stateful
+    /// processor gets its batches without acknowledgement handles: the
+    /// runtime holds them until a checkpoint covering them is durable, and
+    /// leaves out records its checkpoint has already folded.
+    fn state(&mut self) -> Option<&mut dyn ProcessorState> {
+        None
+    }
 }
 
 /// Writes batches outside. When `write` returns `Ok` the batch counts as
@@ -259,6 +274,13 @@ pub trait ProcessorConfig: DeserializeOwned + Send + Sync + 'static {
     }
     /// The kinds of record it emits.
     fn outputs(&self) -> RecordKinds;
+    /// A fresh state as these settings shape it, for a stateful processor
+    /// (whose built processor returns its state from [`Processor::state`]).
+    /// `flowpulse state` reads checkpoints through it without running
+    /// anything. Default: stateless.
+    fn state(&self) -> Option<Box<dyn ProcessorState>> {
+        None
+    }
     /// Builds the running processor (may do I/O).
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Processor>, BuildError>;
 }
@@ -298,6 +320,10 @@ pub trait ComponentConfig: Send + Sync {
     fn output_kinds(&self) -> RecordKinds;
     /// Builds the component.
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Component, BuildError>>;
+    /// A fresh state, for a stateful processor.
+    fn fresh_state(&self) -> Option<Box<dyn ProcessorState>> {
+        None
+    }
     /// The plugin's own typed config, for tools that know its type.
     fn as_any(&self) -> &dyn Any;
 }
@@ -342,6 +368,9 @@ impl<T: ProcessorConfig> ComponentConfig for ProcessorAdapter<T> {
     }
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Component, BuildError>> {
         Box::pin(async move { self.0.build(cx).await.map(Component::Processor) })
+    }
+    fn fresh_state(&self) -> Option<Box<dyn ProcessorState>> {
+        self.0.state()
     }
     fn as_any(&self) -> &dyn Any {
         &self.0

@@ -155,6 +155,28 @@ impl fmt::Debug for RecordKinds {
     }
 }
 
+/// Where a source batch's records come from: a source component and one of
+/// its partitions (a Redis stream; a file, by path and inode).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Origin {
+    /// The source component's name.
+    pub source: String,
+    /// The partition within the source.
+    pub partition: String,
+}
+
+/// The places of a batch's records in their source partition, one per
+/// record and in the records' order. A larger offset is later in the
+/// partition (a stream entry id, a byte offset), so "everything up to offset
+/// N" is one number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Positions {
+    /// The partition.
+    pub origin: Arc<Origin>,
+    /// One offset per record.
+    pub offsets: Vec<u128>,
+}
+
 /// Records travelling together, with the acknowledgement handles of the
 /// source batches they derive from.
 ///
@@ -164,6 +186,8 @@ impl fmt::Debug for RecordKinds {
 pub struct Batch {
     records: Arc<Vec<Record>>,
     acks: Vec<AckHandle>,
+    positions: Option<Arc<Positions>>,
+    via: Option<Arc<str>>,
 }
 
 impl Batch {
@@ -172,6 +196,60 @@ impl Batch {
         Batch {
             records: Arc::new(records),
             acks,
+            positions: None,
+            via: None,
+        }
+    }
+
+    /// The same batch with its records' source positions (one offset per
+    /// record, in order). A source sets them so that stateful processors
+    /// downstream can tell, after a restart, what they have already folded.
+    ///
+    /// Offsets that do not match the records one to one are a bug in the
+    /// source; the batch then carries none (its records are always folded).
+    pub fn with_positions(mut self, origin: Arc<Origin>, offsets: Vec<u128>) -> Batch {
+        debug_assert_eq!(offsets.len(), self.records.len());
+        self.positions =
+            (offsets.len() == self.records.len()).then(|| Arc::new(Positions { origin, offsets }));
+        self
+    }
+
+    /// The records' source positions, if a source set them.
+    pub fn positions(&self) -> Option<&Positions> {
+        self.positions.as_deref()
+    }
+
+    /// The component this batch arrived from (set on delivery).
+    pub fn via(&self) -> Option<&str> {
+        self.via.as_deref()
+    }
+
+    /// Marks the batch as delivered by `producer`.
+    pub(crate) fn set_via(&mut self, producer: &Arc<str>) {
+        self.via = Some(producer.clone());
+    }
+
+    /// The records for which `keep` holds, with their positions, the same
+    /// acknowledgement handles and the same producer.
+    pub fn retain(self, mut keep: impl FnMut(usize, &Record) -> bool) -> Batch {
+        let kept: Vec<usize> = (0..self.records.len())
+            .filter(|&i| keep(i, &self.records[i]))
+            .collect();
+        if kept.len() == self.records.len() {
+            return self;
+        }
+        let records = kept.iter().map(|&i| self.records[i].clone()).collect();
+        let positions = self.positions.map(|p| {
+            Arc::new(Positions {
+                origin: p.origin.clone(),
+                offsets: kept.iter().map(|&i| p.offsets[i]).collect(),
+            })
+        });
+        Batch {
+            records: Arc::new(records),
+            acks: self.acks,
+            positions,
+            via: self.via,
         }
     }
 

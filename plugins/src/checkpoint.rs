@@ -6,17 +6,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowpulse_core::checkpoint::CheckpointStore;
+use flowpulse_core::checkpoint::{CheckpointStore, StoreDescriptor, StoreError};
 use flowpulse_core::redact::redact_url;
+use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
 
+inventory::submit! { StoreDescriptor { scheme: "file", open: open_file } }
+inventory::submit! { StoreDescriptor { scheme: "redis", open: open_redis } }
+inventory::submit! { StoreDescriptor { scheme: "rediss", open: open_redis } }
+
 /// Opens the store a `[checkpoint] url` names.
-pub async fn open(url: &str) -> Result<Arc<dyn CheckpointStore>, String> {
-    if let Some(dir) = url.strip_prefix("file://") {
-        return Ok(Arc::new(FileStore(PathBuf::from(dir))));
-    }
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
-        let client = crate::redis_util::client(url)?;
+pub async fn open(url: &str) -> Result<Arc<dyn CheckpointStore>, StoreError> {
+    flowpulse_core::checkpoint::open(url).await
+}
+
+fn open_file(url: &str) -> BoxFuture<'_, Result<Arc<dyn CheckpointStore>, StoreError>> {
+    let dir = url.strip_prefix("file://").unwrap_or(url);
+    Box::pin(async move { Ok(Arc::new(FileStore(PathBuf::from(dir))) as Arc<dyn CheckpointStore>) })
+}
+
+fn open_redis(url: &str) -> BoxFuture<'_, Result<Arc<dyn CheckpointStore>, StoreError>> {
+    Box::pin(async move {
+        let unavailable = |e: String| StoreError::Unavailable(e);
+        let client = crate::redis_util::client(url).map_err(unavailable)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)))
@@ -24,91 +36,169 @@ pub async fn open(url: &str) -> Result<Arc<dyn CheckpointStore>, String> {
         let manager = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|e| format!("cannot reach the checkpoint store {}: {e}", redact_url(url)))?;
-        return Ok(Arc::new(RedisStore(manager)));
-    }
-    Err(format!(
-        "unsupported checkpoint URL {} (use redis://, rediss:// or file://DIR)",
-        redact_url(url)
-    ))
+            .map_err(|e| {
+                unavailable(format!(
+                    "cannot reach the checkpoint store {}: {e}",
+                    redact_url(url)
+                ))
+            })?;
+        Ok(Arc::new(RedisStore(manager)) as Arc<dyn CheckpointStore>)
+    })
 }
 
 struct RedisStore(ConnectionManager);
 
+fn redis_error(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Escapes the glob characters of a SCAN pattern.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 #[async_trait]
 impl CheckpointStore for RedisStore {
-    async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+    async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut conn = self.0.clone();
         redis::cmd("GET")
             .arg(key)
             .query_async(&mut conn)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(redis_error)
     }
 
-    async fn save(&self, key: &str, bytes: &[u8]) -> Result<(), String> {
+    async fn save(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let mut conn = self.0.clone();
         redis::cmd("SET")
             .arg(key)
             .arg(bytes)
             .query_async::<()>(&mut conn)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(redis_error)
     }
 
-    async fn delete(&self, key: &str) -> Result<(), String> {
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let mut conn = self.0.clone();
         redis::cmd("DEL")
             .arg(key)
             .query_async::<()>(&mut conn)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(redis_error)
+    }
+
+    async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.0.clone();
+        let pattern = format!("{}*", glob_escape(prefix));
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
     }
 }
 
 struct FileStore(PathBuf);
 
+/// Keys become file names: `:` and `/` are not safe in every file system.
+fn file_name(key: &str) -> String {
+    key.replace([':', '/'], "_")
+}
+
 impl FileStore {
     fn path(&self, key: &str) -> PathBuf {
-        self.0.join(key.replace([':', '/'], "_"))
+        self.0.join(file_name(key))
     }
 }
 
 #[async_trait]
 impl CheckpointStore for FileStore {
-    async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+    async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match tokio::fs::read(self.path(key)).await {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 
-    async fn save(&self, key: &str, bytes: &[u8]) -> Result<(), String> {
-        use tokio::io::AsyncWriteExt;
-        let io = |e: std::io::Error| e.to_string();
-        tokio::fs::create_dir_all(&self.0).await.map_err(io)?;
-        let path = self.path(key);
-        let tmp = path.with_extension("tmp");
-        // Durable before visible: the data, then the rename, then the
-        // directory entry, so a power loss leaves the old file or the new.
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
-        file.write_all(bytes).await.map_err(io)?;
-        file.sync_all().await.map_err(io)?;
-        drop(file);
-        tokio::fs::rename(&tmp, &path).await.map_err(io)?;
-        tokio::fs::File::open(&self.0)
-            .await
-            .map_err(io)?
-            .sync_all()
-            .await
-            .map_err(io)
+    async fn save(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        crate::durable::write_atomic(&self.path(key), bytes).await?;
+        Ok(())
     }
 
-    async fn delete(&self, key: &str) -> Result<(), String> {
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match tokio::fs::remove_file(self.path(key)).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        // File names lost the `:`s of their keys: compare in that form and
+        // give back names that map to the same files.
+        let wanted = file_name(prefix);
+        let mut entries = match tokio::fs::read_dir(&self.0).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut keys = Vec::new();
+        while let Some(entry) = entries.next_entry().await? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = name.strip_prefix(&wanted) {
+                if !rest.ends_with(".tmp") {
+                    keys.push(format!("{prefix}{rest}"));
+                }
+            }
+        }
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_store_lists_keys_by_prefix_and_deletes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore(dir.path().to_owned());
+        store.save("a:b:part:1", b"one").await.unwrap();
+        store.save("a:b:part:22", b"two").await.unwrap();
+        store.save("a:c", b"other").await.unwrap();
+        let mut keys = store.keys_with_prefix("a:b:part:").await.unwrap();
+        keys.sort();
+        assert_eq!(keys, vec!["a:b:part:1", "a:b:part:22"]);
+        store.delete(&keys[0]).await.unwrap();
+        assert_eq!(store.load("a:b:part:1").await.unwrap(), None);
+        assert_eq!(
+            store.load("a:c").await.unwrap().as_deref(),
+            Some(&b"other"[..])
+        );
+    }
+
+    #[test]
+    fn scan_patterns_escape_glob_characters() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 }

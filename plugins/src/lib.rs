@@ -2,6 +2,7 @@
 //! one `inventory::submit!`. Linking this crate is what makes them available.
 
 pub mod checkpoint;
+pub mod durable;
 pub mod processors;
 pub mod redis_util;
 pub mod sinks;

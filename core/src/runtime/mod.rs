@@ -2,6 +2,7 @@
 //! draining shutdown with a deadline.
 
 mod output;
+mod stateful;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,12 +17,13 @@ pub use output::Output;
 use crate::ack::AckHandle;
 use crate::config::PipelineConfig;
 use crate::plugin::{
-    BuildContext, Component, ComponentError, ComponentRole, Processor, Resources, Shutdown, Sink,
-    SourceContext,
+    BuildContext, BuildError, Component, ComponentError, ComponentRole, Processor, Resources,
+    Shutdown, Sink, SourceContext,
 };
 use crate::record::Batch;
 use crate::telemetry::{ComponentStats, ComponentTelemetry, StatsSnapshot, Telemetry};
 use output::Target;
+use stateful::StateKeeper;
 
 /// Why a pipeline run did not end cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,7 @@ impl Pipeline {
             }
         }
 
+        let feeds_stateful = stateful_reach(&config);
         let mut built = Vec::new();
         let mut build_errors = Vec::new();
         for spec in &config.components {
@@ -118,9 +121,25 @@ impl Pipeline {
                 telemetry: telemetry.clone(),
                 resources: resources.clone(),
                 shutdown: shutdown.clone(),
+                feeds_stateful: feeds_stateful.contains(&spec.name),
             };
-            match spec.config.build(&cx).await {
-                Ok(component) => built.push((spec, component)),
+            let built_one = match spec.config.build(&cx).await {
+                Ok(Component::Processor(mut processor)) => match processor.state() {
+                    Some(state) => StateKeeper::start(
+                        &config.pipeline.name,
+                        &spec.name,
+                        config.checkpoint.as_ref(),
+                        state,
+                    )
+                    .await
+                    .map(|keeper| (Component::Processor(processor), Some(keeper)))
+                    .map_err(BuildError),
+                    None => Ok((Component::Processor(processor), None)),
+                },
+                other => other.map(|component| (component, None)),
+            };
+            match built_one {
+                Ok((component, keeper)) => built.push((spec, component, keeper)),
                 Err(e) => {
                     build_errors.push(format!("{} \"{}\": {e}", spec.role.as_str(), spec.name))
                 }
@@ -152,12 +171,12 @@ impl Pipeline {
                     })
                 })
                 .collect();
-            Output::new(targets, stats(name))
+            Output::new(name, targets, stats(name))
         };
 
         let mut tasks = JoinSet::new();
         let mut names = BTreeMap::new();
-        for (spec, component) in built {
+        for (spec, component, keeper) in built {
             let name = spec.name.clone();
             let component_stats = stats(&name);
             let handle = match component {
@@ -180,6 +199,7 @@ impl Pipeline {
                         rx,
                         out,
                         component_stats,
+                        keeper,
                     ))
                 }
                 Component::Sink(sink) => {
@@ -246,45 +266,97 @@ fn closed_channel() -> mpsc::Receiver<Batch> {
     mpsc::channel(1).1
 }
 
+/// The components whose output reaches a stateful processor.
+fn stateful_reach(config: &PipelineConfig) -> std::collections::BTreeSet<String> {
+    let mut reach: std::collections::BTreeSet<String> = config
+        .components
+        .iter()
+        .filter(|c| c.config.fresh_state().is_some())
+        .flat_map(|c| c.inputs.iter().cloned())
+        .collect();
+    // Upstream of upstream, until nothing new is found (the graph is a DAG).
+    loop {
+        let more: Vec<String> = config
+            .components
+            .iter()
+            .filter(|c| reach.contains(&c.name))
+            .flat_map(|c| c.inputs.iter().cloned())
+            .filter(|input| !reach.contains(input))
+            .collect();
+        if more.is_empty() {
+            return reach;
+        }
+        reach.extend(more);
+    }
+}
+
+fn ticker(period: Option<Duration>) -> Option<tokio::time::Interval> {
+    period.map(|period| {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    })
+}
+
+async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker.as_mut() {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn run_processor(
     name: String,
     mut processor: Box<dyn Processor>,
     mut rx: mpsc::Receiver<Batch>,
     mut out: Output,
     stats: Arc<ComponentStats>,
+    mut keeper: Option<StateKeeper>,
 ) -> Result<(), ComponentError> {
-    let mut ticker = processor.tick_interval().map(|period| {
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker
-    });
+    let mut ticks = ticker(processor.tick_interval());
+    let mut checkpoints = ticker(keeper.as_ref().and_then(StateKeeper::interval));
     loop {
-        let tick = async {
-            match ticker.as_mut() {
-                Some(t) => {
-                    t.tick().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         let result = tokio::select! {
             batch = rx.recv() => match batch {
                 Some(batch) => {
                     stats.received(batch.len());
-                    // If processing fails, the source batches must not count as
-                    // delivered, whatever the processor did with the handles.
-                    let guard = batch.ack_handles().to_vec();
-                    let result = processor.process(batch, &mut out).await;
-                    if result.is_err() {
-                        guard.iter().for_each(AckHandle::fail);
+                    match keeper.as_mut() {
+                        Some(keeper) => {
+                            let (batch, admitted) = keeper.admit(batch, &stats);
+                            let result = processor.process(batch, &mut out).await;
+                            keeper.settle(admitted, result.is_ok());
+                            result
+                        }
+                        None => {
+                            // If processing fails, the source batches must not count
+                            // as delivered, whatever the processor did with the handles.
+                            let guard = batch.ack_handles().to_vec();
+                            let result = processor.process(batch, &mut out).await;
+                            if result.is_err() {
+                                guard.iter().for_each(AckHandle::fail);
+                            }
+                            result
+                        }
                     }
-                    result
                 }
                 None => break,
             },
-            _ = tick => processor.tick(&mut out).await,
+            _ = next_tick(&mut ticks) => processor.tick(&mut out).await,
+            _ = next_tick(&mut checkpoints) => {
+                if let (Some(keeper), Some(state)) = (keeper.as_mut(), processor.state()) {
+                    keeper.checkpoint(state, false, &stats).await;
+                }
+                Ok(())
+            }
         };
         handle_result(&name, &stats, result)?;
+    }
+    // The checkpoint keeps what the processor still holds (events waiting
+    // for reordering, say) held: the final output is made after it.
+    if let (Some(keeper), Some(state)) = (keeper.as_mut(), processor.state()) {
+        keeper.checkpoint(state, true, &stats).await;
     }
     let result = processor.finish(&mut out).await;
     handle_result(&name, &stats, result)
@@ -358,6 +430,7 @@ mod tests {
             rx,
             Output::discard(),
             stats.clone(),
+            None,
         )
         .await
         .unwrap();

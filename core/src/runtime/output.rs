@@ -25,19 +25,25 @@ pub(crate) struct Target {
 /// records are shared, not copied).
 #[derive(Debug)]
 pub struct Output {
+    /// The producing component: each batch it sends says so (`Batch::via`).
+    producer: Arc<str>,
     targets: Vec<Target>,
     stats: Arc<ComponentStats>,
 }
 
 impl Output {
-    pub(crate) fn new(targets: Vec<Target>, stats: Arc<ComponentStats>) -> Output {
-        Output { targets, stats }
+    pub(crate) fn new(producer: &str, targets: Vec<Target>, stats: Arc<ComponentStats>) -> Output {
+        Output {
+            producer: producer.into(),
+            targets,
+            stats,
+        }
     }
 
     /// An output with no consumer, for tests and benchmarks of a single
     /// component: everything sent to it is counted and dropped.
     pub fn discard() -> Output {
-        Output::new(Vec::new(), Arc::default())
+        Output::new("test", Vec::new(), Arc::default())
     }
 
     /// An output feeding one channel, for tests and benchmarks of a single
@@ -51,16 +57,17 @@ impl Output {
             stats: Arc::default(),
             filter: None,
         };
-        (Output::new(vec![target], Arc::default()), rx)
+        (Output::new("test", vec![target], Arc::default()), rx)
     }
 
     /// Sends a batch to every consumer. With `when_full = "block"` this waits
     /// for room (backpressure); with `"drop_newest"` a full consumer misses the
     /// batch and counts the drop. A consumer that has stopped fails the batch.
-    pub async fn send(&mut self, batch: Batch) {
+    pub async fn send(&mut self, mut batch: Batch) {
         if batch.is_empty() {
             return;
         }
+        batch.set_via(&self.producer);
         self.stats.sent(batch.len());
         let Some((last, rest)) = self.targets.split_last() else {
             return;
@@ -110,12 +117,7 @@ async fn deliver(target: &Target, batch: Batch) {
 }
 
 fn filter(batch: Batch, kinds: RecordKinds) -> Batch {
-    let keep = |r: &Record| kinds.contains_all(kind_set(r));
-    if batch.records().iter().all(keep) {
-        return batch;
-    }
-    let (records, acks) = batch.into_parts();
-    Batch::new(records.into_iter().filter(keep).collect(), acks)
+    batch.retain(|_, r| kinds.contains_all(kind_set(r)))
 }
 
 fn kind_set(record: &Record) -> RecordKinds {

@@ -10,10 +10,9 @@ use flowpulse_core::plugin::{
 use flowpulse_core::record::RecordKinds;
 use serde::Deserialize;
 
-use flowpulse_core::checkpoint::checkpoint_key;
+use flowpulse_core::state::ProcessorState;
 
-use super::processor::{Aggregate, Checkpointing};
-use super::snapshot::load;
+use super::processor::Aggregate;
 use super::state::{AggregateState, Limits};
 
 /// `[processors.NAME] type = "aggregate"`.
@@ -145,60 +144,12 @@ impl ProcessorConfig for AggregateConfig {
         RecordKinds::METRICS
     }
 
+    fn state(&self) -> Option<Box<dyn ProcessorState>> {
+        Some(Box::new(AggregateState::new(self.limits())))
+    }
+
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Processor>, BuildError> {
-        let Some(settings) = &cx.checkpoint else {
-            let state = AggregateState::new(self.limits());
-            return Ok(Box::new(Aggregate::new(
-                self,
-                state,
-                cx.stats.clone(),
-                None,
-            )));
-        };
-        let store = crate::checkpoint::open(&settings.url)
-            .await
-            .map_err(BuildError)?;
-        let key = checkpoint_key(&cx.pipeline.name, &cx.name, 0);
-        let loaded = load(store.as_ref(), &key, &self.limits())
-            .await
-            .map_err(|e| {
-                BuildError(format!(
-                    "checkpoint {key}: {e} (`flowpulse state reset` clears it)"
-                ))
-            })?;
-        let state = match loaded {
-            Some((state, bytes)) => {
-                tracing::info!(
-                    component = %cx.name,
-                    key = %key,
-                    bytes,
-                    workflows = state.workflows_in_memory(),
-                    events = state.accounting().events,
-                    "restored state from checkpoint"
-                );
-                state
-            }
-            None => AggregateState::new(self.limits()),
-        };
-        let stored = state.dedup_epochs();
-        // A crash between writing a snapshot and deleting the epochs it
-        // retired leaves those behind: sweep every epoch number around the
-        // live ones (from a little below the oldest to the next) that the
-        // snapshot does not name.
-        let next = state.next_dedup_epoch();
-        let oldest = stored.first().copied().unwrap_or(next);
-        for order in oldest.saturating_sub(64)..next.saturating_add(8) {
-            if !stored.contains(&order) {
-                let _ = store.delete(&super::snapshot::epoch_key(&key, order)).await;
-            }
-        }
-        let checkpointing =
-            Checkpointing::new(store, key, settings.interval).with_stored_epochs(stored);
-        Ok(Box::new(Aggregate::new(
-            self,
-            state,
-            cx.stats.clone(),
-            Some(checkpointing),
-        )))
+        let state = AggregateState::new(self.limits());
+        Ok(Box::new(Aggregate::new(self, state, cx.stats.clone())))
     }
 }

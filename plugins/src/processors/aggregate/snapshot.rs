@@ -6,16 +6,28 @@
 //! of another version, or of a state with other limits, is refused with a
 //! message saying so.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use flowpulse_core::checkpoint::CheckpointStore;
+use flowpulse_core::state::{Part, ProcessorState, SavedState, Snapshot, StateError, StateFormat};
 
 use super::dedup::{Dedup, DedupForm, IdKey};
 use super::state::{AggregateState, Limits};
 
 const MAGIC: &[u8; 4] = b"FPAG";
 /// The current snapshot version. Bump it when the state's layout changes.
-pub const VERSION: u16 = 2;
+/// Version 3 appends [`Extras`] to version 2's layout; 2 still restores.
+pub const VERSION: u16 = 3;
+/// The oldest version this one restores.
+const OLDEST_READABLE: u16 = 2;
+
+/// What version 3 added after version 2's state and dedup window.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Extras {
+    /// Outcome times of finished workflows still held, by slot.
+    outcome_ms: Vec<(u32, i64)>,
+    /// Where the sealed history ends.
+    history_sealed_ms: i64,
+}
 
 /// Why a snapshot cannot be restored.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +51,10 @@ pub enum SnapshotError {
     Corrupt(String),
 }
 
-/// The store key of a dedup epoch kept apart from the snapshot under `key`.
-pub fn epoch_key(key: &str, order: u64) -> String {
-    format!("{key}:epoch:{order}")
+/// The key suffix under which the snapshots of version 2 kept a dedup epoch
+/// apart (before checkpoints were the runtime's).
+fn legacy_epoch_suffix(order: u64) -> String {
+    format!("epoch:{order}")
 }
 
 fn encode(state: &AggregateState, form: &DedupForm) -> Vec<u8> {
@@ -53,9 +66,18 @@ fn encode(state: &AggregateState, form: &DedupForm) -> Vec<u8> {
         Ok(bytes) => bytes,
         Err(e) => unreachable!("serializing the aggregate state failed: {e}"),
     };
-    match postcard::to_extend(form, bytes) {
+    let bytes = match postcard::to_extend(form, bytes) {
         Ok(bytes) => bytes,
         Err(e) => unreachable!("serializing the dedup window failed: {e}"),
+    };
+    let (outcome_ms, history_sealed_ms) = state.extras();
+    let extras = Extras {
+        outcome_ms,
+        history_sealed_ms,
+    };
+    match postcard::to_extend(&extras, bytes) {
+        Ok(bytes) => bytes,
+        Err(e) => unreachable!("serializing the snapshot extras failed: {e}"),
     }
 }
 
@@ -86,7 +108,12 @@ pub fn snapshot_split(
 }
 
 fn decode(bytes: &[u8], limits: &Limits) -> Result<(AggregateState, DedupForm), SnapshotError> {
-    let (state, form) = decode_any(bytes)?;
+    let (mut state, form, extras) = decode_any(bytes)?;
+    match extras {
+        Some(extras) => state.set_extras(&extras.outcome_ms, extras.history_sealed_ms),
+        // Version 2: outcome times unknown; history as far as T passed it.
+        None => state.seal_history(),
+    }
     if state.limits() != limits {
         return Err(SnapshotError::Shape(format!(
             "snapshot {:?}, configured {:?}",
@@ -98,7 +125,7 @@ fn decode(bytes: &[u8], limits: &Limits) -> Result<(AggregateState, DedupForm), 
 }
 
 /// Decodes a snapshot of this version whatever its limits.
-fn decode_any(bytes: &[u8]) -> Result<(AggregateState, DedupForm), SnapshotError> {
+fn decode_any(bytes: &[u8]) -> Result<(AggregateState, DedupForm, Option<Extras>), SnapshotError> {
     let body = bytes
         .strip_prefix(MAGIC)
         .ok_or(SnapshotError::NotASnapshot)?;
@@ -106,7 +133,7 @@ fn decode_any(bytes: &[u8]) -> Result<(AggregateState, DedupForm), SnapshotError
         .split_at_checked(2)
         .ok_or(SnapshotError::NotASnapshot)?;
     let found = u16::from_le_bytes([version[0], version[1]]);
-    if found != VERSION {
+    if !(OLDEST_READABLE..=VERSION).contains(&found) {
         return Err(SnapshotError::Version {
             found,
             expected: VERSION,
@@ -114,9 +141,16 @@ fn decode_any(bytes: &[u8]) -> Result<(AggregateState, DedupForm), SnapshotError
     }
     let (state, rest): (AggregateState, _) =
         postcard::take_from_bytes(body).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-    let (form, _): (DedupForm, _) =
+    let (form, rest): (DedupForm, _) =
         postcard::take_from_bytes(rest).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-    Ok((state, form))
+    let extras = if found >= 3 {
+        let (extras, _): (Extras, _) =
+            postcard::take_from_bytes(rest).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        Some(extras)
+    } else {
+        None
+    };
+    Ok((state, form, extras))
 }
 
 /// The epochs a snapshot keeps apart (to load before [`restore_with`]).
@@ -150,55 +184,92 @@ pub fn restore_with(
     Ok(state)
 }
 
-/// Loads the state under `key` (and its epochs) from a store: `None` if there
-/// is none, else the state and the bytes read.
-pub async fn load(
-    store: &dyn CheckpointStore,
-    key: &str,
-    limits: &Limits,
-) -> Result<Option<(AggregateState, usize)>, String> {
-    let Some(main) = store.load(key).await? else {
-        return Ok(None);
-    };
-    let mut total = main.len();
-    let mut epochs = HashMap::new();
-    for order in epochs_apart(&main, limits).map_err(|e| e.to_string())? {
-        let bytes = store
-            .load(&epoch_key(key, order))
-            .await?
-            .ok_or_else(|| format!("snapshot is damaged: dedup epoch {order} is missing"))?;
-        total += bytes.len();
-        let entries: Vec<(IdKey, i64)> = postcard::from_bytes(&bytes)
-            .map_err(|e| format!("snapshot is damaged: dedup epoch {order}: {e}"))?;
-        epochs.insert(order, entries);
+impl From<SnapshotError> for StateError {
+    fn from(e: SnapshotError) -> StateError {
+        match e {
+            SnapshotError::NotASnapshot => StateError::NotAState {
+                expected: "aggregate",
+            },
+            SnapshotError::Version { found, expected } => StateError::Version { found, expected },
+            SnapshotError::Shape(shape) => StateError::Settings(shape),
+            SnapshotError::Corrupt(what) => StateError::Corrupt(what),
+        }
     }
-    let state =
-        restore_with(&main, limits, |order| epochs.remove(&order)).map_err(|e| e.to_string())?;
-    Ok(Some((state, total)))
 }
 
-/// Deletes the state under `key` (whatever settings wrote it) and the epochs
-/// it names: the snapshot first, so a crash midway leaves no snapshot naming
-/// missing epochs.
-pub async fn delete(store: &dyn CheckpointStore, key: &str) -> Result<(), String> {
-    let orders = match store.load(key).await? {
-        Some(main) => decode_any(&main)
-            .map(|(_, form)| form.epochs.iter().map(|e| e.order).collect())
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
-    store.delete(key).await?;
-    for order in orders {
-        store.delete(&epoch_key(key, order)).await?;
+/// The aggregate's state as the runtime checkpoints it: the body is the
+/// snapshot naming its dedup epochs, each epoch a part.
+impl ProcessorState for AggregateState {
+    fn format(&self) -> StateFormat {
+        StateFormat {
+            kind: "aggregate",
+            version: VERSION,
+        }
     }
-    Ok(())
+
+    fn snapshot(&mut self, stored: &dyn Fn(u64) -> bool) -> Snapshot {
+        let already: BTreeSet<u64> = self
+            .dedup_epochs()
+            .into_iter()
+            .filter(|order| stored(*order))
+            .collect();
+        let (body, fresh) = snapshot_split(self, &already);
+        let mut parts: Vec<Part> = already
+            .into_iter()
+            .map(|id| Part { id, bytes: None })
+            .collect();
+        parts.extend(fresh.into_iter().map(|(id, bytes)| Part {
+            id,
+            bytes: Some(bytes),
+        }));
+        Snapshot {
+            body,
+            parts,
+            covers: None,
+        }
+    }
+
+    fn restore(&mut self, saved: SavedState) -> Result<(), StateError> {
+        *self = restore_parts(saved, self.limits())?;
+        Ok(())
+    }
+
+    fn merge(&mut self, saved: SavedState) -> Result<(), StateError> {
+        let other = restore_parts(saved, self.limits())?;
+        AggregateState::merge(self, &other);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        describe(self)
+    }
+
+    fn legacy_parts(&self, body: &[u8]) -> Result<Vec<(u64, String)>, StateError> {
+        Ok(epochs_apart(body, self.limits())?
+            .into_iter()
+            .map(|order| (order, legacy_epoch_suffix(order)))
+            .collect())
+    }
+}
+
+/// A state from a saved body and its epochs.
+fn restore_parts(mut saved: SavedState, limits: &Limits) -> Result<AggregateState, StateError> {
+    let mut epochs = std::collections::HashMap::new();
+    for (order, bytes) in std::mem::take(&mut saved.parts) {
+        let entries: Vec<(IdKey, i64)> = postcard::from_bytes(&bytes)
+            .map_err(|e| StateError::Corrupt(format!("dedup epoch {order}: {e}")))?;
+        epochs.insert(order, entries);
+    }
+    Ok(restore_with(&saved.body, limits, |order| {
+        epochs.remove(&order)
+    })?)
 }
 
 /// What a state holds, for `flowpulse state show`.
-pub fn describe(state: &AggregateState, bytes: usize) -> String {
+pub fn describe(state: &AggregateState) -> String {
     let a = state.accounting();
     format!(
-        "version {VERSION}, {bytes} bytes: event time {}, {} events folded, {} duplicates dropped, {} anomalies, {} workflows in memory, {} identities in the dedup window, {} events held for reordering",
+        "event time {}, {} events folded, {} duplicates dropped, {} anomalies, {} workflows in memory, {} identities in the dedup window, {} events held for reordering",
         state
             .event_time_ms()
             .map_or("none".into(), flowpulse_core::event::format_rfc3339_ms),

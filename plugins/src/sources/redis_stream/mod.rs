@@ -8,17 +8,26 @@
 //! longer than `claim_idle` are taken over with `XAUTOCLAIM` (which counts a
 //! delivery); an entry delivered more than `max_deliveries` times, and every
 //! undecodable entry, goes to the dead-letter stream and is acknowledged.
+//!
+//! Feeding a stateful processor, it is its group's only reader (see
+//! `lease.rs`) and delivers the stream in id order: at start it takes over
+//! every entry pending in the group, under any consumer name, oldest first,
+//! then reads new ones. Each batch carries its entries' ids as positions, so
+//! the processor's checkpoint knows what it has folded.
+
+mod lease;
 
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use flowpulse_core::ack::{AckHandle, BatchStatus};
+use flowpulse_core::checkpoint::stream_id_offset;
 use flowpulse_core::event::{decode_stream_entry, Decoded};
 use flowpulse_core::plugin::{
     BuildContext, BuildError, ComponentError, FieldError, PluginDescriptor, Source, SourceConfig,
     SourceContext, ValidateContext,
 };
-use flowpulse_core::record::{Batch, Record};
+use flowpulse_core::record::{Batch, Origin, Record};
 use flowpulse_core::redact::redact_url;
 use flowpulse_core::telemetry::ComponentStats;
 use futures::future::BoxFuture;
@@ -27,8 +36,9 @@ use futures::FutureExt;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
-use crate::redis_util::{self, array, connect, int, string, Outage, StreamEntry};
+use crate::redis_util::{self, array, connect, int, string, StreamEntry};
 
 /// `[sources.NAME] type = "redis_stream"`.
 #[derive(Clone, Deserialize)]
@@ -76,6 +86,11 @@ pub struct RedisStreamConfig {
     /// Default: never.
     #[serde(default, with = "humantime_serde")]
     pub stop_after_idle: Option<Duration>,
+    /// How long the group's reader lease lasts without renewal, e.g. `"10s"`
+    /// (the default). Only taken when a stateful processor reads this
+    /// source: a second instance waits this long after the holder dies.
+    #[serde(default = "defaults::lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 impl std::fmt::Debug for RedisStreamConfig {
@@ -114,6 +129,9 @@ mod defaults {
     pub fn dead_letter_maxlen() -> u64 {
         100_000
     }
+    pub fn lease_ttl() -> Duration {
+        Duration::from_secs(10)
+    }
 }
 
 inventory::submit! {
@@ -132,6 +150,9 @@ impl SourceConfig for RedisStreamConfig {
         }
         if self.max_deliveries == 0 {
             errors.push(FieldError::new("max_deliveries", "must be at least 1"));
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            errors.push(FieldError::new("lease_ttl", "must be at least 1s"));
         }
         let checkpoint = cx.checkpoint.map_or(Duration::ZERO, |c| c.interval);
         if self.claim_idle <= checkpoint + self.block {
@@ -159,6 +180,11 @@ impl SourceConfig for RedisStreamConfig {
                 .unwrap_or_else(|| format!("{}:dead", self.stream)),
             config: self.clone(),
             client,
+            origin: std::sync::Arc::new(Origin {
+                source: cx.name.clone(),
+                partition: self.stream.clone(),
+            }),
+            exclusive: cx.feeds_stateful,
         }))
     }
 }
@@ -168,6 +194,11 @@ struct RedisStreamSource {
     consumer: String,
     dead_letter_stream: String,
     client: redis::Client,
+    /// This source and its stream, the partition of its positions.
+    origin: std::sync::Arc<Origin>,
+    /// Whether it must be the group's only reader (it feeds a stateful
+    /// processor).
+    exclusive: bool,
 }
 
 type AckFuture = BoxFuture<'static, (Vec<String>, BatchStatus)>;
@@ -322,7 +353,12 @@ impl Reader<'_> {
         if !records.is_empty() {
             let (handle, receipt) = AckHandle::new();
             track.ids.extend(ids.iter().cloned());
-            out.send(Batch::new(records, vec![handle])).await;
+            let mut batch = Batch::new(records, vec![handle]);
+            let offsets: Option<Vec<u128>> = ids.iter().map(|id| stream_id_offset(id)).collect();
+            if let Some(offsets) = offsets {
+                batch = batch.with_positions(self.source.origin.clone(), offsets);
+            }
+            out.send(batch).await;
             track.acks.push(async move { (ids, receipt.await) }.boxed());
         }
         Ok(())
@@ -384,12 +420,13 @@ impl Reader<'_> {
         Ok(replies.iter().flat_map(redis_util::entries).collect())
     }
 
-    /// Re-reads every entry this consumer had been given but not acked.
+    /// Re-reads every entry this consumer had been given but not acked,
+    /// oldest first. Returns how many, and the id of the last pending one.
     async fn recover_pending(
         &mut self,
         out: &mut flowpulse_core::runtime::Output,
         track: &mut InFlight,
-    ) -> Result<usize, StepError> {
+    ) -> Result<(usize, String), StepError> {
         let mut after = "0-0".to_owned();
         let mut recovered = 0;
         loop {
@@ -398,6 +435,11 @@ impl Reader<'_> {
                 break;
             };
             after = last.clone();
+            // Entries still in the pipeline are not lost: leave them be.
+            let pending: Vec<(String, u64)> = pending
+                .into_iter()
+                .filter(|(id, _)| !track.ids.contains(id))
+                .collect();
             let ids: Vec<String> = pending.iter().map(|(id, _)| id.clone()).collect();
             let entries = self.fetch(&ids).await?;
             // Entries trimmed from the stream meanwhile cannot be processed: ack them.
@@ -419,7 +461,34 @@ impl Reader<'_> {
             )
             .await?;
         }
-        Ok(recovered)
+        Ok((recovered, after))
+    }
+
+    /// Makes every entry pending in the group this consumer's, whoever had
+    /// it, without counting a delivery (`XAUTOCLAIM … JUSTID`): the group's
+    /// only reader re-reads them all, oldest first, before new ones.
+    async fn take_over_all_pending(&mut self) -> Result<u64, StepError> {
+        let mut start = "0-0".to_owned();
+        let mut taken = 0;
+        loop {
+            let reply: Value = redis::cmd("XAUTOCLAIM")
+                .arg(&self.cfg().stream)
+                .arg(&self.cfg().group)
+                .arg(&self.source.consumer)
+                .arg(0)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(1000)
+                .arg("JUSTID")
+                .query_async(&mut self.commands)
+                .await?;
+            let parts = array(&reply);
+            taken += parts.get(1).map_or(0, |ids| array(ids).len()) as u64;
+            match parts.first().and_then(string) {
+                Some(next) if next != "0-0" => start = next,
+                _ => return Ok(taken),
+            }
+        }
     }
 
     /// Takes over entries idle longer than `claim_idle` on any consumer.
@@ -508,10 +577,16 @@ impl Reader<'_> {
 
 /// Starts the task that reads new entries (`XREADGROUP … >`) on a
 /// connection of its own, reconnecting with backoff, and hands them over
-/// through a small buffer.
+/// through a small buffer, in id order.
+///
+/// A read that fails may have been served (the reply lost with the
+/// connection): its entries are then pending on this consumer, unseen. So
+/// after a failure it first reads this consumer's pending entries after the
+/// last one it handed over (`XREADGROUP … <id>`), then new ones again.
 fn spawn_reads(
     source: &RedisStreamSource,
     name: &str,
+    last_id: String,
     shutdown: flowpulse_core::plugin::Shutdown,
 ) -> tokio::sync::mpsc::Receiver<Vec<StreamEntry>> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -520,7 +595,7 @@ fn spawn_reads(
     let consumer = source.consumer.clone();
     let name = name.to_owned();
     tokio::spawn(async move {
-        let mut outage = Outage::default();
+        let mut outage = redis_util::outage();
         let mut conn: Option<MultiplexedConnection> = None;
         let read = redis::cmd("XREADGROUP")
             .arg("GROUP")
@@ -534,14 +609,29 @@ fn spawn_reads(
             .arg(&config.stream)
             .arg(">")
             .to_owned();
+        let mut last_id = last_id;
+        let mut catching_up = false;
         while !shutdown.is_cancelled() && !tx.is_closed() {
+            let history = catching_up.then(|| {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(&config.group)
+                    .arg(&consumer)
+                    .arg("COUNT")
+                    .arg(config.batch_size)
+                    .arg("STREAMS")
+                    .arg(&config.stream)
+                    .arg(&last_id)
+                    .to_owned()
+            });
             let result = async {
                 if conn.is_none() {
                     conn = Some(connect(&client, config.block + Duration::from_secs(10)).await?);
                 }
-                match conn.as_mut() {
-                    Some(c) => read.query_async::<Value>(c).await,
-                    None => Ok(Value::Nil),
+                match (conn.as_mut(), &history) {
+                    (Some(c), Some(history)) => history.query_async::<Value>(c).await,
+                    (Some(c), None) => read.query_async::<Value>(c).await,
+                    (None, _) => Ok(Value::Nil),
                 }
             };
             let reply = tokio::select! {
@@ -552,6 +642,12 @@ fn spawn_reads(
                 Ok(reply) => {
                     outage.recovered(&name, &config.url);
                     let entries = redis_util::read_reply(&reply);
+                    if catching_up && entries.is_empty() {
+                        catching_up = false;
+                    }
+                    if let Some(last) = entries.last() {
+                        last_id = last.id.clone();
+                    }
                     if !entries.is_empty() {
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
@@ -561,6 +657,7 @@ fn spawn_reads(
                 }
                 Err(e) => {
                     conn = None;
+                    catching_up = true;
                     let wait = outage.failed(&name, &config.url, &e);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -583,7 +680,7 @@ impl Source for RedisStreamSource {
             stats,
         } = cx;
         let config = &self.config;
-        let mut outage = Outage::default();
+        let mut outage = redis_util::outage();
         let mut track = InFlight::default();
         let reads_stop = shutdown.child_token();
         let mut to_ack: Vec<String> = Vec::new();
@@ -592,6 +689,9 @@ impl Source for RedisStreamSource {
         let mut last_lag = Instant::now() - Duration::from_secs(60);
         let mut last_entry = Instant::now();
         let mut reads: Option<tokio::sync::mpsc::Receiver<Vec<StreamEntry>>> = None;
+        let mut held_lease: Option<lease::Lease> = None;
+        let mut last_recovered = "0-0".to_owned();
+        let lease_lost = CancellationToken::new();
         'connect: while !shutdown.is_cancelled() {
             let connected = async {
                 let mut commands = connect(&self.client, Duration::from_secs(10)).await?;
@@ -621,20 +721,47 @@ impl Source for RedisStreamSource {
             let step: Result<(), StepError> = async {
                 reader.create_group().await?;
                 outage.recovered(&name, &config.url);
+                if self.exclusive && held_lease.is_none() {
+                    let key = lease::lease_key(&config.stream, &config.group);
+                    match lease::acquire(&self.client, &config.url, &mut reader.commands, &key, &self.consumer, config.lease_ttl, &name, &shutdown).await? {
+                        Some(lease) => {
+                            let lost = lease.lost();
+                            let flag = lease_lost.clone();
+                            tokio::spawn(async move {
+                                lost.cancelled().await;
+                                flag.cancel();
+                            });
+                            held_lease = Some(lease);
+                        }
+                        None => return Ok(()),
+                    }
+                }
                 if !recovered {
-                    let n = reader.recover_pending(&mut out, &mut track).await?;
+                    if self.exclusive {
+                        // Whoever read them before (a dead instance of another
+                        // name), they are re-read here, before anything newer.
+                        let taken = reader.take_over_all_pending().await?;
+                        if taken > 0 {
+                            tracing::info!(source = %name, entries = taken, "took over every entry pending in the group");
+                        }
+                    }
+                    let (n, last) = reader.recover_pending(&mut out, &mut track).await?;
                     if n > 0 {
                         tracing::info!(source = %name, entries = n, "re-read this consumer's pending entries");
                     }
                     recovered = true;
+                    last_recovered = last;
                 }
                 if reads.is_none() {
-                    reads = Some(spawn_reads(&self, &name, reads_stop.clone()));
+                    reads = Some(spawn_reads(&self, &name, last_recovered.clone(), reads_stop.clone()));
                 }
                 let Some(entries_rx) = reads.as_mut() else {
                     return Ok(());
                 };
                 loop {
+                    if lease_lost.is_cancelled() {
+                        return Ok(());
+                    }
                     let delivered = track.settled();
                     reader.to_ack.extend(delivered);
                     reader.flush_acks().await?;
@@ -656,6 +783,7 @@ impl Source for RedisStreamSource {
                     let entries = tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => return Ok(()),
+                        _ = lease_lost.cancelled() => return Ok(()),
                         entries = entries_rx.recv() => match entries {
                             Some(entries) => entries,
                             None => return Ok(()),
@@ -686,6 +814,14 @@ impl Source for RedisStreamSource {
         reads_stop.cancel();
         drop(reads);
         drop(out);
+        if lease_lost.is_cancelled() {
+            // Another reader owns the group now: what is in flight here is
+            // its to re-read, not ours to acknowledge.
+            return Err(ComponentError::Fatal(format!(
+                "lost the reader lease of group \"{}\" on {} to another reader; stopped reading",
+                config.group, config.stream
+            )));
+        }
         while let Some((ids, status)) = track.acks.next().await {
             if status == BatchStatus::Delivered {
                 to_ack.extend(ids);
@@ -711,11 +847,14 @@ impl Source for RedisStreamSource {
                         tokio::time::sleep(outage.failed(&name, &config.url, &e)).await;
                     }
                     Err(e) => {
-                        tracing::warn!(source = %name, "could not ack {} entries at shutdown ({e}); they will be re-read and skipped as duplicates", to_ack.len());
+                        tracing::warn!(source = %name, "could not ack {} entries at shutdown ({e}); they will be re-read and skipped as already folded", to_ack.len());
                         break;
                     }
                 }
             }
+        }
+        if let Some(lease) = held_lease {
+            lease.release().await;
         }
         Ok(())
     }
