@@ -250,10 +250,13 @@ fn checkpointed_state_continues_across_runs_and_state_commands_show_and_clear_it
     std::fs::write(&config, format!("[pipeline]\nname = \"cp\"\n\n[checkpoint]\nurl = \"file://{}\"\ninterval = \"100ms\"\n{text}", dir.path().join("state").display())).unwrap();
 
     // The same input twice: the second run restores the state and skips
-    // every event as a duplicate, so the counts do not double.
-    for _ in 0..2 {
+    // every event by its position (the file's bytes it has folded), so the
+    // counts do not double.
+    for run in 0..2 {
         let output = run_to_end(dir.path(), &config, Duration::from_secs(60));
         assert_success(&output);
+        let skipped = counter(&summaries(&output.stderr), "metrics", "ignored");
+        assert_eq!(skipped, if run == 0 { 0 } else { 5000 }, "run {run}");
         let doc = last_document(&dir.path().join("metrics.jsonl"));
         assert_eq!(
             doc["overview"]["total_workflows"],
@@ -277,13 +280,18 @@ fn checkpointed_state_continues_across_runs_and_state_commands_show_and_clear_it
     };
     let shown = state("show");
     assert!(
-        shown.contains("flowpulse:checkpoint:cp:metrics:0: version 2"),
+        shown.contains("flowpulse:checkpoint:cp:metrics:0: aggregate state version 3"),
         "{shown}"
     );
     assert!(
-        shown.contains("5000 events folded, 5000 duplicates dropped"),
+        shown.contains("5000 events folded, 0 duplicates dropped"),
         "{shown}"
     );
+    // The position folded: the whole file, by its size in bytes.
+    let size = std::fs::metadata(dir.path().join("events.jsonl"))
+        .unwrap()
+        .len();
+    assert!(shown.contains(&format!("#0 at {size}")), "{shown}");
     assert!(state("reset").contains("deleted flowpulse:checkpoint:cp:metrics:0"));
     assert!(state("show").contains("no checkpoint"));
 }
@@ -315,7 +323,7 @@ fn checkpoint_of_other_settings_is_refused_with_a_clear_message() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("written with other aggregate settings"),
+        stderr.contains("it was written with other settings"),
         "{stderr}"
     );
     assert!(stderr.contains("flowpulse state reset"), "{stderr}");

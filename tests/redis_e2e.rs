@@ -380,7 +380,8 @@ fn a_dead_consumers_pending_entries_are_claimed_processed_and_acked() {
     );
     let output = stop(child);
     assert_eq!(pending_count(&mut conn, &stream), 0);
-    assert!(String::from_utf8_lossy(&output.stderr).contains("claimed entries"));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("took over every entry pending in the group"));
 }
 
 #[test]

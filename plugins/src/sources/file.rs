@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -11,7 +12,7 @@ use flowpulse_core::plugin::{
     BuildContext, BuildError, ComponentError, FieldError, PluginDescriptor, Shutdown, Source,
     SourceConfig, SourceContext, ValidateContext,
 };
-use flowpulse_core::record::{Batch, Record};
+use flowpulse_core::record::{Batch, Origin, Record};
 use flowpulse_core::runtime::Output;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -89,6 +90,11 @@ struct Position {
     offset: u64,
     /// Lines acknowledged (for dead-letter line numbers).
     line: u64,
+    /// How many times this source started the file over (rotation,
+    /// truncation): part of its partition, so offsets that start again from
+    /// 0 are never taken for ones already folded.
+    #[serde(default)]
+    generation: u64,
 }
 
 /// Where the acknowledged position is kept between runs.
@@ -233,6 +239,9 @@ struct Reader {
     /// Position of `buf[0]` in the file.
     base: Position,
     batch: Vec<Record>,
+    /// The byte offset after each record's line, in the file's partition.
+    offsets: Vec<u128>,
+    origin: Arc<Origin>,
     batch_size: usize,
     decoder: LineDecoder,
     source: String,
@@ -257,6 +266,8 @@ impl Reader {
             let line = line.strip_suffix(b"\n").unwrap_or(line);
             if let Some(event) = self.decoder.decode(line_number, line) {
                 self.batch.push(Record::Event(event));
+                self.offsets
+                    .push(u128::from(self.base.offset + (end - start) as u64));
             }
             self.base.line = line_number;
             self.base.offset += (end - start) as u64;
@@ -274,8 +285,10 @@ impl Reader {
     async fn send(&mut self, out: &mut Output, in_flight: &mut InFlight) {
         let capacity = self.batch.capacity();
         let records = std::mem::replace(&mut self.batch, Vec::with_capacity(capacity));
+        let offsets = std::mem::replace(&mut self.offsets, Vec::with_capacity(capacity));
         let (ack, receipt) = AckHandle::new();
-        out.send(Batch::new(records, vec![ack])).await;
+        let batch = Batch::new(records, vec![ack]).with_positions(self.origin.clone(), offsets);
+        out.send(batch).await;
         in_flight.pending.push_back((self.base, receipt));
         in_flight.collect_ready(&self.source);
     }
@@ -306,6 +319,8 @@ impl Source for FileSource {
             buf: Vec::with_capacity(READ_CHUNK * 2),
             base: start,
             batch: Vec::with_capacity(self.config.batch_size),
+            offsets: Vec::with_capacity(self.config.batch_size),
+            origin: origin_of(&name, &path, start),
             batch_size: self.config.batch_size,
             decoder,
             source: name.clone(),
@@ -378,9 +393,11 @@ impl Source for FileSource {
                     }
                     tracing::info!(source = %name, path = %path.display(), ?change, "reading the file from the start");
                     match self.open(false).await {
-                        Ok((new_file, position)) => {
+                        Ok((new_file, mut position)) => {
                             file = new_file;
                             reader.buf.clear();
+                            position.generation = reader.base.generation + 1;
+                            reader.origin = origin_of(&name, &path, position);
                             reader.base = position;
                             // Earlier batches of the old file still settle in order.
                             in_flight.pending.push_back((position, ready_receipt()));
@@ -403,6 +420,19 @@ impl Source for FileSource {
         }
         Ok(())
     }
+}
+
+/// The partition of a file's records: its path, inode and generation.
+fn origin_of(source: &str, path: &Path, position: Position) -> Arc<Origin> {
+    Arc::new(Origin {
+        source: source.to_owned(),
+        partition: format!(
+            "{}@{}#{}",
+            path.display(),
+            position.file_id,
+            position.generation
+        ),
+    })
 }
 
 fn ready_receipt() -> AckReceipt {
@@ -452,6 +482,7 @@ mod tests {
             file_id: 7,
             offset: 1024,
             line: 10,
+            generation: 2,
         };
         offsets.store(position).await.unwrap();
         assert_eq!(offsets.load().await, Some(position));
