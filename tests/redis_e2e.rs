@@ -5,163 +5,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::redis_helpers::*;
 use common::*;
-
-fn redis_url() -> String {
-    std::env::var("FLOWPULSE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn connection(url: &str) -> redis::Connection {
-    redis::Client::open(url)
-        .and_then(|c| c.get_connection())
-        .unwrap_or_else(|e| {
-            panic!("Redis must be reachable at {url} (scripts/test.sh starts it): {e}")
-        })
-}
-
-/// A key prefix of this test's own, cleared first.
-fn prefix(url: &str, test: &str) -> String {
-    let prefix = format!("fp-test:{test}:{}", std::process::id());
-    let mut conn = connection(url);
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query(&mut conn)
-        .unwrap();
-    for key in keys {
-        let _: () = redis::cmd("DEL").arg(key).query(&mut conn).unwrap();
-    }
-    prefix
-}
-
-/// XADDs seeded envelope events; returns the exact expected counts.
-fn publish(url: &str, stream: &str, n: u64, extra: &[&str]) -> serde_json::Value {
-    let output = Command::new(binary())
-        .args([
-            "generate",
-            "-n",
-            &n.to_string(),
-            "--seed",
-            "17",
-            "--in-flight",
-            "300",
-            "--expect",
-        ])
-        .args(extra)
-        .args(["--redis-url", url, "--stream", stream])
-        .output()
-        .unwrap();
-    assert_success(&output);
-    serde_json::from_slice(&output.stderr).unwrap()
-}
-
-fn config(dir: &Path, url: &str, prefix: &str, source_extra: &str) -> std::path::PathBuf {
-    let path = dir.join("p.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[pipeline]
-name = "{prefix}"
-shutdown_deadline = "20s"
-
-[checkpoint]
-url = "{url}"
-interval = "200ms"
-
-[sources.events]
-type = "redis_stream"
-url = "{url}"
-stream = "{prefix}:events"
-block = "200ms"
-claim_idle = "3s"
-{source_extra}
-
-[processors.metrics]
-type = "aggregate"
-inputs = ["events"]
-interval = "300ms"
-history = "0s"
-
-[sinks.cache]
-type = "redis_cache"
-url = "{url}"
-key = "{prefix}:metrics"
-inputs = ["metrics"]
-"#
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn cached_metrics(url: &str, key: &str) -> Option<serde_json::Value> {
-    let mut conn = redis::Client::open(url).ok()?.get_connection().ok()?;
-    let text: Option<String> = redis::cmd("GET").arg(key).query(&mut conn).ok()?;
-    serde_json::from_str(&text?).ok()
-}
-
-const COUNTS: [&str; 6] = [
-    "total_workflows",
-    "running_workflows",
-    "paused_workflows",
-    "completed_workflows",
-    "failed_workflows",
-    "cancelled_workflows",
-];
-
-fn matches_expectation(doc: &serde_json::Value, expect: &serde_json::Value) -> bool {
-    let tasks: u64 = doc["agents"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|a| a["total_tasks"].as_u64()).sum())
-        .unwrap_or(0);
-    let expected_tasks = expect["stage_tasks_completed"].as_u64().unwrap()
-        + expect["stage_tasks_failed"].as_u64().unwrap();
-    COUNTS.iter().all(|f| doc["overview"][f] == expect[f]) && tasks == expected_tasks
-}
-
-/// Waits until the cached document has exactly the expected counts.
-fn wait_for_exact(
-    url: &str,
-    key: &str,
-    expect: &serde_json::Value,
-    limit: Duration,
-) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        if let Some(doc) = cached_metrics(url, key) {
-            if matches_expectation(&doc, expect) {
-                return doc;
-            }
-            if start.elapsed() > limit {
-                panic!(
-                    "counts never matched:\n{}\nexpected {expect}",
-                    doc["overview"]
-                );
-            }
-        } else if start.elapsed() > limit {
-            panic!("no metrics in {key} after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn spawn(dir: &Path, config: &Path) -> Child {
-    run_command(dir, config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn stop(child: Child) -> std::process::Output {
-    terminate(&child);
-    let output = wait_with_timeout(child, Duration::from_secs(30));
-    assert_success(&output);
-    output
-}
 
 #[test]
 fn envelopes_with_duplicates_and_malformed_entries_give_exact_counts_and_dead_letters() {
@@ -239,19 +87,6 @@ fn sigkill_at_random_points_then_restart_gives_the_exact_answer() {
     );
     stop(child);
     assert_eq!(doc["anomalies"], 0);
-}
-
-/// Entries delivered to the `flowpulse` group and not acknowledged.
-fn pending_count(conn: &mut redis::Connection, stream: &str) -> i64 {
-    let summary: Vec<redis::Value> = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg("flowpulse")
-        .query(conn)
-        .unwrap();
-    match summary.first() {
-        Some(redis::Value::Int(n)) => *n,
-        other => panic!("unexpected XPENDING reply {other:?}"),
-    }
 }
 
 fn free_port() -> u16 {

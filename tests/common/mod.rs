@@ -1,6 +1,8 @@
 //! Helpers for tests that drive the real `flowpulse` binary.
 #![allow(dead_code)]
 
+pub mod redis_helpers;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
