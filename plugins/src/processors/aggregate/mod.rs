@@ -26,6 +26,8 @@ mod windows;
 mod wire;
 
 #[cfg(test)]
+mod late_tests;
+#[cfg(test)]
 mod tests;
 
 pub use config::AggregateConfig;
