@@ -89,6 +89,22 @@ impl StateKeeper {
             .await
             .map_err(|e| e.to_string())?;
         let key = checkpoint::checkpoint_key(pipeline, name, 0);
+        keeper
+            .restore_from(store, key, settings.interval, state)
+            .await?;
+        Ok(keeper)
+    }
+
+    /// Restores `state` from the checkpoint under `key` of `store` and
+    /// checkpoints there every `interval` from now on.
+    async fn restore_from(
+        &mut self,
+        store: Arc<dyn CheckpointStore>,
+        key: String,
+        interval: Duration,
+        state: &mut dyn ProcessorState,
+    ) -> Result<(), String> {
+        let name = self.name.clone();
         let restored = checkpoint::load(store.as_ref(), &key, state)
             .await
             .map_err(|e| e.to_string())?;
@@ -115,11 +131,11 @@ impl StateKeeper {
                 warn!(component = %name, key = %key, "cannot sweep leftover checkpoint parts: {e}")
             }
         }
-        keeper.marks = restored.positions.clone();
-        keeper.checkpoint = Some(Checkpointer {
+        self.marks = restored.positions.clone();
+        self.checkpoint = Some(Checkpointer {
             store,
             key,
-            interval: settings.interval,
+            interval,
             last: Instant::now(),
             durable: restored.positions,
             stored: restored.parts,
@@ -127,7 +143,7 @@ impl StateKeeper {
             held: VecDeque::new(),
             failing: false,
         });
-        Ok(keeper)
+        Ok(())
     }
 
     /// How often checkpoints are due, if a store is configured.
@@ -262,5 +278,310 @@ impl StateKeeper {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::ack::{AckReceipt, BatchStatus};
+    use crate::checkpoint::StoreError;
+    use crate::event::{EventKind, WorkflowEvent};
+    use crate::record::{Origin, Record};
+    use crate::runtime::Output;
+    use crate::state::{SavedState, Snapshot, StateError, StateFormat};
+
+    /// Keys and bytes in memory: the store contract without a server.
+    #[derive(Default)]
+    struct MemoryStore(Mutex<BTreeMap<String, Vec<u8>>>);
+
+    #[async_trait]
+    impl CheckpointStore for MemoryStore {
+        async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.0.lock().unwrap().get(key).cloned())
+        }
+        async fn save(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+            self.0.lock().unwrap().insert(key.into(), bytes.to_vec());
+            Ok(())
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.0.lock().unwrap().remove(key);
+            Ok(())
+        }
+        async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            let keys = self.0.lock().unwrap();
+            Ok(keys
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect())
+        }
+    }
+
+    /// Counts the records it folded; the smallest stateful processor.
+    #[derive(Default)]
+    struct Counter(u64);
+
+    impl ProcessorState for Counter {
+        fn format(&self) -> StateFormat {
+            StateFormat {
+                kind: "counter",
+                version: 1,
+            }
+        }
+        fn snapshot(&mut self, _stored: &dyn Fn(u64) -> bool) -> Snapshot {
+            Snapshot {
+                body: self.0.to_le_bytes().to_vec(),
+                ..Snapshot::default()
+            }
+        }
+        fn restore(&mut self, saved: SavedState) -> Result<(), StateError> {
+            let bytes: [u8; 8] = saved
+                .body
+                .try_into()
+                .map_err(|_| StateError::Corrupt("not 8 bytes".into()))?;
+            self.0 = u64::from_le_bytes(bytes);
+            Ok(())
+        }
+        fn merge(&mut self, saved: SavedState) -> Result<(), StateError> {
+            let mut other = Counter::default();
+            other.restore(saved)?;
+            self.0 += other.0;
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            format!("{} records", self.0)
+        }
+    }
+
+    fn event() -> Record {
+        Record::Event(WorkflowEvent {
+            id: None,
+            kind: EventKind::WorkflowCreated,
+            timestamp_ms: 0,
+            workflow_id: "w".into(),
+            workflow_type: None,
+            agent_type: None,
+            stage: None,
+            duration_ms: None,
+            error: None,
+        })
+    }
+
+    /// A source batch of records at `offsets` of one stream, and its receipt.
+    fn source_batch(offsets: &[u128]) -> (Batch, AckReceipt) {
+        let (handle, receipt) = AckHandle::new();
+        let origin = Arc::new(Origin {
+            source: "events".into(),
+            partition: "stream".into(),
+        });
+        let mut batch = Batch::new(offsets.iter().map(|_| event()).collect(), vec![handle])
+            .with_positions(origin, offsets.to_vec());
+        batch.set_via(&Arc::from("events"));
+        (batch, receipt)
+    }
+
+    async fn keeper_on(store: &Arc<MemoryStore>, state: &mut dyn ProcessorState) -> StateKeeper {
+        let mut keeper = StateKeeper {
+            name: "p".into(),
+            marks: PositionMap::new(),
+            processed: 0,
+            skipped: 0,
+            checkpoint: None,
+        };
+        keeper
+            .restore_from(store.clone(), "k".into(), Duration::from_secs(3600), state)
+            .await
+            .unwrap();
+        keeper
+    }
+
+    /// Admits, "processes" (counts) and settles one batch.
+    fn fold(keeper: &mut StateKeeper, state: &mut Counter, batch: Batch) {
+        let stats = ComponentStats::default();
+        let (batch, admitted) = keeper.admit(batch, &stats);
+        state.0 += batch.len() as u64;
+        keeper.settle(admitted, true);
+    }
+
+    #[tokio::test]
+    async fn handles_are_held_until_a_checkpoint_holding_them_is_written() {
+        let store = Arc::new(MemoryStore::default());
+        let mut state = Counter::default();
+        let mut keeper = keeper_on(&store, &mut state).await;
+        let (batch, mut receipt) = source_batch(&[1, 2, 3]);
+        fold(&mut keeper, &mut state, batch);
+        assert!(futures::poll!(&mut receipt).is_pending(), "released early");
+        keeper
+            .checkpoint(&mut state, true, &ComponentStats::default())
+            .await;
+        assert_eq!(receipt.await, BatchStatus::Delivered);
+        assert!(store.load("k").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn handles_of_a_checkpoint_never_written_fail_their_batches() {
+        let store = Arc::new(MemoryStore::default());
+        let mut state = Counter::default();
+        let mut keeper = keeper_on(&store, &mut state).await;
+        let (batch, receipt) = source_batch(&[1]);
+        fold(&mut keeper, &mut state, batch);
+        drop(keeper);
+        assert_eq!(receipt.await, BatchStatus::Failed);
+    }
+
+    #[tokio::test]
+    async fn after_a_restore_records_up_to_the_saved_position_are_skipped_however_old() {
+        let store = Arc::new(MemoryStore::default());
+        let mut state = Counter::default();
+        let mut keeper = keeper_on(&store, &mut state).await;
+        let (batch, _receipt) = source_batch(&[10, 11, 12]);
+        fold(&mut keeper, &mut state, batch);
+        let stats = ComponentStats::default();
+        keeper.checkpoint(&mut state, true, &stats).await;
+        drop(keeper);
+
+        // A restart: the state and the position come back together.
+        let mut restored = Counter::default();
+        let mut keeper = keeper_on(&store, &mut restored).await;
+        assert_eq!(restored.0, 3);
+        let (redelivered, receipt) = source_batch(&[11, 12, 13, 14]);
+        fold(&mut keeper, &mut restored, redelivered);
+        assert_eq!(restored.0, 5, "only 13 and 14 are new");
+        keeper.checkpoint(&mut restored, true, &stats).await;
+        assert_eq!(receipt.await, BatchStatus::Delivered);
+        let shown = checkpoint::describe(store.as_ref(), "k", &mut Counter::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(shown.contains("events/events/stream at 14"), "{shown}");
+        assert!(shown.contains("5 records"), "{shown}");
+    }
+
+    /// Emits each batch it folds downstream with a handle of its own, and
+    /// snapshots only what downstream has confirmed taking (as a processor
+    /// committing alert transitions only once stored would).
+    #[derive(Default)]
+    struct ConfirmedOnly {
+        /// Batches processed, and the receipt and size of each one's output.
+        sent: VecDeque<(u64, AckReceipt, u64)>,
+        processed: u64,
+        covered: u64,
+        confirmed: u64,
+    }
+
+    impl ConfirmedOnly {
+        async fn process(&mut self, batch: &Batch, out: &mut Output) {
+            self.processed += 1;
+            let (handle, receipt) = AckHandle::new();
+            out.send(Batch::new(batch.records().to_vec(), vec![handle]))
+                .await;
+            self.sent
+                .push_back((self.processed, receipt, batch.len() as u64));
+        }
+    }
+
+    impl ProcessorState for ConfirmedOnly {
+        fn format(&self) -> StateFormat {
+            StateFormat {
+                kind: "confirmed-only",
+                version: 1,
+            }
+        }
+        fn snapshot(&mut self, _stored: &dyn Fn(u64) -> bool) -> Snapshot {
+            while let Some((seq, receipt, n)) = self.sent.front_mut() {
+                match futures::FutureExt::now_or_never(receipt) {
+                    Some(BatchStatus::Delivered) => {
+                        self.covered = *seq;
+                        self.confirmed += *n;
+                        self.sent.pop_front();
+                    }
+                    _ => break,
+                }
+            }
+            Snapshot {
+                body: self.confirmed.to_le_bytes().to_vec(),
+                parts: Vec::new(),
+                covers: Some(self.covered),
+            }
+        }
+        fn restore(&mut self, _saved: SavedState) -> Result<(), StateError> {
+            Ok(())
+        }
+        fn merge(&mut self, _saved: SavedState) -> Result<(), StateError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            String::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_covering_only_confirmed_output_keeps_the_rest_held() {
+        let store = Arc::new(MemoryStore::default());
+        let mut state = ConfirmedOnly::default();
+        let mut keeper = keeper_on(&store, &mut state).await;
+        let (mut out, mut downstream) = Output::channel(4);
+        let stats = ComponentStats::default();
+        let mut receipts = Vec::new();
+        for offsets in [[1u128, 2], [3, 4]] {
+            let (batch, receipt) = source_batch(&offsets);
+            let (batch, admitted) = keeper.admit(batch, &stats);
+            state.process(&batch, &mut out).await;
+            keeper.settle(admitted, true);
+            receipts.push(receipt);
+        }
+        // Downstream has taken nothing yet: the checkpoint covers nothing.
+        keeper.checkpoint(&mut state, true, &stats).await;
+        for receipt in &mut receipts {
+            assert!(futures::poll!(receipt).is_pending());
+        }
+        // Downstream takes the first output only.
+        drop(downstream.recv().await);
+        keeper.checkpoint(&mut state, true, &stats).await;
+        let mut receipts = receipts.into_iter();
+        assert_eq!(receipts.next().unwrap().await, BatchStatus::Delivered);
+        let mut second = receipts.next().unwrap();
+        assert!(futures::poll!(&mut second).is_pending());
+        let saved = store.load("k").await.unwrap().unwrap();
+        assert!(saved.ends_with(&2u64.to_le_bytes()));
+        let shown = checkpoint::describe(store.as_ref(), "k", &mut ConfirmedOnly::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            shown.contains("stream at 2;"),
+            "only the first batch's position: {shown}"
+        );
+        // Then the second.
+        drop(downstream.recv().await);
+        keeper.checkpoint(&mut state, true, &stats).await;
+        assert_eq!(second.await, BatchStatus::Delivered);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_of_another_kind_is_refused_naming_both() {
+        let store = Arc::new(MemoryStore::default());
+        let mut counter = Counter::default();
+        let mut keeper = keeper_on(&store, &mut counter).await;
+        let (batch, _receipt) = source_batch(&[1]);
+        fold(&mut keeper, &mut counter, batch);
+        keeper
+            .checkpoint(&mut counter, true, &ComponentStats::default())
+            .await;
+        let err = checkpoint::load(store.as_ref(), "k", &mut ConfirmedOnly::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("counter") && err.contains("confirmed-only"),
+            "{err}"
+        );
+        assert!(err.contains("flowpulse state reset"), "{err}");
     }
 }

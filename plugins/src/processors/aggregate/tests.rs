@@ -7,7 +7,9 @@ use flowpulse_core::event::{EventKind, WorkflowEvent};
 use flowpulse_core::metrics::RealtimeMetrics;
 use proptest::prelude::*;
 
-use super::snapshot::{restore, snapshot};
+use flowpulse_core::state::{ProcessorState, SavedState};
+
+use super::snapshot::{self, restore, snapshot};
 use super::state::{AggregateState, Limits};
 
 const BOUND_MS: i64 = 5_000;
@@ -400,7 +402,15 @@ proptest! {
         let mut b = AggregateState::new(limits());
         for e in left { a.fold(e, WALL_MS); }
         for e in right { b.fold(e, WALL_MS); }
-        a.merge(&b);
+        // Through the runtime's state API: b's snapshot (body and parts)
+        // merged into a.
+        let snapshot = ProcessorState::snapshot(&mut b, &|_| false);
+        let saved = SavedState {
+            version: snapshot::VERSION,
+            body: snapshot.body,
+            parts: snapshot.parts.into_iter().filter_map(|p| Some((p.id, p.bytes?))).collect(),
+        };
+        ProcessorState::merge(&mut a, saved).unwrap();
         a.flush();
         prop_assert!(document(&a).same_state(&document(&whole)), "{:#?}\nvs\n{:#?}", document(&a).overview, document(&whole).overview);
     }
