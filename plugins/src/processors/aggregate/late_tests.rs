@@ -49,9 +49,14 @@ use EventKind::{
     WorkflowPaused as Paused,
 };
 
-/// (total, running, paused, completed, cancelled, anomalies) after folding
-/// `arrivals` in order and flushing.
-fn outcome_of(arrivals: &[(EventKind, &str, i64)]) -> (u64, u64, u64, u64, u64, u64) {
+/// (total, running, paused, completed, cancelled, anomalies).
+type Counts = (u64, u64, u64, u64, u64, u64);
+
+/// A named case: arrivals (kind, workflow, time) and the counts they give.
+type Case<'a> = (&'a str, &'a [(EventKind, &'a str, i64)], Counts);
+
+/// The counts after folding `arrivals` in order and flushing.
+fn outcome_of(arrivals: &[(EventKind, &str, i64)]) -> Counts {
     let mut state = AggregateState::new(limits());
     for (kind, workflow, ts) in arrivals {
         let mut e = event(*kind, workflow, *ts);
@@ -74,11 +79,7 @@ fn outcome_of(arrivals: &[(EventKind, &str, i64)]) -> (u64, u64, u64, u64, u64, 
 
 #[test]
 fn late_events_count_as_if_they_had_come_in_order() {
-    let cases: &[(
-        &str,
-        &[(EventKind, &str, i64)],
-        (u64, u64, u64, u64, u64, u64),
-    )] = &[
+    let cases: &[Case] = &[
         (
             "a workflow whose events arrive behind another's",
             &[
