@@ -77,7 +77,8 @@ fn wait_until_drained(
                 Some(redis::Value::Int(n)) => Some(*n),
                 _ => None,
             };
-            let named = matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes());
+            let named =
+                matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes());
             named && field("lag") == Some(0) && field("pending") == Some(0)
         });
         if drained {

@@ -262,6 +262,10 @@ impl Pipeline {
     }
 }
 
+/// How long the input of a stateful processor must pause before what it
+/// holds is checkpointed ahead of the interval.
+const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_millis(100);
+
 fn closed_channel() -> mpsc::Receiver<Batch> {
     mpsc::channel(1).1
 }
@@ -317,16 +321,32 @@ async fn run_processor(
 ) -> Result<(), ComponentError> {
     let mut ticks = ticker(processor.tick_interval());
     let mut checkpoints = ticker(keeper.as_ref().and_then(StateKeeper::interval));
+    // Once the input pauses, what is held is checkpointed at once rather
+    // than at the next tick: a drained stream has nothing pending soon after
+    // its last entry, and a crash then replays nothing.
+    let idle_after = keeper
+        .as_ref()
+        .and_then(StateKeeper::interval)
+        .map(|interval| interval.min(IDLE_CHECKPOINT_AFTER));
+    let mut idle_at: Option<tokio::time::Instant> = None;
     loop {
+        let idle = async {
+            match idle_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let result = tokio::select! {
             batch = rx.recv() => match batch {
                 Some(batch) => {
                     stats.received(batch.len());
+                    idle_at = idle_after.map(|after| tokio::time::Instant::now() + after);
                     match keeper.as_mut() {
                         Some(keeper) => {
                             let (batch, admitted) = keeper.admit(batch, &stats);
                             let result = processor.process(batch, &mut out).await;
                             keeper.settle(admitted, result.is_ok());
+                            keeper.poll_write(&stats);
                             result
                         }
                         None => {
@@ -347,6 +367,18 @@ async fn run_processor(
             _ = next_tick(&mut checkpoints) => {
                 if let (Some(keeper), Some(state)) = (keeper.as_mut(), processor.state()) {
                     keeper.checkpoint(state, false, &stats).await;
+                }
+                Ok(())
+            }
+            _ = idle => {
+                idle_at = None;
+                if let (Some(keeper), Some(state)) = (keeper.as_mut(), processor.state()) {
+                    // At most four checkpoints an interval, however bursty
+                    // the input: a large state is not rewritten at every pause.
+                    match keeper.idle_wait() {
+                        wait if wait.is_zero() => keeper.checkpoint(state, true, &stats).await,
+                        wait => idle_at = Some(tokio::time::Instant::now() + wait),
+                    }
                 }
                 Ok(())
             }

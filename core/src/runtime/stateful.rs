@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tracing::{debug, info, warn};
 
 use crate::ack::AckHandle;
@@ -48,6 +49,7 @@ struct Checkpointer {
     /// Batches processed since the last checkpoint that covered them.
     held: VecDeque<Held>,
     failing: bool,
+    writing: Option<Writing>,
 }
 
 struct Held {
@@ -142,6 +144,7 @@ impl StateKeeper {
             legacy_keys: restored.legacy_keys,
             held: VecDeque::new(),
             failing: false,
+            writing: None,
         });
         Ok(())
     }
@@ -149,6 +152,14 @@ impl StateKeeper {
     /// How often checkpoints are due, if a store is configured.
     pub fn interval(&self) -> Option<Duration> {
         self.checkpoint.as_ref().map(|c| c.interval)
+    }
+
+    /// How long until a checkpoint ahead of the interval (the input paused)
+    /// may be written: at most one every quarter interval.
+    pub fn idle_wait(&self) -> Duration {
+        self.checkpoint.as_ref().map_or(Duration::ZERO, |c| {
+            (c.interval / 4).saturating_sub(c.last.elapsed())
+        })
     }
 
     /// Takes the acknowledgement handles out of `batch` and leaves out its
@@ -209,9 +220,30 @@ impl StateKeeper {
         }
     }
 
+    /// Settles a checkpoint write that has finished, if any, without
+    /// waiting.
+    pub fn poll_write(&mut self, stats: &ComponentStats) {
+        if let Some(c) = self.checkpoint.as_mut() {
+            if c.writing.as_ref().is_some_and(|w| w.task.is_finished()) {
+                if let Some(writing) = c.writing.take() {
+                    if let Some(outcome) = writing.task.now_or_never() {
+                        c.settle(
+                            writing.covers,
+                            writing.positions,
+                            writing.started,
+                            outcome,
+                            stats,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Writes a checkpoint if one is due (or `force`d) and something is
-    /// held, then releases what it covers. A failed write keeps them held
-    /// and is retried at the next one.
+    /// held. The write runs beside the processor, which goes on folding; the
+    /// handles it covers are released once it is durable (`force` waits for
+    /// that). A failed write keeps them held and is retried at the next one.
     pub async fn checkpoint(
         &mut self,
         state: &mut dyn ProcessorState,
@@ -222,6 +254,20 @@ impl StateKeeper {
         let Some(c) = self.checkpoint.as_mut() else {
             return;
         };
+        if let Some(writing) = c.writing.take() {
+            if !force && !writing.task.is_finished() {
+                c.writing = Some(writing);
+                return;
+            }
+            let outcome = writing.task.await;
+            c.settle(
+                writing.covers,
+                writing.positions,
+                writing.started,
+                outcome,
+                stats,
+            );
+        }
         // Scheduled from the start of the last write, with a little slack, so
         // a tick arriving a hair early does not double the real period.
         if c.held.is_empty() || (!force && c.last.elapsed() + c.interval / 10 < c.interval) {
@@ -239,42 +285,112 @@ impl StateKeeper {
             }
         }
         let format = state.format();
-        let written = checkpoint::write(
-            c.store.as_ref(),
-            &c.key,
-            format,
-            &positions,
-            &snapshot,
-            &mut c.stored,
-            &mut c.legacy_keys,
-        )
-        .await;
-        match written {
+        let (store, key) = (c.store.clone(), c.key.clone());
+        let (mut stored, mut legacy_keys) = (c.stored.clone(), c.legacy_keys.clone());
+        let written_positions = positions.clone();
+        let task = tokio::spawn(async move {
+            let result = checkpoint::write(
+                store.as_ref(),
+                &key,
+                format,
+                &written_positions,
+                &snapshot,
+                &mut stored,
+                &mut legacy_keys,
+            )
+            .await;
+            WriteOutcome {
+                result,
+                stored,
+                legacy_keys,
+            }
+        });
+        c.writing = Some(Writing {
+            task,
+            covers,
+            positions,
+            started,
+        });
+        if force {
+            if let Some(writing) = c.writing.take() {
+                let outcome = writing.task.await;
+                c.settle(
+                    writing.covers,
+                    writing.positions,
+                    writing.started,
+                    outcome,
+                    stats,
+                );
+            }
+        }
+    }
+}
+
+/// A checkpoint write under way.
+struct Writing {
+    task: tokio::task::JoinHandle<WriteOutcome>,
+    /// Batches it covers.
+    covers: u64,
+    /// Positions it holds.
+    positions: PositionMap,
+    started: Instant,
+}
+
+/// What a finished write reports back.
+struct WriteOutcome {
+    result: Result<usize, checkpoint::StoreError>,
+    /// Parts the store holds after it.
+    stored: BTreeSet<u64>,
+    legacy_keys: Vec<String>,
+}
+
+impl Checkpointer {
+    /// Takes the outcome of a write: on success its batches' handles are
+    /// released (the sources acknowledge them).
+    fn settle(
+        &mut self,
+        covers: u64,
+        positions: PositionMap,
+        started: Instant,
+        outcome: Result<WriteOutcome, tokio::task::JoinError>,
+        stats: &ComponentStats,
+    ) {
+        let outcome = outcome.unwrap_or_else(|e| WriteOutcome {
+            result: Err(checkpoint::StoreError::Unavailable(format!(
+                "the write stopped: {e}"
+            ))),
+            stored: self.stored.clone(),
+            legacy_keys: self.legacy_keys.clone(),
+        });
+        // Parts written before a failure are in the store either way.
+        self.stored = outcome.stored;
+        self.legacy_keys = outcome.legacy_keys;
+        match outcome.result {
             Ok(bytes) => {
                 let mut released = 0;
-                while c.held.front().is_some_and(|h| h.seq <= covers) {
+                while self.held.front().is_some_and(|h| h.seq <= covers) {
                     // Dropping the handles tells the sources the batches are taken.
-                    released += c.held.pop_front().map_or(0, |h| h.acks.len());
+                    released += self.held.pop_front().map_or(0, |h| h.acks.len());
                 }
                 debug!(
-                    key = %c.key,
+                    key = %self.key,
                     bytes,
                     ms = started.elapsed().as_millis() as u64,
                     released,
                     "checkpoint written"
                 );
-                c.durable = positions;
-                c.last = started;
-                if c.failing {
-                    info!(key = %c.key, "checkpoint written again");
-                    c.failing = false;
+                self.durable = positions;
+                self.last = started;
+                if self.failing {
+                    info!(key = %self.key, "checkpoint written again");
+                    self.failing = false;
                 }
             }
             Err(e) => {
-                stats.error(format!("cannot write checkpoint {}: {e}", c.key));
-                if !c.failing {
-                    warn!(key = %c.key, "cannot write checkpoint ({e}); holding acknowledgements and retrying");
-                    c.failing = true;
+                stats.error(format!("cannot write checkpoint {}: {e}", self.key));
+                if !self.failing {
+                    warn!(key = %self.key, "cannot write checkpoint ({e}); holding acknowledgements and retrying");
+                    self.failing = true;
                 }
             }
         }

@@ -58,7 +58,15 @@ fn legacy_epoch_suffix(order: u64) -> String {
 }
 
 fn encode(state: &AggregateState, form: &DedupForm) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(1024);
+    // Sized up front: growing a buffer of megabytes by doubling copied it
+    // and faulted in fresh pages at every step (a tenth of a checkpointed
+    // pipeline's time in profiles). Pages reserved and never written cost
+    // nothing.
+    let estimate = 64 * 1024
+        + 96 * state.slot_count()
+        + 48 * state.pending_len()
+        + 24 * (state.dedup_len() + state.finished_len());
+    let mut bytes = Vec::with_capacity(estimate);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
     // Serializing plain data into a Vec cannot fail.

@@ -235,6 +235,16 @@ impl AggregateState {
         self.dedup.len()
     }
 
+    /// Workflow slots, used or free.
+    pub(super) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Finished workflows still remembered.
+    pub(super) fn finished_len(&self) -> usize {
+        self.finished.len()
+    }
+
     /// Events waiting for the watermark.
     pub fn pending_len(&self) -> usize {
         self.pending.len()

@@ -203,29 +203,41 @@ struct RedisStreamSource {
 
 type AckFuture = BoxFuture<'static, (Vec<String>, BatchStatus)>;
 
+/// Entry ids in flight, as numbers: a checkpoint interval of a catch-up
+/// holds hundreds of thousands, and hashing strings with SipHash showed in
+/// profiles.
+type InFlightIds = std::collections::HashSet<u128, rustc_hash::FxBuildHasher>;
+
+/// An entry id as a number (ids Redis gives always parse; anything else
+/// maps to 0, which no entry has).
+fn entry_key(id: &str) -> u128 {
+    stream_id_offset(id).unwrap_or(0)
+}
+
 /// Batches handed to the pipeline and not yet settled.
 #[derive(Default)]
 struct InFlight {
     acks: FuturesUnordered<AckFuture>,
     /// Their entry ids: a claim must not take these back from ourselves.
-    ids: std::collections::HashSet<String>,
+    ids: InFlightIds,
 }
 
 impl InFlight {
-    /// Settled batches: the ids of those delivered.
-    fn settled(&mut self) -> Vec<String> {
-        let mut delivered = Vec::new();
+    /// Takes settled batches, adding the ids of those delivered.
+    fn settled(&mut self, delivered: &mut Vec<String>) {
         while let Some(Some((ids, status))) = self.acks.next().now_or_never() {
             for id in &ids {
-                self.ids.remove(id);
+                self.ids.remove(&entry_key(id));
             }
             if status == BatchStatus::Delivered {
                 delivered.extend(ids);
             }
         }
-        delivered
     }
 }
+
+/// Most entry ids in one XACK.
+const ACK_CHUNK: usize = 2_000;
 
 /// The running source's connections and bookkeeping.
 struct Reader<'a> {
@@ -264,12 +276,18 @@ impl Reader<'_> {
         if self.to_ack.is_empty() {
             return Ok(());
         }
-        redis::cmd("XACK")
-            .arg(&self.cfg().stream)
-            .arg(&self.cfg().group)
-            .arg(&self.to_ack)
-            .query_async::<i64>(&mut self.commands)
-            .await?;
+        // A checkpoint releases a whole interval of entries at once: acked
+        // in commands of a bounded size (one round trip), not one command of
+        // hundreds of thousands of ids whose buffers grow by copying.
+        let mut pipe = redis::pipe();
+        for ids in self.to_ack.chunks(ACK_CHUNK) {
+            pipe.cmd("XACK")
+                .arg(&self.cfg().stream)
+                .arg(&self.cfg().group)
+                .arg(ids)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.commands).await?;
         self.to_ack.clear();
         Ok(())
     }
@@ -352,7 +370,7 @@ impl Reader<'_> {
         }
         if !records.is_empty() {
             let (handle, receipt) = AckHandle::new();
-            track.ids.extend(ids.iter().cloned());
+            track.ids.extend(ids.iter().map(|id| entry_key(id)));
             let mut batch = Batch::new(records, vec![handle]);
             let offsets: Option<Vec<u128>> = ids.iter().map(|id| stream_id_offset(id)).collect();
             if let Some(offsets) = offsets {
@@ -438,7 +456,7 @@ impl Reader<'_> {
             // Entries still in the pipeline are not lost: leave them be.
             let pending: Vec<(String, u64)> = pending
                 .into_iter()
-                .filter(|(id, _)| !track.ids.contains(id))
+                .filter(|(id, _)| !track.ids.contains(&entry_key(id)))
                 .collect();
             let ids: Vec<String> = pending.iter().map(|(id, _)| id.clone()).collect();
             let entries = self.fetch(&ids).await?;
@@ -521,7 +539,7 @@ impl Reader<'_> {
                 .into_iter()
                 // Our own entries still in the pipeline (held for a checkpoint,
                 // say) are not abandoned: leave them be.
-                .filter(|e| !track.ids.contains(&e.id))
+                .filter(|e| !track.ids.contains(&entry_key(&e.id)))
                 .collect();
             if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
                 tracing::info!(source = %self.name, entries = entries.len(), "claimed entries idle longer than claim_idle");
@@ -762,8 +780,7 @@ impl Source for RedisStreamSource {
                     if lease_lost.is_cancelled() {
                         return Ok(());
                     }
-                    let delivered = track.settled();
-                    reader.to_ack.extend(delivered);
+                    track.settled(&mut reader.to_ack);
                     reader.flush_acks().await?;
                     if last_lag.elapsed() >= Duration::from_secs(5) {
                         reader.report_lag().await?;
