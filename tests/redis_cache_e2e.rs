@@ -4,52 +4,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::redis_helpers::*;
 use common::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A Redis without persistence: after a restart the key is gone, so finding
-/// it again proves a write made after the outage.
-fn start_redis(dir: &Path, port: u16) {
-    let status = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--daemonize", "yes", "--appendonly", "no", "--save", ""])
-        .arg("--dir")
-        .arg(dir)
-        .status()
-        .expect("redis-server must be installed for this test");
-    assert!(status.success());
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn shutdown_redis(port: u16) {
-    let _ = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "shutdown", "nosave"])
-        .status();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        && start.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn key_exists(url: &str, key: &str) -> bool {
     let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
@@ -76,7 +35,7 @@ fn wait_for_key(url: &str, key: &str, timeout: Duration) -> bool {
 fn writes_that_fail_during_an_outage_are_counted_and_the_newest_is_written_after() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    start_redis(data.path(), port);
+    start_redis(data.path(), port, false);
     let url = format!("redis://127.0.0.1:{port}");
     let key = "fp-test:cache:metrics";
     let dir = tempfile::tempdir().unwrap();
@@ -114,7 +73,7 @@ inputs = ["metrics"]
     shutdown_redis(port);
     // About ten documents come and cannot be written.
     std::thread::sleep(Duration::from_secs(2));
-    start_redis(data.path(), port);
+    start_redis(data.path(), port, false);
     let written_after = wait_for_key(&url, key, Duration::from_secs(15));
     terminate(&child);
     let output = wait_with_timeout(child, Duration::from_secs(30));

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -89,62 +88,11 @@ fn sigkill_at_random_points_then_restart_gives_the_exact_answer() {
     assert_eq!(doc["anomalies"], 0);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_redis(dir: &Path, port: u16) {
-    let status = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--daemonize",
-            "yes",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .status()
-        .expect("redis-server must be installed for this test");
-    assert!(status.success());
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn shutdown_redis(port: u16) {
-    let _ = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "shutdown"])
-        .status();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        && start.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn redis_restarted_mid_stream_still_gives_exact_counts() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    start_redis(data.path(), port);
+    start_redis(data.path(), port, true);
     let url = format!("redis://127.0.0.1:{port}");
     let prefix = "restart".to_owned();
     let expect = publish(
@@ -159,7 +107,7 @@ fn redis_restarted_mid_stream_still_gives_exact_counts() {
     std::thread::sleep(Duration::from_millis(700));
     shutdown_redis(port);
     std::thread::sleep(Duration::from_millis(1500));
-    start_redis(data.path(), port);
+    start_redis(data.path(), port, true);
     let result = std::panic::catch_unwind(|| {
         wait_for_exact(
             &url,

@@ -128,3 +128,34 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// The workflow counts `flowpulse generate --expect` predicts.
+pub const COUNTS: [&str; 6] = [
+    "total_workflows",
+    "running_workflows",
+    "paused_workflows",
+    "completed_workflows",
+    "failed_workflows",
+    "cancelled_workflows",
+];
+
+pub fn matches_expectation(doc: &serde_json::Value, expect: &serde_json::Value) -> bool {
+    let tasks: u64 = doc["agents"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|a| a["total_tasks"].as_u64()).sum())
+        .unwrap_or(0);
+    let expected_tasks = expect["stage_tasks_completed"].as_u64().unwrap()
+        + expect["stage_tasks_failed"].as_u64().unwrap();
+    COUNTS.iter().all(|f| doc["overview"][f] == expect[f]) && tasks == expected_tasks
+}
+
+/// Asserts that a document has exactly the counts `expect` predicts.
+pub fn assert_matches_expectation(doc: &serde_json::Value, expect: &serde_json::Value) {
+    for field in COUNTS {
+        assert_eq!(doc["overview"][field], expect[field], "{field}");
+    }
+    assert!(
+        matches_expectation(doc, expect),
+        "stage tasks differ: {doc}"
+    );
+}

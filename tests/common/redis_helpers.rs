@@ -2,7 +2,7 @@
 //! seeded events published to a stream, the cached document awaited.
 
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -114,25 +114,6 @@ pub fn cached_metrics(url: &str, key: &str) -> Option<serde_json::Value> {
     serde_json::from_str(&text?).ok()
 }
 
-pub const COUNTS: [&str; 6] = [
-    "total_workflows",
-    "running_workflows",
-    "paused_workflows",
-    "completed_workflows",
-    "failed_workflows",
-    "cancelled_workflows",
-];
-
-pub fn matches_expectation(doc: &serde_json::Value, expect: &serde_json::Value) -> bool {
-    let tasks: u64 = doc["agents"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|a| a["total_tasks"].as_u64()).sum())
-        .unwrap_or(0);
-    let expected_tasks = expect["stage_tasks_completed"].as_u64().unwrap()
-        + expect["stage_tasks_failed"].as_u64().unwrap();
-    COUNTS.iter().all(|f| doc["overview"][f] == expect[f]) && tasks == expected_tasks
-}
-
 /// Waits until the cached document has exactly the expected counts.
 pub fn wait_for_exact(
     url: &str,
@@ -184,5 +165,50 @@ pub fn pending_count(conn: &mut redis::Connection, stream: &str) -> i64 {
     match summary.first() {
         Some(redis::Value::Int(n)) => *n,
         other => panic!("unexpected XPENDING reply {other:?}"),
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a redis-server of the test's own on `port`, its files in `dir`.
+/// `persistent`: every write is in its append-only file, so a restart keeps
+/// the data; else a restart starts empty.
+pub fn start_redis(dir: &Path, port: u16, persistent: bool) {
+    let appendonly = if persistent { "yes" } else { "no" };
+    let status = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--daemonize", "yes", "--save", ""])
+        .args(["--appendonly", appendonly, "--appendfsync", "always"])
+        .arg("--dir")
+        .arg(dir)
+        .status()
+        .expect("redis-server must be installed for this test");
+    assert!(status.success());
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn shutdown_redis(port: u16) {
+    let _ = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "shutdown"])
+        .status();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
