@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use flowpulse_core::event::{EventKind, WorkflowEvent};
 use proptest::prelude::*;
 
+use super::oracle::{final_state, Final};
 use super::state::{AggregateState, Limits};
 
 const BOUND_MS: i64 = 5_000;
@@ -316,36 +317,22 @@ fn oracle(arrivals: &[WorkflowEvent]) -> Expected {
         current.retain(|_, index| instances[*index].1.is_none_or(|f| f >= horizon));
     }
     for (mut events, _) in instances {
-        events.sort_by_key(|e| e.timestamp_ms);
+        let (workflow_type, state) = final_state(&mut events);
         expected.total += 1;
-        let workflow_type = events
-            .iter()
-            .find_map(|e| e.workflow_type.clone())
-            .unwrap_or_else(|| "unknown".into());
         let per_type = expected.types.entry(workflow_type).or_default();
         per_type.0 += 1;
-        match events.iter().find(|e| e.kind.is_terminal()).map(|e| e.kind) {
-            Some(Completed) => {
+        match state {
+            Final::Completed => {
                 expected.completed += 1;
                 per_type.1 += 1;
             }
-            Some(EventKind::WorkflowFailed) => {
+            Final::Failed => {
                 expected.failed += 1;
                 per_type.2 += 1;
             }
-            Some(_) => expected.cancelled += 1,
-            None => {
-                let paused = events
-                    .iter()
-                    .rev()
-                    .find(|e| matches!(e.kind, Paused | EventKind::WorkflowResumed))
-                    .is_some_and(|e| e.kind == Paused);
-                if paused {
-                    expected.paused += 1;
-                } else {
-                    expected.running += 1;
-                }
-            }
+            Final::Cancelled => expected.cancelled += 1,
+            Final::Paused => expected.paused += 1,
+            Final::Running => expected.running += 1,
         }
     }
     expected

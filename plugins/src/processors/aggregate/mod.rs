@@ -28,6 +28,8 @@ mod wire;
 #[cfg(test)]
 mod late_tests;
 #[cfg(test)]
+mod oracle;
+#[cfg(test)]
 mod tests;
 
 pub use config::AggregateConfig;

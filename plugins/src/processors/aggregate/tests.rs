@@ -9,6 +9,7 @@ use proptest::prelude::*;
 
 use flowpulse_core::state::{ProcessorState, SavedState};
 
+use super::oracle::{final_state, Final};
 use super::snapshot::{self, restore, snapshot};
 use super::state::{AggregateState, Limits};
 
@@ -209,12 +210,8 @@ fn oracle(events: &[WorkflowEvent]) -> (Expected, Vec<u64>, HashMap<String, Vec<
     }
     let mut durations = Vec::new();
     for events in by_workflow.values_mut() {
-        events.sort_by_key(|e| e.timestamp_ms);
+        let (workflow_type, state) = final_state(events);
         expected.total += 1;
-        let workflow_type = events
-            .iter()
-            .find_map(|e| e.workflow_type.clone())
-            .unwrap_or_else(|| "unknown".into());
         let created = events
             .iter()
             .find(|e| e.kind == EventKind::WorkflowCreated)
@@ -222,33 +219,18 @@ fn oracle(events: &[WorkflowEvent]) -> (Expected, Vec<u64>, HashMap<String, Vec<
         let terminal = events.iter().find(|e| e.kind.is_terminal());
         let type_entry = expected.types.entry(workflow_type).or_default();
         type_entry.0 += 1;
-        match terminal.map(|e| e.kind) {
-            Some(EventKind::WorkflowCompleted) => {
+        match state {
+            Final::Completed => {
                 expected.completed += 1;
                 type_entry.1 += 1;
             }
-            Some(EventKind::WorkflowFailed) => {
+            Final::Failed => {
                 expected.failed += 1;
                 type_entry.2 += 1;
             }
-            Some(_) => expected.cancelled += 1,
-            None => {
-                let paused = events
-                    .iter()
-                    .rev()
-                    .find(|e| {
-                        matches!(
-                            e.kind,
-                            EventKind::WorkflowPaused | EventKind::WorkflowResumed
-                        )
-                    })
-                    .is_some_and(|e| e.kind == EventKind::WorkflowPaused);
-                if paused {
-                    expected.paused += 1;
-                } else {
-                    expected.running += 1;
-                }
-            }
+            Final::Cancelled => expected.cancelled += 1,
+            Final::Paused => expected.paused += 1,
+            Final::Running => expected.running += 1,
         }
         if let Some(t) = terminal.filter(|t| t.kind != EventKind::WorkflowCancelled) {
             match t
