@@ -273,7 +273,7 @@ fn checkpointed_state_continues_across_runs_and_state_commands_show_and_clear_it
     let size = std::fs::metadata(dir.path().join("events.jsonl"))
         .unwrap()
         .len();
-    assert!(shown.contains(&format!("#0 at {size}")), "{shown}");
+    assert!(shown.contains(&format!(" at {size};")), "{shown}");
     assert!(state("reset").contains("deleted flowpulse:checkpoint:cp:metrics:0"));
     assert!(state("show").contains("no checkpoint"));
 }

@@ -292,8 +292,9 @@ pub async fn write(
         store.delete(&part_key(key, id)).await?;
         stored.remove(&id);
     }
-    while let Some(old) = legacy_keys.pop() {
-        store.delete(&old).await?;
+    while let Some(old) = legacy_keys.last() {
+        store.delete(old).await?;
+        legacy_keys.pop();
     }
     Ok(written)
 }

@@ -112,7 +112,12 @@ impl Pipeline {
         let feeds_stateful = stateful_reach(&config);
         let mut built = Vec::new();
         let mut build_errors = Vec::new();
-        for spec in &config.components {
+        // Sources first: one may wait for a lease before the state that
+        // depends on it is restored.
+        let mut build_order: Vec<&crate::config::ComponentSpec> =
+            config.components.iter().collect();
+        build_order.sort_by_key(|spec| spec.role);
+        for spec in build_order {
             let cx = BuildContext {
                 name: spec.name.clone(),
                 pipeline: config.pipeline.clone(),
@@ -146,6 +151,11 @@ impl Pipeline {
             }
         }
         if !build_errors.is_empty() {
+            if shutdown.is_cancelled() {
+                // Stopped while starting (waiting for a lease, say): nothing ran.
+                info!("stopped before the pipeline started");
+                return Ok(RunReport::new());
+            }
             return Err(RunError::Build(build_errors));
         }
 
@@ -376,7 +386,7 @@ async fn run_processor(
                     // At most four checkpoints an interval, however bursty
                     // the input: a large state is not rewritten at every pause.
                     match keeper.idle_wait() {
-                        wait if wait.is_zero() => keeper.checkpoint(state, true, &stats).await,
+                        wait if wait.is_zero() => keeper.checkpoint_now(state, &stats).await,
                         wait => idle_at = Some(tokio::time::Instant::now() + wait),
                     }
                 }

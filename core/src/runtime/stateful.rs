@@ -50,6 +50,8 @@ struct Checkpointer {
     held: VecDeque<Held>,
     failing: bool,
     writing: Option<Writing>,
+    /// When the last write started, whatever became of it.
+    last_attempt: Instant,
 }
 
 struct Held {
@@ -145,6 +147,7 @@ impl StateKeeper {
             held: VecDeque::new(),
             failing: false,
             writing: None,
+            last_attempt: Instant::now(),
         });
         Ok(())
     }
@@ -155,10 +158,11 @@ impl StateKeeper {
     }
 
     /// How long until a checkpoint ahead of the interval (the input paused)
-    /// may be written: at most one every quarter interval.
+    /// may be started: at most one every quarter interval, counted from the
+    /// last attempt, so a store that is down is not retried at every pause.
     pub fn idle_wait(&self) -> Duration {
         self.checkpoint.as_ref().map_or(Duration::ZERO, |c| {
-            (c.interval / 4).saturating_sub(c.last.elapsed())
+            (c.interval / 4).saturating_sub(c.last_attempt.elapsed())
         })
     }
 
@@ -225,15 +229,17 @@ impl StateKeeper {
     pub fn poll_write(&mut self, stats: &ComponentStats) {
         if let Some(c) = self.checkpoint.as_mut() {
             if c.writing.as_ref().is_some_and(|w| w.task.is_finished()) {
-                if let Some(writing) = c.writing.take() {
-                    if let Some(outcome) = writing.task.now_or_never() {
-                        c.settle(
+                if let Some(mut writing) = c.writing.take() {
+                    match (&mut writing.task).now_or_never() {
+                        Some(outcome) => c.settle(
                             writing.covers,
                             writing.positions,
                             writing.started,
                             outcome,
                             stats,
-                        );
+                        ),
+                        // Finished, but this task's budget ran out: next time.
+                        None => c.writing = Some(writing),
                     }
                 }
             }
@@ -242,12 +248,27 @@ impl StateKeeper {
 
     /// Writes a checkpoint if one is due (or `force`d) and something is
     /// held. The write runs beside the processor, which goes on folding; the
-    /// handles it covers are released once it is durable (`force` waits for
-    /// that). A failed write keeps them held and is retried at the next one.
+    /// handles it covers are released once it is durable (`force` also waits
+    /// for that). A failed write keeps them held and is retried at the next.
     pub async fn checkpoint(
         &mut self,
         state: &mut dyn ProcessorState,
         force: bool,
+        stats: &ComponentStats,
+    ) {
+        self.write_checkpoint(state, force, force, stats).await;
+    }
+
+    /// Starts a checkpoint now, without waiting for it (the input paused).
+    pub async fn checkpoint_now(&mut self, state: &mut dyn ProcessorState, stats: &ComponentStats) {
+        self.write_checkpoint(state, true, false, stats).await;
+    }
+
+    async fn write_checkpoint(
+        &mut self,
+        state: &mut dyn ProcessorState,
+        force: bool,
+        wait: bool,
         stats: &ComponentStats,
     ) {
         let processed = self.processed;
@@ -255,7 +276,7 @@ impl StateKeeper {
             return;
         };
         if let Some(writing) = c.writing.take() {
-            if !force && !writing.task.is_finished() {
+            if !wait && !writing.task.is_finished() {
                 c.writing = Some(writing);
                 return;
             }
@@ -274,6 +295,7 @@ impl StateKeeper {
             return;
         }
         let started = Instant::now();
+        c.last_attempt = started;
         let stored = &c.stored;
         let snapshot = state.snapshot(&|id| stored.contains(&id));
         let covers = snapshot.covers.unwrap_or(processed).min(processed);
@@ -311,7 +333,7 @@ impl StateKeeper {
             positions,
             started,
         });
-        if force {
+        if wait {
             if let Some(writing) = c.writing.take() {
                 let outcome = writing.task.await;
                 c.settle(

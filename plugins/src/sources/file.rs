@@ -215,6 +215,12 @@ impl FileSource {
             file_id: id,
             ..Position::default()
         };
+        if !resume {
+            // A file read once has no kept offset to count its rewrites: its
+            // modification time tells a file rewritten in place (same inode,
+            // offsets from 0 again) from the one a checkpoint has folded.
+            position.generation = modified_ns(&metadata);
+        }
         if resume {
             match self.offsets.load().await {
                 Some(saved) if saved.file_id == id && saved.offset <= metadata.len() => {
@@ -222,10 +228,15 @@ impl FileSource {
                     position = saved;
                     tracing::info!(path = %self.config.path.display(), offset = saved.offset, "resuming from the acknowledged offset");
                 }
-                Some(_) => tracing::warn!(
-                    path = %self.config.path.display(),
-                    "the file was replaced or truncated since the kept offset; reading it from the start"
-                ),
+                Some(saved) => {
+                    // Started over: a new generation, so its offsets are not
+                    // taken for those of the old content.
+                    position.generation = saved.generation + 1;
+                    tracing::warn!(
+                        path = %self.config.path.display(),
+                        "the file was replaced or truncated since the kept offset; reading it from the start"
+                    )
+                }
                 None => {}
             }
         }
@@ -420,6 +431,15 @@ impl Source for FileSource {
         }
         Ok(())
     }
+}
+
+/// Modification time in nanoseconds since the epoch (0 if unknown).
+fn modified_ns(metadata: &std::fs::Metadata) -> u64 {
+    metadata
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// The partition of a file's records: its path, inode and generation.

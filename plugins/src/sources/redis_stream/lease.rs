@@ -18,15 +18,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::redis_util::{connect, outage};
 
-/// Renews the lease if this reader holds it, takes it back if it lapsed
-/// while nobody else took it; 0 if another reader holds it.
+/// Renews the lease if this reader still holds it; 0 if it does not (taken
+/// by another reader, or lapsed: another may have held and released it
+/// meanwhile, so a lapsed lease is never taken back).
 const RENEW: &str = r"
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
+if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-elseif not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 2
+end
+return 0";
+
+/// Takes over a lease held under this consumer's name (a restart of it),
+/// only if it is still the value seen, so two starting at once cannot both.
+const TAKE_OVER: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
 end
 return 0";
 
@@ -95,19 +101,23 @@ pub async fn acquire(
         match holder {
             Some(holder) if holder_of(&holder) == consumer => {
                 // Our own name: a previous run of this consumer that died.
-                redis::cmd("SET")
+                let taken: i64 = redis::cmd("EVAL")
+                    .arg(TAKE_OVER)
+                    .arg(1)
                     .arg(key)
+                    .arg(&holder)
                     .arg(&value)
-                    .arg("PX")
                     .arg(ttl_ms)
-                    .query_async::<()>(conn)
+                    .query_async(conn)
                     .await?;
-                tracing::info!(
-                    source,
-                    lease = key,
-                    "took over the reader lease from an earlier run of consumer \"{consumer}\""
-                );
-                break;
+                if taken == 1 {
+                    tracing::info!(
+                        source,
+                        lease = key,
+                        "took over the reader lease from an earlier run of consumer \"{consumer}\""
+                    );
+                    break;
+                }
             }
             Some(holder) => {
                 let name = holder_of(&holder).to_owned();
@@ -150,7 +160,9 @@ pub async fn acquire(
     }))
 }
 
-/// Renews every third of the TTL until the lease is found taken.
+/// Renews every third of the TTL until the lease is found taken, or no
+/// renewal has succeeded for so long that it may have lapsed (a partition
+/// from Redis): either way it is lost, and reading stops.
 async fn renew(
     client: redis::Client,
     url: String,
@@ -162,8 +174,16 @@ async fn renew(
 ) {
     let mut outage = outage();
     let mut conn: Option<MultiplexedConnection> = None;
+    let mut renewed_at = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(ttl / 3).await;
+        // A sixth of the TTL short of its expiry, with no renewal: another
+        // reader may take it any moment.
+        if renewed_at.elapsed() >= ttl - ttl / 6 {
+            tracing::error!(source = %source, lease = %key, "could not renew the reader lease before it could lapse; stopping");
+            lost.cancel();
+            return;
+        }
         let renewed: redis::RedisResult<i64> = async {
             if conn.is_none() {
                 conn = Some(connect(&client, ttl / 3).await?);
@@ -189,7 +209,10 @@ async fn renew(
                 lost.cancel();
                 return;
             }
-            Ok(_) => outage.recovered(&source, &url),
+            Ok(_) => {
+                renewed_at = tokio::time::Instant::now();
+                outage.recovered(&source, &url);
+            }
             Err(e) => {
                 conn = None;
                 outage.failed(&source, &url, &e);

@@ -169,11 +169,20 @@ impl SourceConfig for RedisStreamConfig {
 
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
         let client = redis_util::client(&self.url).map_err(BuildError)?;
+        let consumer = self
+            .consumer
+            .clone()
+            .unwrap_or_else(|| cx.pipeline.name.clone());
+        // The only reader of its group, it takes the lease before anything
+        // else is built: a standby instance restores no state, sweeps no
+        // checkpoint parts and emits nothing until it holds it.
+        let lease = match cx.feeds_stateful {
+            true => Some(self.take_lease(&client, &consumer, cx).await?),
+            false => None,
+        };
         Ok(Box::new(RedisStreamSource {
-            consumer: self
-                .consumer
-                .clone()
-                .unwrap_or_else(|| cx.pipeline.name.clone()),
+            lease,
+            consumer,
             dead_letter_stream: self
                 .dead_letter_stream
                 .clone()
@@ -189,8 +198,60 @@ impl SourceConfig for RedisStreamConfig {
     }
 }
 
+impl RedisStreamConfig {
+    /// Waits for the group's lease (through Redis outages), until shutdown.
+    async fn take_lease(
+        &self,
+        client: &redis::Client,
+        consumer: &str,
+        cx: &BuildContext,
+    ) -> Result<lease::Lease, BuildError> {
+        let key = lease::lease_key(&self.stream, &self.group);
+        let mut outage = redis_util::outage();
+        loop {
+            let attempt = async {
+                let mut conn = connect(client, Duration::from_secs(10)).await?;
+                lease::acquire(
+                    client,
+                    &self.url,
+                    &mut conn,
+                    &key,
+                    consumer,
+                    self.lease_ttl,
+                    &cx.name,
+                    &cx.shutdown,
+                )
+                .await
+            };
+            match attempt.await {
+                Ok(Some(lease)) => return Ok(lease),
+                Ok(None) => break,
+                // Refused credentials and the like do not go away by waiting.
+                Err(e) if !(e.is_io_error() || e.is_connection_refusal() || e.is_timeout()) => {
+                    return Err(BuildError(format!(
+                        "cannot take the group's reader lease on {}: {e}",
+                        redact_url(&self.url)
+                    )));
+                }
+                Err(e) => {
+                    let wait = outage.failed(&cx.name, &self.url, &e);
+                    tokio::select! {
+                        _ = cx.shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        Err(BuildError(
+            "stopped while waiting for the group's reader lease".into(),
+        ))
+    }
+}
+
 struct RedisStreamSource {
     config: RedisStreamConfig,
+    /// The group's reader lease, held when it feeds a stateful processor.
+    lease: Option<lease::Lease>,
     consumer: String,
     dead_letter_stream: String,
     client: redis::Client,
@@ -239,6 +300,25 @@ impl InFlight {
 /// Most entry ids in one XACK.
 const ACK_CHUNK: usize = 2_000;
 
+/// Acknowledges `ids` in one round trip. A checkpoint releases a whole
+/// interval of entries at once: they go in XACKs of a bounded size, not one
+/// command of hundreds of thousands of ids whose buffers grow by copying.
+async fn ack_entries(
+    conn: &mut MultiplexedConnection,
+    config: &RedisStreamConfig,
+    ids: &[String],
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for chunk in ids.chunks(ACK_CHUNK) {
+        pipe.cmd("XACK")
+            .arg(&config.stream)
+            .arg(&config.group)
+            .arg(chunk)
+            .ignore();
+    }
+    pipe.query_async(conn).await
+}
+
 /// The running source's connections and bookkeeping.
 struct Reader<'a> {
     source: &'a RedisStreamSource,
@@ -276,18 +356,7 @@ impl Reader<'_> {
         if self.to_ack.is_empty() {
             return Ok(());
         }
-        // A checkpoint releases a whole interval of entries at once: acked
-        // in commands of a bounded size (one round trip), not one command of
-        // hundreds of thousands of ids whose buffers grow by copying.
-        let mut pipe = redis::pipe();
-        for ids in self.to_ack.chunks(ACK_CHUNK) {
-            pipe.cmd("XACK")
-                .arg(&self.cfg().stream)
-                .arg(&self.cfg().group)
-                .arg(ids)
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut self.commands).await?;
+        ack_entries(&mut self.commands, &self.source.config, &self.to_ack).await?;
         self.to_ack.clear();
         Ok(())
     }
@@ -430,6 +499,9 @@ impl Reader<'_> {
     }
 
     async fn fetch(&mut self, ids: &[String]) -> Result<Vec<StreamEntry>, StepError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for id in ids {
             pipe.cmd("XRANGE").arg(&self.cfg().stream).arg(id).arg(id);
@@ -690,7 +762,12 @@ fn spawn_reads(
 
 #[async_trait]
 impl Source for RedisStreamSource {
-    async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError> {
+    async fn run(mut self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError> {
+        let held_lease = self.lease.take();
+        // Cancelled once another reader holds the lease (never without one).
+        let lease_lost = held_lease
+            .as_ref()
+            .map_or_else(CancellationToken::new, lease::Lease::lost);
         let SourceContext {
             name,
             mut out,
@@ -707,9 +784,7 @@ impl Source for RedisStreamSource {
         let mut last_lag = Instant::now() - Duration::from_secs(60);
         let mut last_entry = Instant::now();
         let mut reads: Option<tokio::sync::mpsc::Receiver<Vec<StreamEntry>>> = None;
-        let mut held_lease: Option<lease::Lease> = None;
         let mut last_recovered = "0-0".to_owned();
-        let lease_lost = CancellationToken::new();
         'connect: while !shutdown.is_cancelled() {
             let connected = async {
                 let mut commands = connect(&self.client, Duration::from_secs(10)).await?;
@@ -739,21 +814,6 @@ impl Source for RedisStreamSource {
             let step: Result<(), StepError> = async {
                 reader.create_group().await?;
                 outage.recovered(&name, &config.url);
-                if self.exclusive && held_lease.is_none() {
-                    let key = lease::lease_key(&config.stream, &config.group);
-                    match lease::acquire(&self.client, &config.url, &mut reader.commands, &key, &self.consumer, config.lease_ttl, &name, &shutdown).await? {
-                        Some(lease) => {
-                            let lost = lease.lost();
-                            let flag = lease_lost.clone();
-                            tokio::spawn(async move {
-                                lost.cancelled().await;
-                                flag.cancel();
-                            });
-                            held_lease = Some(lease);
-                        }
-                        None => return Ok(()),
-                    }
-                }
                 if !recovered {
                     if self.exclusive {
                         // Whoever read them before (a dead instance of another
@@ -817,6 +877,11 @@ impl Source for RedisStreamSource {
                 Ok(()) => break 'connect,
                 Err(e) => {
                     stats.error(e.to_string());
+                    // A step that failed midway (a dead-letter write, say) may
+                    // leave entries of this consumer pending that nobody
+                    // holds: re-read them before anything newer, or a
+                    // position past them would skip them for good.
+                    recovered = false;
                     let wait = outage.failed(&name, &config.url, &e);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -847,14 +912,9 @@ impl Source for RedisStreamSource {
         if !to_ack.is_empty() {
             let mut attempt = 0;
             loop {
-                let result: redis::RedisResult<i64> = async {
+                let result: redis::RedisResult<()> = async {
                     let mut conn = connect(&self.client, Duration::from_secs(5)).await?;
-                    redis::cmd("XACK")
-                        .arg(&config.stream)
-                        .arg(&config.group)
-                        .arg(&to_ack)
-                        .query_async(&mut conn)
-                        .await
+                    ack_entries(&mut conn, config, &to_ack).await
                 }
                 .await;
                 match result {
