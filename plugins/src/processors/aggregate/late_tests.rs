@@ -157,6 +157,24 @@ fn late_events_count_as_if_they_had_come_in_order() {
 }
 
 #[test]
+fn a_late_created_gives_the_duration_an_outcome_lacked() {
+    let mut state = AggregateState::new(limits());
+    state.fold(&event(Created, "b", 60_000), WALL_MS);
+    // Both late; the outcome, without `duration_ms`, comes first.
+    state.fold(&event(Completed, "a", 30_000), WALL_MS);
+    assert_eq!(state.accounting().anomalies, 1, "no duration known yet");
+    state.fold(&event(Created, "a", 10_000), WALL_MS);
+    assert_eq!(state.accounting().anomalies, 0);
+    let doc = state.document(String::new(), 5_000);
+    assert!(
+        (doc.latency_p50_ms - 20_000.0).abs() <= 200.0,
+        "{}",
+        doc.latency_p50_ms
+    );
+    assert_eq!(doc.overview.avg_completion_time_ms, 20_000.0);
+}
+
+#[test]
 fn a_late_outcome_counts_in_a_window_only_if_its_time_is_inside_it() {
     let mut state = AggregateState::new(limits());
     let t = 1_000_000;

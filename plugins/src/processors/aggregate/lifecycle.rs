@@ -79,6 +79,11 @@ pub(super) struct Workflow {
     /// unknown for workflows restored from version 2.
     #[serde(skip)]
     pub outcome_ms: Option<i64>,
+    /// It completed or failed with no `duration_ms` and no creation time
+    /// known (an anomaly until a late `created` gives the duration). Kept in
+    /// the snapshot's extras.
+    #[serde(skip)]
+    pub duration_missing: bool,
 }
 
 impl Workflow {
@@ -157,6 +162,7 @@ impl AggregateState {
             pause_changed_ms: i64::MIN,
             last_seen_ms: i64::MIN,
             outcome_ms: None,
+            duration_missing: false,
         });
         (slot, generation)
     }
@@ -297,6 +303,17 @@ impl AggregateState {
                     self.accounting.anomalies += 1;
                 } else {
                     workflow.created_ms = Some(event.ts);
+                    if let (true, Some(outcome_ms)) =
+                        (workflow.duration_missing, workflow.outcome_ms)
+                    {
+                        // Late: the outcome came first without a duration.
+                        // Now it is known, as if in order: no longer an anomaly.
+                        workflow.duration_missing = false;
+                        let failed = workflow.outcome == Some(Outcome::Failed);
+                        let duration = (outcome_ms - event.ts).max(0) as u64;
+                        self.accounting.anomalies -= 1;
+                        self.record_duration(failed, duration, outcome_ms);
+                    }
                 }
             }
             EventKind::WorkflowPaused | EventKind::WorkflowResumed => {
@@ -323,6 +340,8 @@ impl AggregateState {
                 let duration = event
                     .duration_ms
                     .or_else(|| workflow.created_ms.map(|c| (event.ts - c).max(0) as u64));
+                workflow.duration_missing =
+                    duration.is_none() && outcome != Some(Outcome::Cancelled);
                 // Remembered for the dedup window after it could first be
                 // known finished: in order, once T passed it by the bound;
                 // late, from its arrival.
@@ -353,29 +372,37 @@ impl AggregateState {
         } else {
             stats.completed += 1;
         }
-        match duration {
-            Some(duration) => {
-                self.durations.add(duration as f64);
-                if !failed {
-                    self.completed_duration_sum_ms =
-                        self.completed_duration_sum_ms.saturating_add(duration);
-                    self.completed_duration_count += 1;
-                }
-            }
-            None => self.accounting.anomalies += 1,
-        }
         // A history point already emitted never changes.
         let history = (ts >= self.history_sealed_ms).then_some(&mut self.history);
         for ring in std::iter::once(&mut self.seconds).chain(history) {
             if let Some(bucket) = ring.bucket_mut(ts) {
                 bucket.finished += 1;
                 bucket.failed += u64::from(failed);
-                if let Some(duration) = duration {
-                    bucket
-                        .durations
-                        .get_or_insert_with(Sketch::default)
-                        .add(duration as f64);
-                }
+            }
+        }
+        match duration {
+            Some(duration) => self.record_duration(failed, duration, ts),
+            None => self.accounting.anomalies += 1,
+        }
+    }
+
+    /// Counts the duration of a workflow that completed or failed at `ts`:
+    /// the latency sketch, the mean of completed ones, and the windows and
+    /// (unsealed) history its outcome falls in.
+    fn record_duration(&mut self, failed: bool, duration: u64, ts: i64) {
+        self.durations.add(duration as f64);
+        if !failed {
+            self.completed_duration_sum_ms =
+                self.completed_duration_sum_ms.saturating_add(duration);
+            self.completed_duration_count += 1;
+        }
+        let history = (ts >= self.history_sealed_ms).then_some(&mut self.history);
+        for ring in std::iter::once(&mut self.seconds).chain(history) {
+            if let Some(bucket) = ring.bucket_mut(ts) {
+                bucket
+                    .durations
+                    .get_or_insert_with(Sketch::default)
+                    .add(duration as f64);
             }
         }
     }

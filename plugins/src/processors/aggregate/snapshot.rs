@@ -25,6 +25,8 @@ const OLDEST_READABLE: u16 = 2;
 struct Extras {
     /// Outcome times of finished workflows still held, by slot.
     outcome_ms: Vec<(u32, i64)>,
+    /// Slots of finished workflows whose duration is still unknown.
+    duration_missing: Vec<u32>,
     /// Where the sealed history ends.
     history_sealed_ms: i64,
 }
@@ -78,9 +80,10 @@ fn encode(state: &AggregateState, form: &DedupForm) -> Vec<u8> {
         Ok(bytes) => bytes,
         Err(e) => unreachable!("serializing the dedup window failed: {e}"),
     };
-    let (outcome_ms, history_sealed_ms) = state.extras();
+    let (outcome_ms, duration_missing, history_sealed_ms) = state.extras();
     let extras = Extras {
         outcome_ms,
+        duration_missing,
         history_sealed_ms,
     };
     match postcard::to_extend(&extras, bytes) {
@@ -118,7 +121,11 @@ pub fn snapshot_split(
 fn decode(bytes: &[u8], limits: &Limits) -> Result<(AggregateState, DedupForm), SnapshotError> {
     let (mut state, form, extras) = decode_any(bytes)?;
     match extras {
-        Some(extras) => state.set_extras(&extras.outcome_ms, extras.history_sealed_ms),
+        Some(extras) => state.set_extras(
+            &extras.outcome_ms,
+            &extras.duration_missing,
+            extras.history_sealed_ms,
+        ),
         // Version 2: outcome times unknown; history as far as T passed it.
         None => state.seal_history(),
     }

@@ -500,25 +500,40 @@ impl AggregateState {
     }
 
     /// What a snapshot keeps besides the serialized fields: the outcome
-    /// times of finished workflows (by slot) and the end of sealed history.
-    pub(super) fn extras(&self) -> (Vec<(u32, i64)>, i64) {
-        let outcome_ms = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, w)| {
-                let w = w.as_ref().filter(|w| !w.removed)?;
-                Some((slot as u32, w.outcome_ms?))
-            })
+    /// times of finished workflows and those whose duration is unknown (by
+    /// slot), and the end of sealed history.
+    pub(super) fn extras(&self) -> (Vec<(u32, i64)>, Vec<u32>, i64) {
+        let held = || {
+            self.slots
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, w)| Some((slot as u32, w.as_ref().filter(|w| !w.removed)?)))
+        };
+        let outcome_ms = held()
+            .filter_map(|(slot, w)| Some((slot, w.outcome_ms?)))
             .collect();
-        (outcome_ms, self.history_sealed_ms)
+        let duration_missing = held()
+            .filter(|(_, w)| w.duration_missing)
+            .map(|(slot, _)| slot)
+            .collect();
+        (outcome_ms, duration_missing, self.history_sealed_ms)
     }
 
     /// Puts back what [`AggregateState::extras`] gave.
-    pub(super) fn set_extras(&mut self, outcome_ms: &[(u32, i64)], history_sealed_ms: i64) {
+    pub(super) fn set_extras(
+        &mut self,
+        outcome_ms: &[(u32, i64)],
+        duration_missing: &[u32],
+        history_sealed_ms: i64,
+    ) {
         for &(slot, at) in outcome_ms {
             if let Some(Some(w)) = self.slots.get_mut(slot as usize) {
                 w.outcome_ms = Some(at);
+            }
+        }
+        for &slot in duration_missing {
+            if let Some(Some(w)) = self.slots.get_mut(slot as usize) {
+                w.duration_missing = true;
             }
         }
         self.history_sealed_ms = history_sealed_ms;
