@@ -412,12 +412,21 @@ impl AggregateState {
     pub fn expire_stale(&mut self) -> u64 {
         let Some(t) = self.now_ms else { return 0 };
         let cutoff = t - self.limits.stale_after_ms;
+        // A workflow whose next event waits for the watermark is not silent.
+        let awaited: rustc_hash::FxHashSet<u32> = self
+            .pending
+            .in_order
+            .iter()
+            .chain(self.pending.out_of_order.iter())
+            .map(|p| p.slot)
+            .collect();
         let mut expired = Vec::new();
         for (slot, workflow) in self.slots.iter().enumerate() {
             let Some(w) = workflow.as_ref().filter(|w| w.known && w.outcome.is_none()) else {
                 continue;
             };
-            if w.last_seen_ms < cutoff && (!w.paused || self.limits.expire_paused) {
+            let silent = w.last_seen_ms < cutoff && !awaited.contains(&(slot as u32));
+            if silent && (!w.paused || self.limits.expire_paused) {
                 expired.push((slot as u32, w.generation, w.phase()));
             }
         }

@@ -534,6 +534,25 @@ fn silent_running_workflows_expire_and_paused_ones_do_not() {
 }
 
 #[test]
+fn a_workflow_whose_next_event_waits_for_the_watermark_does_not_expire() {
+    let mut state = AggregateState::new(Limits {
+        stale_after_ms: 60_000,
+        ..limits()
+    });
+    state.fold(&event(EventKind::WorkflowCreated, "long", 0), WALL_MS);
+    // Silent for longer than `stale_after`, then its outcome arrives and
+    // waits for the watermark while a document (and expiry) comes.
+    let mut done = event(EventKind::WorkflowCompleted, "long", 100_000);
+    done.duration_ms = Some(100_000);
+    state.fold(&done, WALL_MS);
+    assert_eq!(state.expire_stale(), 0);
+    state.flush();
+    let o = document(&state).overview;
+    assert_eq!((o.completed_workflows, o.expired_workflows), (1, 0));
+    assert_eq!(state.accounting().anomalies, 0);
+}
+
+#[test]
 fn throughput_counts_only_the_last_minute_of_event_time() {
     let mut state = AggregateState::new(limits());
     for (i, ts) in [0, 30_000, 100_000, 130_000, 150_000]
