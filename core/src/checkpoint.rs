@@ -142,6 +142,10 @@ struct Header {
     version: u16,
     positions: Vec<(PositionKey, u128)>,
     parts: Vec<u64>,
+    /// Keys of the pre-envelope checkpoint this one replaced, deleted right
+    /// after it is written; named here so that a crash in between leaves
+    /// them to the next write rather than in the store for good.
+    retired: Vec<String>,
 }
 
 /// A checkpoint read back: what the runtime keeps of it besides the state.
@@ -157,14 +161,22 @@ pub struct Restored {
     /// Keys of a pre-envelope checkpoint's parts, deleted once a new
     /// checkpoint has replaced it.
     pub legacy_keys: Vec<String>,
+    /// Parts read.
+    pub part_count: usize,
 }
 
-fn encode(state_kind: &str, version: u16, positions: &PositionMap, snapshot: &Snapshot) -> Vec<u8> {
+fn encode(
+    format: StateFormat,
+    positions: &PositionMap,
+    snapshot: &Snapshot,
+    retired: &[String],
+) -> Vec<u8> {
     let header = Header {
-        kind: state_kind.to_owned(),
-        version,
+        kind: format.kind.to_owned(),
+        version: format.version,
         positions: positions.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         parts: snapshot.parts.iter().map(|p| p.id).collect(),
+        retired: retired.to_vec(),
     };
     let mut bytes = Vec::with_capacity(snapshot.body.len() + 256);
     bytes.extend_from_slice(MAGIC);
@@ -228,6 +240,8 @@ pub async fn load(
             saved.version = header.version;
             saved.body = body.to_vec();
             restored.positions = header.positions.into_iter().collect();
+            restored.parts = header.parts.iter().copied().collect();
+            restored.legacy_keys = header.retired;
             header
                 .parts
                 .into_iter()
@@ -255,9 +269,7 @@ pub async fn load(
         restored.bytes += bytes.len();
         saved.parts.insert(*id, bytes);
     }
-    if restored.legacy_keys.is_empty() {
-        restored.parts = saved.parts.keys().copied().collect();
-    }
+    restored.part_count = part_keys.len();
     state.restore(saved).map_err(refused)?;
     Ok(Some(restored))
 }
@@ -283,7 +295,7 @@ pub async fn write(
             stored.insert(part.id);
         }
     }
-    let envelope = encode(format.kind, format.version, positions, snapshot);
+    let envelope = encode(format, positions, snapshot, legacy_keys);
     store.save(key, &envelope).await?;
     written += envelope.len();
     let live: BTreeSet<u64> = snapshot.parts.iter().map(|p| p.id).collect();
@@ -328,13 +340,16 @@ pub async fn delete(
     state: &dyn ProcessorState,
 ) -> Result<(), StoreError> {
     let legacy = match store.load(key).await? {
-        Some(main) if !main.starts_with(MAGIC) => state
-            .legacy_parts(&main)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(_, suffix)| format!("{key}:{suffix}"))
-            .collect(),
-        _ => Vec::new(),
+        Some(main) => match decode(&main) {
+            Ok(Some((header, _))) => header.retired,
+            _ => state
+                .legacy_parts(&main)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, suffix)| format!("{key}:{suffix}"))
+                .collect(),
+        },
+        None => Vec::new(),
     };
     store.delete(key).await?;
     for old in legacy {
@@ -378,7 +393,7 @@ pub async fn describe(
         format.kind,
         format.version,
         restored.bytes,
-        restored.parts.len() + restored.legacy_keys.len(),
+        restored.part_count,
         positions,
         state.describe()
     )))
@@ -431,11 +446,17 @@ mod tests {
             parts: vec![crate::state::Part { id: 3, bytes: None }],
             covers: None,
         };
-        let bytes = encode("kind", 7, &positions, &snapshot);
+        let format = StateFormat {
+            kind: "kind",
+            version: 7,
+        };
+        let retired = vec!["old:epoch:0".to_owned()];
+        let bytes = encode(format, &positions, &snapshot, &retired);
         let (header, body) = decode(&bytes).unwrap().unwrap();
         assert_eq!(header.kind, "kind");
         assert_eq!(header.version, 7);
         assert_eq!(header.parts, vec![3]);
+        assert_eq!(header.retired, retired);
         assert_eq!(
             header.positions.into_iter().collect::<PositionMap>(),
             positions
