@@ -126,8 +126,7 @@ fn decode(bytes: &[u8], limits: &Limits) -> Result<(AggregateState, DedupForm), 
             &extras.duration_missing,
             extras.history_sealed_ms,
         ),
-        // Version 2: outcome times unknown; history as far as T passed it.
-        None => state.seal_history(),
+        None => state.upgrade_from_version_2(),
     }
     if state.limits() != limits {
         return Err(SnapshotError::Shape(format!(

@@ -539,6 +539,24 @@ impl AggregateState {
         self.history_sealed_ms = history_sealed_ms;
     }
 
+    /// Completes a state read from a version-2 snapshot, which kept each
+    /// finished workflow under its outcome time and forgot it after the
+    /// out-of-order bound: the outcome times come from there, and each is
+    /// remembered, as now, for the dedup window after the bound. History is
+    /// sealed as far as T has passed it.
+    pub(super) fn upgrade_from_version_2(&mut self) {
+        for entry in self.finished.iter_mut() {
+            let (outcome_ms, slot, generation) = *entry;
+            if let Some(Some(w)) = self.slots.get_mut(slot as usize) {
+                if w.generation == generation && !w.removed {
+                    w.outcome_ms = Some(outcome_ms);
+                }
+            }
+            entry.0 = outcome_ms + self.limits.max_out_of_order_ms;
+        }
+        self.seal_history();
+    }
+
     /// Rebuilds the lookup indices after deserialization.
     pub(super) fn rebuild_indices(&mut self) {
         self.agents.rebuild_index();
