@@ -181,7 +181,12 @@ impl StateKeeper {
         };
         let newest = positions.offsets.iter().copied().max();
         let marks = newest.map(|newest| (key.clone(), newest));
-        let Some(&mark) = self.marks.get(&key) else {
+        // The common case, a batch wholly past the mark, goes through as is.
+        let Some(&mark) = self
+            .marks
+            .get(&key)
+            .filter(|&&mark| positions.offsets.iter().any(|&o| o <= mark))
+        else {
             return (batch, Admitted { acks, marks });
         };
         let before = batch.len();

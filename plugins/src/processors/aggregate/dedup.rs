@@ -404,11 +404,6 @@ impl Dedup {
         }
     }
 
-    /// The order the next epoch will get.
-    pub fn next_order(&self) -> u64 {
-        self.next_order
-    }
-
     /// The orders of the epochs held now.
     pub fn epoch_orders(&self) -> Vec<u64> {
         self.ordered_epochs().into_iter().map(|e| e.order).collect()

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use flowpulse_core::event::{EventKind, WorkflowEvent};
 use proptest::prelude::*;
 
-use super::oracle::{final_state, Final};
+use super::oracle::WorkflowCounts;
 use super::state::{AggregateState, Limits};
 
 const BOUND_MS: i64 = 5_000;
@@ -273,14 +273,8 @@ fn lifecycle(index: usize) -> impl Strategy<Value = Vec<WorkflowEvent>> {
 #[derive(Debug, Default, PartialEq)]
 struct Expected {
     events: u64,
-    total: u64,
-    running: u64,
-    paused: u64,
-    completed: u64,
-    failed: u64,
-    cancelled: u64,
+    workflows: WorkflowCounts,
     agents: BTreeMap<String, (u64, u64)>,
-    types: BTreeMap<String, (u64, u64, u64)>,
 }
 
 /// The oracle: folds arrivals by the contract's rules, plainly. An identity
@@ -335,47 +329,20 @@ fn oracle(arrivals: &[WorkflowEvent]) -> Expected {
         current.retain(|_, index| instances[*index].1.is_none_or(|f| f >= horizon));
     }
     for (mut events, _) in instances {
-        let (workflow_type, state) = final_state(&mut events);
-        expected.total += 1;
-        let per_type = expected.types.entry(workflow_type).or_default();
-        per_type.0 += 1;
-        match state {
-            Final::Completed => {
-                expected.completed += 1;
-                per_type.1 += 1;
-            }
-            Final::Failed => {
-                expected.failed += 1;
-                per_type.2 += 1;
-            }
-            Final::Cancelled => expected.cancelled += 1,
-            Final::Paused => expected.paused += 1,
-            Final::Running => expected.running += 1,
-        }
+        expected.workflows.count(&mut events);
     }
     expected
 }
 
 fn observed(state: &AggregateState) -> Expected {
     let doc = state.document(String::new(), 5_000);
-    let o = &doc.overview;
     Expected {
         events: state.accounting().events,
-        total: o.total_workflows,
-        running: o.running_workflows,
-        paused: o.paused_workflows,
-        completed: o.completed_workflows,
-        failed: o.failed_workflows,
-        cancelled: o.cancelled_workflows,
+        workflows: WorkflowCounts::of(&doc),
         agents: doc
             .agents
             .iter()
             .map(|a| (a.agent_type.clone(), (a.completed_tasks, a.failed_tasks)))
-            .collect(),
-        types: doc
-            .workflows_by_type
-            .iter()
-            .map(|t| (t.workflow_type.clone(), (t.total, t.completed, t.failed)))
             .collect(),
     }
 }

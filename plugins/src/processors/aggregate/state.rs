@@ -220,11 +220,6 @@ impl AggregateState {
         self.dedup.epoch_orders().into_iter().collect()
     }
 
-    /// The order the next dedup epoch will get.
-    pub fn next_dedup_epoch(&self) -> u64 {
-        self.dedup.next_order()
-    }
-
     /// Replaces the dedup window (when restoring).
     pub(super) fn set_dedup(&mut self, dedup: Dedup) {
         self.dedup = dedup;

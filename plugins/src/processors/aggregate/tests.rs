@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use flowpulse_core::state::{ProcessorState, SavedState};
 
-use super::oracle::{final_state, Final};
+use super::oracle::WorkflowCounts;
 use super::snapshot::{self, restore, snapshot};
 use super::state::{AggregateState, Limits};
 
@@ -174,14 +174,8 @@ fn arrival(events: &[WorkflowEvent], delays: &[i64], duplicate_every: usize) -> 
 
 #[derive(Debug, Default, PartialEq)]
 struct Expected {
-    total: u64,
-    running: u64,
-    paused: u64,
-    completed: u64,
-    failed: u64,
-    cancelled: u64,
+    workflows: WorkflowCounts,
     agents: BTreeMap<String, (u64, u64, u64)>,
-    types: BTreeMap<String, (u64, u64, u64)>,
 }
 
 /// The oracle: each workflow's state straight from its sorted events.
@@ -210,28 +204,12 @@ fn oracle(events: &[WorkflowEvent]) -> (Expected, Vec<u64>, HashMap<String, Vec<
     }
     let mut durations = Vec::new();
     for events in by_workflow.values_mut() {
-        let (workflow_type, state) = final_state(events);
-        expected.total += 1;
+        expected.workflows.count(events);
         let created = events
             .iter()
             .find(|e| e.kind == EventKind::WorkflowCreated)
             .map(|e| e.timestamp_ms);
         let terminal = events.iter().find(|e| e.kind.is_terminal());
-        let type_entry = expected.types.entry(workflow_type).or_default();
-        type_entry.0 += 1;
-        match state {
-            Final::Completed => {
-                expected.completed += 1;
-                type_entry.1 += 1;
-            }
-            Final::Failed => {
-                expected.failed += 1;
-                type_entry.2 += 1;
-            }
-            Final::Cancelled => expected.cancelled += 1,
-            Final::Paused => expected.paused += 1,
-            Final::Running => expected.running += 1,
-        }
         if let Some(t) = terminal.filter(|t| t.kind != EventKind::WorkflowCancelled) {
             match t
                 .duration_ms
@@ -256,14 +234,8 @@ fn within_one_percent(estimate: f64, exact: f64) -> bool {
 }
 
 fn observed(doc: &RealtimeMetrics) -> Expected {
-    let o = &doc.overview;
     Expected {
-        total: o.total_workflows,
-        running: o.running_workflows,
-        paused: o.paused_workflows,
-        completed: o.completed_workflows,
-        failed: o.failed_workflows,
-        cancelled: o.cancelled_workflows,
+        workflows: WorkflowCounts::of(doc),
         agents: doc
             .agents
             .iter()
@@ -273,11 +245,6 @@ fn observed(doc: &RealtimeMetrics) -> Expected {
                     (a.total_tasks, a.completed_tasks, a.failed_tasks),
                 )
             })
-            .collect(),
-        types: doc
-            .workflows_by_type
-            .iter()
-            .map(|t| (t.workflow_type.clone(), (t.total, t.completed, t.failed)))
             .collect(),
     }
 }

@@ -439,11 +439,12 @@ impl Reader<'_> {
         }
         if !records.is_empty() {
             let (handle, receipt) = AckHandle::new();
-            track.ids.extend(ids.iter().map(|id| entry_key(id)));
+            // Each id parsed once: tracked in flight, and the batch's positions.
+            let keys: Vec<u128> = ids.iter().map(|id| entry_key(id)).collect();
+            track.ids.extend(keys.iter().copied());
             let mut batch = Batch::new(records, vec![handle]);
-            let offsets: Option<Vec<u128>> = ids.iter().map(|id| stream_id_offset(id)).collect();
-            if let Some(offsets) = offsets {
-                batch = batch.with_positions(self.source.origin.clone(), offsets);
+            if !keys.contains(&0) {
+                batch = batch.with_positions(self.source.origin.clone(), keys);
             }
             out.send(batch).await;
             track.acks.push(async move { (ids, receipt.await) }.boxed());
