@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Workflow counts and cumulative rates.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Overview {
     /// Every workflow known (made known by a workflow-level event).
     pub total_workflows: u64,
@@ -36,6 +37,7 @@ pub struct Overview {
 
 /// Stage-task statistics of one agent type.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentStats {
     /// The agent's name (`other` collects names past the cap).
     pub agent_type: String,
@@ -57,6 +59,7 @@ pub struct AgentStats {
 
 /// Outcomes of one workflow type.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkflowTypeStats {
     /// The type's name (`unknown` before an event names it).
     pub workflow_type: String,
@@ -72,6 +75,7 @@ pub struct WorkflowTypeStats {
 
 /// Figures over one sliding window of event time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WindowStats {
     /// Workflows that reached completed or failed in the window.
     pub finished: u64,
@@ -91,6 +95,7 @@ pub struct WindowStats {
 
 /// One point of the metrics history (one per emission interval).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryPoint {
     /// End of the interval, RFC 3339 UTC (event time).
     pub timestamp: String,
@@ -108,6 +113,7 @@ pub struct HistoryPoint {
 
 /// The live metrics document (CONTRACT §2).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RealtimeMetrics {
     /// Workflow counts and cumulative rates.
     pub overview: Overview,
@@ -144,6 +150,24 @@ pub struct RealtimeMetrics {
 }
 
 impl RealtimeMetrics {
+    /// The document as the WebSocket and REST send it: `history` cut to its
+    /// newest point (CONTRACT §2; the whole ring is `GET
+    /// /metrics/history`).
+    pub fn with_newest_history_point(&self) -> RealtimeMetrics {
+        let newest = self.history.last().cloned();
+        RealtimeMetrics {
+            overview: self.overview.clone(),
+            agents: self.agents.clone(),
+            workflows_by_type: self.workflows_by_type.clone(),
+            window: self.window.clone(),
+            custom: self.custom.clone(),
+            last_update: self.last_update.clone(),
+            as_of: self.as_of.clone(),
+            history: newest.into_iter().collect(),
+            ..*self
+        }
+    }
+
     /// CONTRACT §2 equality: every field but `last_update`,
     /// `next_update_in_ms` and `as_of` is equal.
     pub fn same_state(&self, other: &RealtimeMetrics) -> bool {

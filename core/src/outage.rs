@@ -3,9 +3,11 @@
 //! attempt, with the wait between attempts growing exponentially so a long
 //! outage costs little.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::redact::redact_url;
+use crate::telemetry::ComponentStats;
 
 /// The wait after the first failed attempt of an outage.
 const FIRST_DELAY: Duration = Duration::from_millis(100);
@@ -38,6 +40,8 @@ pub struct Outage {
     what: &'static str,
     since: Option<Instant>,
     delay: Duration,
+    /// Told of the outage, so `/health` and `/status` show it.
+    stats: Option<Arc<ComponentStats>>,
 }
 
 impl Outage {
@@ -47,7 +51,15 @@ impl Outage {
             what,
             since: None,
             delay: FIRST_DELAY,
+            stats: None,
         }
+    }
+
+    /// Also sets the component's outage in its telemetry
+    /// ([`ComponentStats::set_outage`]) while one is going on.
+    pub fn reporting_to(mut self, stats: Arc<ComponentStats>) -> Outage {
+        self.stats = Some(stats);
+        self
     }
 
     /// Records a failed attempt to reach `url` (logged without its password);
@@ -58,6 +70,9 @@ impl Outage {
         url: &str,
         error: &dyn std::fmt::Display,
     ) -> Duration {
+        if let Some(stats) = &self.stats {
+            stats.set_outage(Some(format!("cannot reach {} ({error})", redact_url(url))));
+        }
         if self.since.is_none() {
             self.since = Some(Instant::now());
             self.delay = FIRST_DELAY;
@@ -76,6 +91,9 @@ impl Outage {
     /// Records a success, logging the end of an outage if one was going on.
     pub fn recovered(&mut self, component: &str, url: &str) {
         if let Some(since) = self.since.take() {
+            if let Some(stats) = &self.stats {
+                stats.set_outage(None);
+            }
             tracing::info!(
                 component,
                 "reconnected to {} after {:.1}s",
@@ -117,5 +135,19 @@ mod tests {
         assert!(!outage.ongoing());
         assert_eq!(fail(&mut outage), 100);
         assert!(outage.ongoing());
+    }
+
+    #[test]
+    fn the_component_telemetry_shows_the_outage_without_the_password() {
+        let stats = Arc::new(ComponentStats::default());
+        let mut outage = Outage::new("Redis").reporting_to(Arc::clone(&stats));
+        outage.failed("c", "redis://user:secret@127.0.0.1:1", &"refused");
+        let reason = stats.outage().unwrap();
+        assert!(
+            reason.contains("refused") && !reason.contains("secret"),
+            "{reason}"
+        );
+        outage.recovered("c", "redis://127.0.0.1:1");
+        assert_eq!(stats.outage(), None);
     }
 }

@@ -20,8 +20,10 @@ use crate::record::{Batch, RecordKinds};
 use crate::runtime::Output;
 use crate::state::ProcessorState;
 use crate::telemetry::{ComponentStats, Telemetry};
+use crate::topology::TopologyView;
 
 pub use tokio_util::sync::CancellationToken as Shutdown;
+use tokio_util::sync::CancellationToken;
 
 /// Everything a plugin module usually needs, in one import.
 pub mod prelude {
@@ -116,6 +118,10 @@ pub struct ValidateContext<'a> {
     pub pipeline: &'a PipelineSettings,
     /// The `[checkpoint]` table, when configured.
     pub checkpoint: Option<&'a CheckpointSettings>,
+    /// Every component of the pipeline.
+    pub topology: &'a TopologyView,
+    /// The name of the component being validated.
+    pub component: &'a str,
 }
 
 /// A type-keyed map of things components share, such as one HTTP server per
@@ -165,6 +171,11 @@ pub struct BuildContext {
     pub resources: Resources,
     /// Cancelled when the pipeline shuts down.
     pub shutdown: Shutdown,
+    /// Every component of the pipeline.
+    pub topology: TopologyView,
+    /// Cancelled (resolved) once every component is built, just before the
+    /// tasks start; see [`BuildContext::started`].
+    pub started: CancellationToken,
     /// For a source: whether a stateful processor reads what it emits
     /// (directly or through others). Such a source must deliver each
     /// partition in order, oldest first, as one reader, because the
@@ -176,6 +187,15 @@ impl BuildContext {
     /// A directory for this component's durable files, under `data_dir`.
     pub fn data_dir(&self) -> PathBuf {
         self.pipeline.data_dir.join(&self.name)
+    }
+
+    /// Resolves once every component of the pipeline is built, just before
+    /// the tasks start; never if the pipeline fails to start. A server a
+    /// component binds in `build` accepts only from then, so nobody is
+    /// served by a pipeline that does not start.
+    pub fn started(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let started = self.started.clone();
+        async move { started.cancelled().await }
     }
 }
 

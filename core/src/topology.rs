@@ -1,9 +1,12 @@
 //! Named components and their `inputs` → a validated DAG.
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::config::{nearest, ComponentSpec, Level};
 use crate::plugin::{ComponentConfig, ComponentRole};
+use crate::record::RecordKinds;
 
 /// A topology problem at an offset of the (interpolated) config text.
 #[derive(Debug, Clone)]
@@ -274,4 +277,98 @@ pub fn describe(components: &[ComponentSpec]) -> String {
         ));
     }
     out
+}
+
+/// One component as other components see it: read-only.
+pub struct ComponentView {
+    /// Its name.
+    pub name: String,
+    /// Source, processor or sink.
+    pub role: ComponentRole,
+    /// Its `type`.
+    pub type_name: String,
+    /// The components it reads from.
+    pub inputs: Vec<String>,
+    /// The kinds it takes (nothing for a source).
+    pub input_kinds: RecordKinds,
+    /// The kinds it emits (nothing for a sink).
+    pub output_kinds: RecordKinds,
+    config: Arc<dyn ComponentConfig>,
+}
+
+impl ComponentView {
+    /// The plugin's own typed config, for a plugin that knows the type
+    /// (two `rest` sinks comparing what they mount, say).
+    pub fn as_any(&self) -> &dyn Any {
+        self.config.as_any()
+    }
+
+    /// The typed config, if the component's config is a `T`.
+    pub fn config<T: 'static>(&self) -> Option<&T> {
+        self.as_any().downcast_ref::<T>()
+    }
+}
+
+impl std::fmt::Debug for ComponentView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentView")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("type_name", &self.type_name)
+            .field("inputs", &self.inputs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The whole pipeline as components see it: each component's name, role,
+/// type, inputs, kinds and typed config, in the config file's order. Given
+/// to plugins in validation and at build, so that one component can check
+/// another (two sinks sharing an HTTP address) or find what feeds it.
+#[derive(Debug, Clone, Default)]
+pub struct TopologyView {
+    components: Arc<[ComponentView]>,
+}
+
+impl TopologyView {
+    /// The view of a parsed pipeline's components.
+    pub fn new(components: &[ComponentSpec]) -> TopologyView {
+        let mut views: Vec<(usize, ComponentView)> = components
+            .iter()
+            .map(|spec| {
+                (
+                    spec.offset,
+                    ComponentView {
+                        name: spec.name.clone(),
+                        role: spec.role,
+                        type_name: spec.type_name.clone(),
+                        inputs: spec.inputs.clone(),
+                        input_kinds: spec.config.input_kinds(),
+                        output_kinds: spec.config.output_kinds(),
+                        config: Arc::clone(&spec.config),
+                    },
+                )
+            })
+            .collect();
+        views.sort_by_key(|(offset, _)| *offset);
+        TopologyView {
+            components: views.into_iter().map(|(_, v)| v).collect(),
+        }
+    }
+
+    /// Every component, in the config file's order.
+    pub fn components(&self) -> &[ComponentView] {
+        &self.components
+    }
+
+    /// The component called `name`.
+    pub fn get(&self, name: &str) -> Option<&ComponentView> {
+        self.components.iter().find(|c| c.name == name)
+    }
+
+    /// The components that read `name`'s output.
+    pub fn consumers_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a ComponentView> {
+        self.components
+            .iter()
+            .filter(move |c| c.inputs.iter().any(|i| i == name))
+    }
 }

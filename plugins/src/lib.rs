@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod durable;
+pub mod http;
 pub mod processors;
 pub mod redis_util;
 pub mod sinks;

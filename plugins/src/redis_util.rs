@@ -65,9 +65,10 @@ pub async fn require_redis_7(conn: &mut MultiplexedConnection) -> Result<(), Str
 }
 
 /// An outage of the Redis server, logged once with the hint
-/// "is Redis running?" (see [`Outage`]).
-pub fn outage() -> Outage {
-    Outage::new("Redis")
+/// "is Redis running?" and shown in the component's telemetry (see
+/// [`Outage`]).
+pub fn outage(stats: &std::sync::Arc<flowpulse_core::telemetry::ComponentStats>) -> Outage {
+    Outage::new("Redis").reporting_to(std::sync::Arc::clone(stats))
 }
 
 /// A reply as bytes (bulk or simple string).

@@ -32,6 +32,8 @@ pub fn run_command(dir: &Path, config: &Path) -> Command {
         .args(["--log-format", "json", "run", "-c"])
         .arg(config)
         .env("RUST_LOG", "info")
+        // The default pipeline serves HTTP: a free port each, so tests run in parallel.
+        .env("FLOWPULSE_HTTP_ADDRESS", "127.0.0.1:0")
         .stdin(Stdio::null());
     command
 }

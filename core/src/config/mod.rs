@@ -8,6 +8,7 @@ mod diagnostic;
 mod interpolate;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -103,7 +104,7 @@ pub struct ComponentSpec {
     /// What its producers do when the buffer is full.
     pub when_full: WhenFull,
     /// The plugin's own config.
-    pub config: Box<dyn ComponentConfig>,
+    pub config: Arc<dyn ComponentConfig>,
     /// Where its table is, for topology errors.
     pub(crate) offset: usize,
     /// Where each input is named.
@@ -270,12 +271,15 @@ impl Parser<'_> {
                 }
             }
         }
-        let cx = ValidateContext {
-            pipeline: &config.pipeline,
-            checkpoint: config.checkpoint.as_ref(),
-        };
+        let topology = crate::topology::TopologyView::new(&config.components);
         let mut field_errors = Vec::new();
         for spec in &config.components {
+            let cx = ValidateContext {
+                pipeline: &config.pipeline,
+                checkpoint: config.checkpoint.as_ref(),
+                topology: &topology,
+                component: &spec.name,
+            };
             for e in spec.config.validate(&cx) {
                 field_errors.push((spec.offset, spec.role, spec.name.clone(), e));
             }
@@ -541,7 +545,7 @@ impl Parser<'_> {
             inputs,
             buffer,
             when_full,
-            config,
+            config: Arc::from(config),
             offset,
             input_offsets,
         })

@@ -110,6 +110,8 @@ impl Pipeline {
         }
 
         let feeds_stateful = stateful_reach(&config);
+        let topology = crate::topology::TopologyView::new(&config.components);
+        let started = Shutdown::new();
         let mut built = Vec::new();
         let mut build_errors = Vec::new();
         // Sources first: one may wait for a lease before the state that
@@ -126,6 +128,8 @@ impl Pipeline {
                 telemetry: telemetry.clone(),
                 resources: resources.clone(),
                 shutdown: shutdown.clone(),
+                topology: topology.clone(),
+                started: started.clone(),
                 feeds_stateful: feeds_stateful.contains(&spec.name),
             };
             let built_one = match spec.config.build(&cx).await {
@@ -184,6 +188,7 @@ impl Pipeline {
             Output::new(name, targets, stats(name))
         };
 
+        started.cancel();
         let mut tasks = JoinSet::new();
         let mut names = BTreeMap::new();
         for (spec, component, keeper) in built {

@@ -4,4 +4,6 @@ pub mod blackhole;
 pub mod console;
 pub mod file;
 pub mod redis_cache;
+pub mod rest;
 pub mod util;
+pub mod websocket;

@@ -76,7 +76,7 @@ impl SinkConfig for RedisCacheConfig {
             stats: Arc::clone(&cx.stats),
             conn: None,
             newest: None,
-            outage: redis_util::outage(),
+            outage: redis_util::outage(&cx.stats),
         }))
     }
 }
@@ -212,7 +212,7 @@ mod tests {
             stats: Arc::default(),
             conn: None,
             newest: None,
-            outage: redis_util::outage(),
+            outage: redis_util::outage(&Arc::default()),
         }
     }
 

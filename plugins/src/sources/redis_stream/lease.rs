@@ -16,7 +16,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::redis_util::{connect, outage};
+use crate::redis_util::connect;
 
 /// Renews the lease if this reader still holds it; 0 if it does not (taken
 /// by another reader, or lapsed: another may have held and released it
@@ -172,7 +172,7 @@ async fn renew(
     source: String,
     lost: CancellationToken,
 ) {
-    let mut outage = outage();
+    let mut outage = flowpulse_core::outage::Outage::new("Redis");
     let mut conn: Option<MultiplexedConnection> = None;
     let mut renewed_at = tokio::time::Instant::now();
     loop {

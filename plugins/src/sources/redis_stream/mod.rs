@@ -17,6 +17,7 @@
 
 mod lease;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -207,7 +208,7 @@ impl RedisStreamConfig {
         cx: &BuildContext,
     ) -> Result<lease::Lease, BuildError> {
         let key = lease::lease_key(&self.stream, &self.group);
-        let mut outage = redis_util::outage();
+        let mut outage = redis_util::outage(&cx.stats);
         loop {
             let attempt = async {
                 let mut conn = connect(client, Duration::from_secs(10)).await?;
@@ -679,14 +680,15 @@ fn spawn_reads(
     name: &str,
     last_id: String,
     shutdown: flowpulse_core::plugin::Shutdown,
+    stats: &Arc<ComponentStats>,
 ) -> tokio::sync::mpsc::Receiver<Vec<StreamEntry>> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let client = source.client.clone();
     let config = source.config.clone();
     let consumer = source.consumer.clone();
     let name = name.to_owned();
+    let mut outage = redis_util::outage(stats);
     tokio::spawn(async move {
-        let mut outage = redis_util::outage();
         let mut conn: Option<MultiplexedConnection> = None;
         let read = redis::cmd("XREADGROUP")
             .arg("GROUP")
@@ -776,7 +778,7 @@ impl Source for RedisStreamSource {
             stats,
         } = cx;
         let config = &self.config;
-        let mut outage = redis_util::outage();
+        let mut outage = redis_util::outage(&stats);
         let mut track = InFlight::default();
         let reads_stop = shutdown.child_token();
         let mut to_ack: Vec<String> = Vec::new();
@@ -832,7 +834,7 @@ impl Source for RedisStreamSource {
                     last_recovered = last;
                 }
                 if reads.is_none() {
-                    reads = Some(spawn_reads(&self, &name, last_recovered.clone(), reads_stop.clone()));
+                    reads = Some(spawn_reads(&self, &name, last_recovered.clone(), reads_stop.clone(), &stats));
                 }
                 let Some(entries_rx) = reads.as_mut() else {
                     return Ok(());

@@ -1,0 +1,330 @@
+//! What the HTTP sinks (`rest`, `websocket`) share: one warp server per
+//! address ([`server`]), the token ([`auth`]), the §4 error body and the
+//! `recover` that makes every rejection one ([`error`]), and the filters
+//! every route uses (auth, JSON bodies, panics answered as 500).
+
+pub mod auth;
+pub mod error;
+pub mod server;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytesize::ByteSize;
+use flowpulse_core::plugin::{ComponentRole, FieldError, ValidateContext};
+use futures::FutureExt as _;
+use serde::de::DeserializeOwned;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+pub use error::ApiError;
+pub use server::{HttpServers, Mount, Route, SharedServer};
+
+/// The default address of the HTTP sinks.
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8080";
+
+/// The default `max_body`.
+pub const DEFAULT_MAX_BODY: ByteSize = ByteSize::kib(64);
+
+/// The options of the server at one address: every sink naming the address
+/// must agree on them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerOptions {
+    /// `host:port`; port 0 picks a free port.
+    pub address: String,
+    /// The API token; empty or absent: `DATA_DIR/api-token`.
+    pub token: Option<String>,
+    /// Whether reads need the token too.
+    pub auth_reads: bool,
+    /// The largest request body.
+    pub max_body: ByteSize,
+    /// Origins allowed to call from a browser (CORS); empty: same origin only.
+    pub cors_origins: Vec<String>,
+}
+
+/// A sink that mounts routes on a shared server: what validation compares.
+pub trait HttpMount {
+    /// The server options it asks for.
+    fn server_options(&self) -> ServerOptions;
+    /// The paths it mounts.
+    fn paths(&self) -> Vec<String>;
+}
+
+/// The HTTP mount of a component, if it is an HTTP sink.
+fn mount_of(view: &flowpulse_core::topology::ComponentView) -> Option<&dyn HttpMount> {
+    if view.role != ComponentRole::Sink {
+        return None;
+    }
+    if let Some(rest) = view.config::<crate::sinks::rest::RestConfig>() {
+        return Some(rest);
+    }
+    if let Some(ws) = view.config::<crate::sinks::websocket::WebSocketConfig>() {
+        return Some(ws);
+    }
+    None
+}
+
+/// Problems of one HTTP sink's server options, and conflicts with the HTTP
+/// sinks declared before it at the same address (a path mounted twice,
+/// options that differ), naming both sinks.
+pub fn validate_mount(mine: &dyn HttpMount, cx: &ValidateContext<'_>) -> Vec<FieldError> {
+    let options = mine.server_options();
+    let mut errors = Vec::new();
+    if let Err(e) = check_address(&options.address) {
+        errors.push(FieldError::new("address", e));
+    }
+    if let Some(token) = options.token.as_deref().filter(|t| !t.is_empty()) {
+        if let Err(e) = auth::check_token(token) {
+            errors.push(FieldError::new("token", e));
+        }
+    }
+    if options.max_body < ByteSize::kib(1) || options.max_body > ByteSize::mib(64) {
+        errors.push(FieldError::new(
+            "max_body",
+            "must be between \"1KiB\" and \"64MiB\"",
+        ));
+    }
+    for origin in &options.cors_origins {
+        if let Err(e) = check_origin(origin) {
+            errors.push(FieldError::new("cors_origins", e));
+        }
+    }
+    for other in cx.topology.components() {
+        if other.name == cx.component {
+            // Only sinks declared before this one: each conflict is told once.
+            break;
+        }
+        let Some(theirs) = mount_of(other) else {
+            continue;
+        };
+        let their_options = theirs.server_options();
+        if their_options.address != options.address {
+            continue;
+        }
+        let them = format!("sink \"{}\"", other.name);
+        for path in mine.paths() {
+            if theirs.paths().contains(&path) {
+                errors.push(FieldError::new(
+                    "path",
+                    format!("{path} at {} is also mounted by {them}", options.address),
+                ));
+            }
+        }
+        let differs = [
+            ("max_body", their_options.max_body != options.max_body),
+            (
+                "cors_origins",
+                their_options.cors_origins != options.cors_origins,
+            ),
+            ("token", their_options.token != options.token),
+            ("auth_reads", their_options.auth_reads != options.auth_reads),
+        ];
+        for (field, differ) in differs {
+            if differ {
+                errors.push(FieldError::new(
+                    field,
+                    format!(
+                        "differs from {them}, which serves the same address {}; sinks sharing an address must agree on it",
+                        options.address
+                    ),
+                ));
+            }
+        }
+    }
+    errors
+}
+
+fn check_address(address: &str) -> Result<(), String> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!(
+            "`{address}` is not host:port, e.g. \"127.0.0.1:8080\""
+        ));
+    };
+    if host.is_empty() {
+        return Err(format!("`{address}` has no host; e.g. \"0.0.0.0:8080\""));
+    }
+    port.parse::<u16>()
+        .map(|_| ())
+        .map_err(|_| format!("`{address}`: the port must be 0 to 65535"))
+}
+
+fn check_origin(origin: &str) -> Result<(), String> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{origin}` is not an origin like \"https://example.com\""))?;
+    if rest.is_empty() || rest.contains('/') {
+        return Err(format!(
+            "`{origin}` is not an origin (scheme://host[:port], no path)"
+        ));
+    }
+    Ok(())
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Open unless the server sets `auth_reads = true`.
+    Read,
+    /// Always needs the token.
+    Token,
+}
+
+/// Lets a request through when `access` allows it, else rejects it with
+/// 401 `unauthorized`.
+pub fn authorize(server: &Arc<SharedServer>, access: Access, auth_reads: bool) -> BoxedFilter<()> {
+    if access == Access::Read && !auth_reads {
+        return warp::any().boxed();
+    }
+    let server = Arc::clone(server);
+    warp::header::optional::<String>("authorization")
+        .and_then(move |authorization: Option<String>| {
+            let ok = server.token().authorizes(authorization.as_deref());
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(Rejection::from(ApiError::unauthorized()))
+                }
+            }
+        })
+        .untuple_one()
+        .boxed()
+}
+
+/// A JSON body of at most `max_body` bytes, parsed into `T`: 413 when
+/// larger, 415 when not `application/json`, 400 `invalid_json` naming the
+/// field (or line and column) when it does not parse.
+pub fn json_body<T: DeserializeOwned + Send + 'static>(max_body: ByteSize) -> BoxedFilter<(T,)> {
+    warp::header::optional::<String>("content-type")
+        .and(warp::body::content_length_limit(max_body.as_u64()))
+        .and(warp::body::bytes())
+        .and_then(
+            |content_type: Option<String>, body: warp::hyper::body::Bytes| async move {
+                let is_json = content_type.as_deref().is_some_and(|ct| {
+                    ct.split(';')
+                        .next()
+                        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+                });
+                if !is_json {
+                    return Err(Rejection::from(ApiError::new(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported_media_type",
+                        "the body must be JSON with `Content-Type: application/json`",
+                    )));
+                }
+                parse_json(&body).map_err(Rejection::from)
+            },
+        )
+        .boxed()
+}
+
+/// Parses a JSON body, naming the offending field where serde knows it.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize(&mut de) {
+        Ok(value) => Ok(value),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let mut error =
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", inner.to_string());
+            if let Some(field) = unknown_field(&inner.to_string()).or((path != ".").then_some(path))
+            {
+                error = error.field(field);
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The field an "unknown field `x`" or "missing field `x`" error names.
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))?;
+    rest.split('`').next().map(str::to_owned)
+}
+
+/// Runs a handler, answering a panic in it with 500 `internal` (logged)
+/// instead of dropping the connection, and an error with its §4 body.
+pub async fn guarded<F>(handler: F) -> Result<Response, Rejection>
+where
+    F: Future<Output = Result<Response, ApiError>> + Send,
+{
+    match AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Ok(e.response()),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!("a request handler panicked: {what}");
+            Ok(ApiError::internal().response())
+        }
+    }
+}
+
+/// The actor a mutating request is recorded as: `api`, or `api:NAME` from
+/// `X-Requested-By: NAME` (1–64 of `A-Za-z0-9._@-`).
+pub fn requested_by() -> BoxedFilter<(String,)> {
+    warp::header::optional::<String>("x-requested-by")
+        .and_then(|name: Option<String>| async move {
+            match name {
+                None => Ok("api".to_owned()),
+                Some(name)
+                    if (1..=64).contains(&name.len())
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b)) =>
+                {
+                    Ok(format!("api:{name}"))
+                }
+                Some(_) => Err(Rejection::from(ApiError::invalid_parameter(
+                    "X-Requested-By",
+                    "must be 1 to 64 characters of A-Za-z0-9 . _ @ -",
+                ))),
+            }
+        })
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        action: String,
+    }
+
+    #[test]
+    fn a_body_error_names_the_field() {
+        let e = parse_json::<Body>(br#"{"action": "x", "colour": 1}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("colour"));
+        let e = parse_json::<Body>(br#"{"action": 3}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("action"));
+        let e = parse_json::<Body>(br#"{}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("action"));
+        let e = parse_json::<Body>(b"{\n\"action\"").unwrap_err();
+        assert!(e.message.contains("line 2"), "{}", e.message);
+    }
+
+    #[test]
+    fn addresses_and_origins_are_checked() {
+        assert!(check_address("127.0.0.1:8080").is_ok());
+        assert!(check_address("[::1]:0").is_ok());
+        assert!(check_address("localhost").is_err());
+        assert!(check_address("127.0.0.1:99999").is_err());
+        assert!(check_origin("https://example.com:8443").is_ok());
+        assert!(check_origin("example.com").is_err());
+        assert!(check_origin("https://example.com/app").is_err());
+    }
+}

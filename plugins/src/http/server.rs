@@ -1,0 +1,312 @@
+//! One warp server per address, shared by the sinks that name it.
+//!
+//! The first sink to name an address binds it (in `build`, so a port in use
+//! fails the start naming sink and address); every sink mounts its routes;
+//! the server accepts from [`BuildContext::started`] and lives until the
+//! last sink on it has let its [`Mount`] go (after its flush), then stops
+//! accepting and lets requests in flight finish.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use flowpulse_core::plugin::{BuildContext, BuildError};
+use tokio_util::sync::CancellationToken;
+use warp::filters::BoxedFilter;
+use warp::http::{Method, StatusCode};
+use warp::reply::Response;
+use warp::Filter;
+
+use super::auth::{ApiToken, TokenSource};
+use super::error::{recover, ApiError};
+use super::ServerOptions;
+
+/// One route a sink serves: method and path, `{name}` standing for one
+/// path segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The method.
+    pub method: Method,
+    /// The path, e.g. `/api/v1/workflows/{id}/control`.
+    pub path: String,
+}
+
+impl Route {
+    /// A route of `method` at `path`.
+    pub fn new(method: Method, path: impl Into<String>) -> Route {
+        Route {
+            method,
+            path: path.into(),
+        }
+    }
+
+    fn matches_path(&self, path: &str) -> bool {
+        let mut want = self.path.trim_matches('/').split('/');
+        let mut have = path.trim_matches('/').split('/');
+        loop {
+            match (want.next(), have.next()) {
+                (None, None) => return true,
+                (Some(w), Some(h)) if w.starts_with('{') || w == h => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// The servers of one pipeline, by address; kept in the pipeline's
+/// [`Resources`](flowpulse_core::plugin::Resources).
+#[derive(Clone, Default)]
+pub struct HttpServers(Arc<Mutex<HashMap<String, Arc<SharedServer>>>>);
+
+/// A server several sinks mount routes on.
+pub struct SharedServer {
+    address: String,
+    local_addr: SocketAddr,
+    token: ApiToken,
+    inner: Mutex<Inner>,
+    /// Cancelled when the last mount is let go: stop accepting.
+    released: CancellationToken,
+}
+
+struct Inner {
+    filters: Vec<(String, BoxedFilter<(Response,)>)>,
+    routes: Vec<(String, Route)>,
+    mounts: usize,
+}
+
+/// A sink's hold on a server: the server stops once every hold is gone.
+pub struct Mount {
+    server: Arc<SharedServer>,
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let mut inner = lock(&self.server.inner);
+        inner.mounts = inner.mounts.saturating_sub(1);
+        if inner.mounts == 0 {
+            self.server.released.cancel();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl HttpServers {
+    /// The pipeline's servers.
+    pub fn of(cx: &BuildContext) -> HttpServers {
+        cx.resources.get_or_insert_with(HttpServers::default)
+    }
+
+    /// The server at `options.address`, bound now if no sink has named it
+    /// yet. Sinks sharing an address agree on its options (validation
+    /// checks it), so the first one's are the server's.
+    pub fn open(
+        &self,
+        cx: &BuildContext,
+        options: &ServerOptions,
+    ) -> Result<Arc<SharedServer>, BuildError> {
+        let mut servers = lock(&self.0);
+        if let Some(server) = servers.get(&options.address) {
+            return Ok(Arc::clone(server));
+        }
+        let std_listener = std::net::TcpListener::bind(&options.address).map_err(|e| {
+            BuildError(format!(
+                "cannot listen on {}: {e}{}",
+                options.address,
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    "; another program (or another sink with other options) holds the port"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        std_listener.set_nonblocking(true)?;
+        let local_addr = std_listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let (token, source) = ApiToken::resolve(options.token.as_deref(), &cx.pipeline.data_dir)
+            .map_err(|e| BuildError(format!("`token`: {e}")))?;
+        show_token(&token, &source, local_addr);
+        tracing::info!(component = %cx.name, address = %local_addr, "listening");
+        let server = Arc::new(SharedServer {
+            address: options.address.clone(),
+            local_addr,
+            token,
+            inner: Mutex::new(Inner {
+                filters: Vec::new(),
+                routes: Vec::new(),
+                mounts: 0,
+            }),
+            released: CancellationToken::new(),
+        });
+        tokio::spawn(serve(
+            Arc::clone(&server),
+            listener,
+            options.cors_origins.clone(),
+            cx.started(),
+        ));
+        servers.insert(options.address.clone(), Arc::clone(&server));
+        Ok(server)
+    }
+}
+
+/// Shows the token once, on standard error, outside the log (which may be
+/// shipped elsewhere). A token from the config is the operator's own and
+/// is not repeated.
+fn show_token(token: &ApiToken, source: &TokenSource, address: SocketAddr) {
+    let from = match source {
+        TokenSource::Config => return,
+        TokenSource::File(path) => format!("read from {}", path.display()),
+        TokenSource::Generated(path) => format!("generated into {}", path.display()),
+    };
+    eprintln!(
+        "API token for http://{address} ({from}; send it as `Authorization: Bearer <TOKEN>`):\n  {}",
+        token.reveal()
+    );
+}
+
+impl SharedServer {
+    /// The address as configured.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The address actually bound (port 0 becomes a real port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The token this server checks.
+    pub fn token(&self) -> &ApiToken {
+        &self.token
+    }
+
+    /// Mounts `filter`, which serves `routes`, for the sink `owner`.
+    pub fn mount(
+        self: &Arc<Self>,
+        owner: &str,
+        routes: Vec<Route>,
+        filter: BoxedFilter<(Response,)>,
+    ) -> Mount {
+        let mut inner = lock(&self.inner);
+        inner.filters.push((owner.to_owned(), filter));
+        inner
+            .routes
+            .extend(routes.into_iter().map(|r| (owner.to_owned(), r)));
+        inner.mounts += 1;
+        Mount {
+            server: Arc::clone(self),
+        }
+    }
+
+    /// Every route mounted so far.
+    pub fn routes(&self) -> Vec<Route> {
+        lock(&self.inner)
+            .routes
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+/// Waits for the pipeline to start, then serves every mounted filter until
+/// the last mount is let go.
+async fn serve(
+    server: Arc<SharedServer>,
+    listener: tokio::net::TcpListener,
+    cors_origins: Vec<String>,
+    started: impl std::future::Future<Output = ()>,
+) {
+    tokio::select! {
+        () = started => {}
+        () = server.released.cancelled() => return,
+    }
+    let (filters, routes) = {
+        let inner = lock(&server.inner);
+        let filters: Vec<_> = inner.filters.iter().map(|(_, f)| f.clone()).collect();
+        let routes: Vec<Route> = inner.routes.iter().map(|(_, r)| r.clone()).collect();
+        (filters, routes)
+    };
+    let mut app = fallback(Arc::new(routes));
+    for filter in filters.into_iter().rev() {
+        app = filter.or(app).unify().boxed();
+    }
+    let app: BoxedFilter<(Response,)> = if cors_origins.is_empty() {
+        app
+    } else {
+        let cors = warp::cors()
+            .allow_origins(cors_origins.iter().map(String::as_str))
+            .allow_methods(["GET", "POST", "PUT", "DELETE"])
+            .allow_headers([
+                "authorization",
+                "content-type",
+                "idempotency-key",
+                "x-requested-by",
+            ])
+            .max_age(600)
+            .build();
+        app.with(cors).map(warp::Reply::into_response).boxed()
+    };
+    let app = app.recover(recover).map(warp::Reply::into_response);
+    let released = server.released.clone();
+    warp::serve(app)
+        .incoming(listener)
+        .graceful(async move { released.cancelled().await })
+        .run()
+        .await;
+    tracing::debug!(address = %server.local_addr, "server stopped");
+}
+
+/// The last filter: a path no route has is 404, a method its path does
+/// not take is 405 with `Allow`. A request some route takes but whose
+/// filter rejected it (a bad body, a missing token) is left to that
+/// rejection.
+fn fallback(routes: Arc<Vec<Route>>) -> BoxedFilter<(Response,)> {
+    warp::method()
+        .and(warp::path::full())
+        .and_then(move |method: Method, path: warp::path::FullPath| {
+            let routes = Arc::clone(&routes);
+            async move {
+                let on_path: Vec<&Route> = routes
+                    .iter()
+                    .filter(|r| r.matches_path(path.as_str()))
+                    .collect();
+                if on_path.is_empty() {
+                    return Ok(
+                        ApiError::not_found(format!("no route {}", path.as_str())).response()
+                    );
+                }
+                if on_path.iter().any(|r| r.method == method) {
+                    return Err(warp::reject::not_found());
+                }
+                let mut allow: Vec<&str> = on_path.iter().map(|r| r.method.as_str()).collect();
+                allow.sort_unstable();
+                allow.dedup();
+                let allow = allow.join(", ");
+                Ok(ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{} takes {allow}", path.as_str()),
+                )
+                .header("allow", allow)
+                .response())
+            }
+        })
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_pattern_matches_one_segment_per_placeholder() {
+        let route = Route::new(Method::POST, "/api/v1/workflows/{id}/control");
+        assert!(route.matches_path("/api/v1/workflows/wf-1/control"));
+        assert!(!route.matches_path("/api/v1/workflows/wf-1/x/control"));
+        assert!(!route.matches_path("/api/v1/workflows/control"));
+        assert!(Route::new(Method::GET, "/metrics").matches_path("/metrics"));
+        assert!(!Route::new(Method::GET, "/metrics").matches_path("/metrics/x"));
+    }
+}
