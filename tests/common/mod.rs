@@ -1,6 +1,7 @@
 //! Helpers for tests that drive the real `flowpulse` binary.
 #![allow(dead_code)]
 
+pub mod http_helpers;
 pub mod redis_helpers;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,724 @@
+//! The `rest` sink over real HTTP on loopback (CONTRACT §4, §6): every
+//! route's answers against its own OpenAPI operation, auth, control queued
+//! in the real Redis, the token file, Prometheus text, config conflicts.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::http_helpers::{rest_and_websocket, start, write_config, Running};
+use common::redis_helpers::{connection, prefix, redis_url};
+use common::*;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// Checks answers against the server's own OpenAPI document.
+struct Spec(Value);
+
+impl Spec {
+    async fn fetch(server: &Running) -> Spec {
+        let response = reqwest::get(server.url("/api/v1/openapi.json"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        Spec(response.json().await.unwrap())
+    }
+
+    fn routes(&self) -> BTreeSet<String> {
+        let mut routes = BTreeSet::new();
+        for (path, item) in self.0["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                routes.insert(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+        routes
+    }
+
+    /// Asserts that `status` is listed for the operation and that `body`
+    /// matches its schema.
+    fn check(&self, method: &str, path: &str, status: u16, body: &Value) {
+        let errors = self.errors(method, path, status, body);
+        assert!(
+            errors.is_empty(),
+            "{method} {path} {status}: {errors:?}\n{body}"
+        );
+    }
+
+    /// What is wrong with `body` as the answer `status` of an operation.
+    fn errors(&self, method: &str, path: &str, status: u16, body: &Value) -> Vec<String> {
+        let operation = &self.0["paths"][path][method];
+        assert!(operation.is_object(), "no operation {method} {path}");
+        let answer = &operation["responses"][status.to_string()];
+        assert!(
+            answer.is_object(),
+            "{method} {path} answered {status}, which its operation does not list"
+        );
+        let Some(schema) = answer["content"]["application/json"]["schema"].as_object() else {
+            return Vec::new();
+        };
+        // The components travel with the schema so that its $refs resolve.
+        let mut root = json!({"components": self.0["components"].clone()});
+        for (k, v) in schema {
+            root[k] = v.clone();
+        }
+        let validator = jsonschema::validator_for(&root).unwrap();
+        validator
+            .iter_errors(body)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect()
+    }
+}
+
+async fn call(
+    server: &Running,
+    spec: &Spec,
+    request: reqwest::RequestBuilder,
+    method: &str,
+    path: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let _ = server;
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body: Value = if path == "/metrics" && status == 200 {
+        Value::String(text)
+    } else {
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{status} {path} not JSON ({e}): {text}"))
+    };
+    spec.check(method, path, status, &body);
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn every_route_answers_as_its_openapi_operation_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = redis_url();
+    let stream = format!("{}:control", prefix(&url, "routes"));
+    let sinks = rest_and_websocket(&format!("token = \"{TOKEN}\"")).replace(
+        "[sinks.live]",
+        &format!("control = {{ url = \"{url}\", stream = \"{stream}\" }}\n\n[sinks.live]"),
+    );
+    let config = write_config(dir.path(), "", "2s", &sinks);
+    let server = start(dir.path(), &config);
+    let http = reqwest::Client::new();
+    let m = "/api/v1/monitoring";
+
+    // Before the first document (the aggregate emits after 2 s).
+    let spec = Spec::fetch(&server).await;
+    let realtime = format!("{m}/metrics/realtime");
+    let history = format!("{m}/metrics/history");
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        http.get(server.url(&realtime)),
+        "get",
+        &realtime,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("metrics_unavailable"))
+    );
+    let (status, _, _) = call(
+        &server,
+        &spec,
+        http.get(server.url(&history)),
+        "get",
+        &history,
+    )
+    .await;
+    assert_eq!(status, 503);
+    let status_path = format!("{m}/status");
+    let (_, _, body) = call(
+        &server,
+        &spec,
+        http.get(server.url(&status_path)),
+        "get",
+        &status_path,
+    )
+    .await;
+    assert_eq!(body["status"], "initializing");
+
+    // Exactly the routes the server has.
+    let expected: BTreeSet<String> = [
+        "GET /api/v1/monitoring/metrics/realtime",
+        "GET /api/v1/monitoring/metrics/history",
+        "GET /api/v1/monitoring/health",
+        "GET /api/v1/monitoring/status",
+        "GET /api/v1/openapi.json",
+        "POST /api/v1/workflows/{id}/control",
+        "GET /metrics",
+        "GET /ws/monitoring",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(spec.routes(), expected);
+    // The schemas bite: a wrong body is caught.
+    let wrong = json!({"data": {"overview": 1}, "timestamp": "t", "ttl_ms": 5});
+    assert!(!spec.errors("get", &realtime, 200, &wrong).is_empty());
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (status, headers, body) = call(
+            &server,
+            &spec,
+            http.get(server.url(&realtime)),
+            "get",
+            &realtime,
+        )
+        .await;
+        if status == 200 {
+            assert_eq!(headers["cache-control"], "no-cache, must-revalidate");
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no document within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(body["ttl_ms"].as_u64().unwrap() <= 2000, "{body}");
+    assert!(body["data"]["history"].as_array().unwrap().len() <= 1);
+    assert!(body["data"]["overview"]["total_workflows"]
+        .as_u64()
+        .is_some());
+
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        http.get(server.url(&history)),
+        "get",
+        &history,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["interval_ms"], 2000);
+
+    let health = format!("{m}/health");
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        http.get(server.url(&health)),
+        "get",
+        &health,
+    )
+    .await;
+    assert_eq!((status, body["healthy"].as_bool()), (200, Some(true)));
+    assert_eq!(body["checks"]["demo"], "ok");
+
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        http.get(server.url(&status_path)),
+        "get",
+        &status_path,
+    )
+    .await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("running")));
+    assert_eq!(body["pipeline"], "http-test");
+    assert_eq!(body["components"]["live"]["type"], "websocket");
+    assert_eq!(body["components"]["live"]["clients"], 0);
+    assert!(body["components"]["demo"]["records_out"].as_u64().unwrap() > 0);
+    assert!(!body.to_string().contains(TOKEN));
+
+    let (status, headers, _) = call(
+        &server,
+        &spec,
+        http.get(server.url("/metrics")),
+        "get",
+        "/metrics",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+
+    // Control: each status its operation lists.
+    let control = "/api/v1/workflows/{id}/control";
+    let post = |id: &str| http.post(server.url(&format!("/api/v1/workflows/{id}/control")));
+    let (status, headers, body) = call(
+        &server,
+        &spec,
+        post("wf-1").json(&json!({"action": "pause"})),
+        "post",
+        control,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let authed = |id: &str| post(id).bearer_auth(TOKEN);
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        authed("wf-1")
+            .header("content-type", "text/plain")
+            .body("{\"action\":\"pause\"}"),
+        "post",
+        control,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    let huge = json!({"action": "pause", "reason": "x".repeat(70 * 1024)});
+    let (status, _, body) = call(&server, &spec, authed("wf-1").json(&huge), "post", control).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        authed("wf-1")
+            .header("content-type", "application/json")
+            .body("{\"action\":"),
+        "post",
+        control,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_json"))
+    );
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        authed("wf-1").json(&json!({"action": "pause", "colour": 1})),
+        "post",
+        control,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("colour"))
+    );
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        authed("wf-1").json(&json!({"action": "explode"})),
+        "post",
+        control,
+    )
+    .await;
+    assert_eq!(
+        (
+            status,
+            body["error"]["code"].as_str(),
+            body["error"]["field"].as_str()
+        ),
+        (400, Some("invalid_action"), Some("action"))
+    );
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        authed("wf%201").json(&json!({"action": "pause"})),
+        "post",
+        control,
+    )
+    .await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("id")));
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        authed("wf-1").json(&json!({"action": "pause", "reason": "r"})),
+        "post",
+        control,
+    )
+    .await;
+    assert_eq!(
+        (status, body["data"]["status"].as_str()),
+        (202, Some("queued")),
+        "{body}"
+    );
+
+    // Unknown paths and wrong methods: the §4 body, never HTML.
+    let response = http.get(server.url("/nowhere")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    let response = http.delete(server.url(&realtime)).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    let response = http
+        .get(server.url("/api/v1/workflows/wf-1/control"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn closed_reads_need_the_token_and_the_websocket_takes_it_as_a_subprotocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = rest_and_websocket(&format!("token = \"{TOKEN}\"\nauth_reads = true"));
+    let config = write_config(dir.path(), "", "500ms", &sinks);
+    let server = start(dir.path(), &config);
+    let http = reqwest::Client::new();
+    let spec = Spec::fetch(&server).await;
+    for path in [
+        "/api/v1/monitoring/metrics/realtime",
+        "/api/v1/monitoring/metrics/history",
+        "/api/v1/monitoring/status",
+        "/metrics",
+    ] {
+        let (status, headers, body) =
+            call(&server, &spec, http.get(server.url(path)), "get", path).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert_eq!(headers["www-authenticate"], "Bearer");
+        let response = http
+            .get(server.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(response.status(), 401, "{path}");
+    }
+    // Health stays open for load balancers.
+    let response = http
+        .get(server.url("/api/v1/monitoring/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws = server.ws_url("/ws/monitoring");
+    let refused = tokio_tungstenite::connect_async(ws.as_str()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401)
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let mut request = ws.as_str().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("flowpulse, bearer.{TOKEN}").parse().unwrap(),
+    );
+    let (_socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "flowpulse");
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn control_queues_one_entry_per_idempotency_key_as_the_contract_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = redis_url();
+    let stream = format!("{}:control", prefix(&url, "control"));
+    let sinks = format!(
+        "{}\ncontrol = {{ url = \"{url}\", stream = \"{stream}\", maxlen = 1000 }}\n",
+        rest_and_websocket(&format!("token = \"{TOKEN}\""))
+            .split("[sinks.live]")
+            .next()
+            .unwrap()
+    );
+    let config = write_config(dir.path(), "", "1s", &sinks);
+    let server = start(dir.path(), &config);
+    let http = reqwest::Client::new();
+    let send = |key: Option<&str>| {
+        let mut request = http
+            .post(server.url("/api/v1/workflows/wf-000123/control"))
+            .bearer_auth(TOKEN)
+            .header("x-requested-by", "dashboard")
+            .json(&json!({"action": "pause", "reason": "agent scaffold failing"}));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send()
+    };
+    let first = send(Some("k-1")).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again: Value = send(Some("k-1")).await.unwrap().json().await.unwrap();
+    assert_eq!(first, again, "the same key answers the same");
+    let other: Value = send(None).await.unwrap().json().await.unwrap();
+    assert_ne!(other["data"]["command_id"], first["data"]["command_id"]);
+
+    let mut conn = connection(&url);
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        entries.ids.len(),
+        2,
+        "one entry per key, one per keyless request"
+    );
+    let entry = &entries.ids[0];
+    assert_eq!(entry.id, first["data"]["stream_id"].as_str().unwrap());
+    let topic: String = entry.get("topic").unwrap();
+    assert_eq!(topic, "workflow:control");
+    let payload: String = entry.get("payload").unwrap();
+    let payload: Value = serde_json::from_str(&payload).unwrap();
+    let command_id = first["data"]["command_id"].as_str().unwrap();
+    assert_eq!(payload["key"], "wf-000123");
+    assert_eq!(payload["msg"]["message_id"], command_id);
+    assert_eq!(
+        payload["msg"]["metadata"]["stage"],
+        "orchestrator:workflow:control"
+    );
+    assert_eq!(payload["msg"]["payload"]["action"], "pause");
+    assert_eq!(
+        payload["msg"]["payload"]["reason"],
+        "agent scaffold failing"
+    );
+    assert_eq!(payload["msg"]["payload"]["requested_by"], "api:dashboard");
+    assert_eq!(
+        uuid_version(command_id),
+        '5',
+        "a keyed command id is a UUIDv5: {command_id}"
+    );
+    let remembered: String = redis::cmd("GET")
+        .arg(format!("flowpulse:control:command:{command_id}"))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(remembered, entry.id);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("flowpulse:control:command:{command_id}"))
+        .query(&mut conn)
+        .unwrap();
+    assert!((86_000..=86_400).contains(&ttl), "{ttl}");
+    assert!(server.stop().success());
+}
+
+fn uuid_version(id: &str) -> char {
+    id.chars().nth(14).unwrap()
+}
+
+#[tokio::test]
+async fn control_without_redis_answers_503_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let sinks = format!(
+        "{}\ncontrol = {{ url = \"redis://127.0.0.1:{port}\" }}\n",
+        rest_and_websocket(&format!("token = \"{TOKEN}\""))
+            .split("[sinks.live]")
+            .next()
+            .unwrap()
+    );
+    let config = write_config(dir.path(), "", "1s", &sinks);
+    let server = start(dir.path(), &config);
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        let response = http
+            .post(server.url("/api/v1/workflows/wf-1/control"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"action": "cancel"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "control_unavailable");
+    }
+    let health: Value = http
+        .get(server.url("/api/v1/monitoring/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["healthy"], false, "{health}");
+    let logs = server.log_lines();
+    let outage_logs = logs.iter().filter(|l| l.contains("cannot reach")).count();
+    assert_eq!(outage_logs, 1, "logged once per outage: {logs:?}");
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn control_is_503_naming_the_option_when_not_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "",
+        "1s",
+        &rest_and_websocket(&format!("token = \"{TOKEN}\"")),
+    );
+    let server = start(dir.path(), &config);
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/workflows/wf-1/control"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"action": "retry"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "control_not_configured");
+    assert_eq!(body["error"]["field"], "control");
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn the_token_file_is_private_reused_after_a_restart_and_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "1s", &rest_and_websocket("token = \"\""));
+    let first = start(dir.path(), &config);
+    let token = first
+        .shown_token
+        .clone()
+        .expect("the token is shown at start");
+    let file = dir.path().join("data/api-token");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    let response = reqwest::Client::new()
+        .post(first.url("/api/v1/workflows/wf-1/control"))
+        .bearer_auth(&token)
+        .json(&json!({"action": "retry"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        503,
+        "authorized, then refused: no control"
+    );
+    let logs = first.log_lines();
+    assert!(first.stop().success());
+    assert!(
+        logs.iter().all(|l| !l.contains(&token)),
+        "a log line holds the token"
+    );
+
+    let second = start(dir.path(), &config);
+    assert_eq!(second.shown_token.as_deref(), Some(token.as_str()));
+    assert!(second.stop().success());
+}
+
+#[tokio::test]
+async fn metrics_text_parses_as_prometheus_and_names_every_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "300ms", &rest_and_websocket(""));
+    let server = start(dir.path(), &config);
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = http
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("flowpulse_workflows{") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no workflow metrics: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+    let names: BTreeSet<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    for name in [
+        "flowpulse_workflows",
+        "flowpulse_workflow_error_ratio",
+        "flowpulse_workflow_duration_seconds",
+        "flowpulse_component_records_in_total",
+        "flowpulse_component_clients",
+    ] {
+        assert!(names.contains(name), "{name} missing from {names:?}");
+    }
+    let components: BTreeSet<&str> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "flowpulse_component_records_in_total")
+        .filter_map(|s| s.labels.get("component"))
+        .collect();
+    assert_eq!(
+        components,
+        BTreeSet::from(["api", "demo", "live", "metrics"])
+    );
+    if let Ok(output) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+    {
+        assert!(
+            output.status.success(),
+            "promtool: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert!(server.stop().success());
+}
+
+#[test]
+fn one_path_twice_at_one_address_names_both_sinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = r#"[sinks.api]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+
+[sinks.api2]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+max_body = "1MiB"
+"#;
+    let config = write_config(dir.path(), "", "1s", sinks);
+    let output = std::process::Command::new(binary())
+        .args(["validate", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("sink \"api2\"")
+            && stderr.contains(
+                "/api/v1/monitoring/health at 127.0.0.1:0 is also mounted by sink \"api\""
+            ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`max_body`: differs from sink \"api\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_port_in_use_fails_the_start_naming_sink_and_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let sinks = rest_and_websocket("").replace("127.0.0.1:0", &address);
+    let config = write_config(dir.path(), "", "1s", &sinks);
+    let output = run_to_end(dir.path(), &config, Duration::from_secs(30));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("sink \\\"api\\\"")
+            && stderr.contains(&format!("cannot listen on {address}")),
+        "{stderr}"
+    );
+    drop(taken);
+}
