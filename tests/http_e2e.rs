@@ -439,12 +439,15 @@ async fn control_queues_one_entry_per_idempotency_key_as_the_contract_says() {
         }
         request.send()
     };
-    let first = send(Some("k-1")).await.unwrap();
+    // The command key lives 24 h in the shared Redis: a key of this run's own.
+    let key = format!("k-{stream}");
+    let first = send(Some(&key)).await.unwrap();
     assert_eq!(first.status(), 202);
     let first: Value = first.json().await.unwrap();
-    let again: Value = send(Some("k-1")).await.unwrap().json().await.unwrap();
+    let again: Value = send(Some(&key)).await.unwrap().json().await.unwrap();
     assert_eq!(first, again, "the same key answers the same");
     let other: Value = send(None).await.unwrap().json().await.unwrap();
+    assert_eq!(other["data"]["status"], "queued", "{other}");
     assert_ne!(other["data"]["command_id"], first["data"]["command_id"]);
 
     let mut conn = connection(&url);

@@ -195,15 +195,37 @@ pub fn authorize(server: &Arc<SharedServer>, access: Access, auth_reads: bool) -
         .boxed()
 }
 
+/// How much of a refused body is read (and discarded) before answering:
+/// a server that answers without reading what the client is still sending
+/// resets the connection, and the client never sees the answer.
+const DRAIN_LIMIT: u64 = 1024 * 1024;
+
 /// A JSON body of at most `max_body` bytes, parsed into `T`: 413 when
 /// larger, 415 when not `application/json`, 400 `invalid_json` naming the
-/// field (or line and column) when it does not parse.
+/// field (or line and column) when it does not parse. Chunked bodies are
+/// taken too; a refused body is drained (up to 1 MiB) so that the client
+/// reads the answer.
 pub fn json_body<T: DeserializeOwned + Send + 'static>(max_body: ByteSize) -> BoxedFilter<(T,)> {
+    let max = max_body.as_u64();
     warp::header::optional::<String>("content-type")
-        .and(warp::body::content_length_limit(max_body.as_u64()))
-        .and(warp::body::bytes())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
         .and_then(
-            |content_type: Option<String>, body: warp::hyper::body::Bytes| async move {
+            move |content_type: Option<String>, length: Option<u64>, body| async move {
+                let too_large = || {
+                    Rejection::from(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        format!("the body is larger than this server's `max_body` ({max} bytes)"),
+                    ))
+                };
+                if length.is_some_and(|n| n > DRAIN_LIMIT) {
+                    return Err(too_large());
+                }
+                let (bytes, total) = read_body(body, max).await?;
+                if total > max {
+                    return Err(too_large());
+                }
                 let is_json = content_type.as_deref().is_some_and(|ct| {
                     ct.split(';')
                         .next()
@@ -216,10 +238,44 @@ pub fn json_body<T: DeserializeOwned + Send + 'static>(max_body: ByteSize) -> Bo
                         "the body must be JSON with `Content-Type: application/json`",
                     )));
                 }
-                parse_json(&body).map_err(Rejection::from)
+                parse_json(&bytes).map_err(Rejection::from)
             },
         )
         .boxed()
+}
+
+/// Reads a body, keeping at most `max` bytes and discarding the rest up to
+/// [`DRAIN_LIMIT`]; returns what it kept and how many bytes it saw.
+async fn read_body<S, B>(body: S, max: u64) -> Result<(Vec<u8>, u64), Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: warp::Buf,
+{
+    use futures::StreamExt as _;
+    let mut body = std::pin::pin!(body);
+    let mut kept = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            Rejection::from(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("the body could not be read: {e}"),
+            ))
+        })?;
+        total += chunk.remaining() as u64;
+        if total <= max {
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                kept.extend_from_slice(part);
+                let n = part.len();
+                chunk.advance(n);
+            }
+        } else if total > DRAIN_LIMIT {
+            break;
+        }
+    }
+    Ok((kept, total))
 }
 
 /// Parses a JSON body, naming the offending field where serde knows it.
@@ -315,6 +371,19 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("action"));
         let e = parse_json::<Body>(b"{\n\"action\"").unwrap_err();
         assert!(e.message.contains("line 2"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_the_error_body() {
+        let handler = async {
+            let nothing: Option<u8> = None;
+            // A bug in a handler: the server must answer, not drop the connection.
+            let _ = nothing.expect("a handler bug");
+            Ok(ApiError::not_found("unreachable").response())
+        };
+        let response = guarded(handler).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["content-type"], "application/json");
     }
 
     #[test]

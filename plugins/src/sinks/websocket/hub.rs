@@ -17,15 +17,16 @@ use flowpulse_core::telemetry::{Counter, Gauge};
 use rand::Rng as _;
 use tokio::sync::Notify;
 
-/// A channel a client may subscribe to.
+/// A channel a client may subscribe to; ordered by name, as lists of
+/// channels are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Channel {
-    /// Metrics documents.
-    Metrics,
     /// Alert notices.
     Alerts,
     /// Live workflow events (opt-in).
     Events,
+    /// Metrics documents.
+    Metrics,
 }
 
 impl Channel {
