@@ -376,9 +376,10 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_handler_answers_500_with_the_error_body() {
         let handler = async {
-            let nothing: Option<u8> = None;
             // A bug in a handler: the server must answer, not drop the connection.
-            let _ = nothing.expect("a handler bug");
+            let index = std::hint::black_box(3);
+            let empty: [u8; 0] = [];
+            let _ = empty[index];
             Ok(ApiError::not_found("unreachable").response())
         };
         let response = guarded(handler).await.unwrap();
