@@ -155,6 +155,12 @@ async fn a_client_is_greeted_then_gets_the_newest_metrics_and_answers_to_its_mes
         }
     }
 
+    let live = &status(&server).await["components"]["live"];
+    assert_eq!(
+        live["messages_refused"], 4,
+        "every refused message is counted: {live}"
+    );
+
     // A message over 64 KiB closes with 1009.
     socket
         .send(Message::text(format!(

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use flowpulse_core::plugin::{BuildContext, BuildError};
+use flowpulse_core::telemetry::Counter;
 use tokio_util::sync::CancellationToken;
 use warp::filters::BoxedFilter;
 use warp::http::{Method, StatusCode};
@@ -140,10 +141,25 @@ impl HttpServers {
             }),
             released: CancellationToken::new(),
         });
+        let counters = Counters {
+            answered: cx.stats.counter(
+                "http_requests",
+                "HTTP requests answered by the server this sink opened.",
+            ),
+            refused: cx.stats.counter(
+                "http_requests_refused",
+                "HTTP requests refused as bad input (4xx), by the server this sink opened.",
+            ),
+            failed: cx.stats.counter(
+                "http_requests_failed",
+                "HTTP requests that failed (5xx), by the server this sink opened.",
+            ),
+        };
         tokio::spawn(serve(
             Arc::clone(&server),
             listener,
             options.cors_origins.clone(),
+            counters,
             cx.started(),
         ));
         servers.insert(options.address.clone(), Arc::clone(&server));
@@ -210,12 +226,20 @@ impl SharedServer {
     }
 }
 
+/// What a server counts, in the telemetry of the sink that opened it.
+struct Counters {
+    answered: Arc<Counter>,
+    refused: Arc<Counter>,
+    failed: Arc<Counter>,
+}
+
 /// Waits for the pipeline to start, then serves every mounted filter until
 /// the last mount is let go.
 async fn serve(
     server: Arc<SharedServer>,
     listener: tokio::net::TcpListener,
     cors_origins: Vec<String>,
+    counters: Counters,
     started: impl std::future::Future<Output = ()>,
 ) {
     tokio::select! {
@@ -248,7 +272,18 @@ async fn serve(
             .build();
         app.with(cors).map(warp::Reply::into_response).boxed()
     };
-    let app = app.recover(recover).map(warp::Reply::into_response);
+    let count = warp::log::custom(move |info| {
+        counters.answered.inc();
+        if info.status().is_client_error() {
+            counters.refused.inc();
+        } else if info.status().is_server_error() {
+            counters.failed.inc();
+        }
+    });
+    let app = app
+        .recover(recover)
+        .map(warp::Reply::into_response)
+        .with(count);
     let released = server.released.clone();
     warp::serve(app)
         .incoming(listener)

@@ -100,7 +100,7 @@ pub async fn serve(socket: WebSocket, hub: Arc<Hub>, client: Arc<Client>, settin
                     break Ending::Close(1009, "message too big");
                 }
                 if message.is_text() || message.is_binary() {
-                    answer(&client, &settings, message.as_bytes());
+                    answer(&hub, &client, &settings, message.as_bytes());
                 }
             }
             () = client.wake.notified() => {
@@ -161,19 +161,17 @@ fn slow(hub: &Hub, settings: &Settings, client: &Client) -> Ending {
 
 /// Answers one client message: `ping`, `subscribe` or `unsubscribe`;
 /// anything else gets an `error` frame and the connection stays open.
-fn answer(client: &Client, settings: &Settings, bytes: &[u8]) {
+fn answer(hub: &Hub, client: &Client, settings: &Settings, bytes: &[u8]) {
+    let refuse = |code: &str, message: &str| {
+        hub.stats.messages_refused.inc();
+        client.reply(error_frame(code, message));
+    };
     let Ok(Value::Object(message)) = serde_json::from_slice::<Value>(bytes) else {
-        client.reply(error_frame(
-            "invalid_json",
-            "a message is a JSON object with a `type`",
-        ));
+        refuse("invalid_json", "a message is a JSON object with a `type`");
         return;
     };
     let Some(kind) = message.get("type").and_then(Value::as_str) else {
-        client.reply(error_frame(
-            "missing_field",
-            "the message has no string `type`",
-        ));
+        refuse("missing_field", "the message has no string `type`");
         return;
     };
     let subscribe = match kind {
@@ -188,15 +186,15 @@ fn answer(client: &Client, settings: &Settings, bytes: &[u8]) {
                 "unknown message type `{}`; expected ping, subscribe or unsubscribe",
                 truncate(other)
             );
-            client.reply(error_frame("unknown_type", &text));
+            refuse("unknown_type", &text);
             return;
         }
     };
     let Some(names) = message.get("channels").and_then(Value::as_array) else {
-        client.reply(error_frame(
+        refuse(
             "missing_field",
             "`channels` must be an array of channel names",
-        ));
+        );
         return;
     };
     let mut unknown = Vec::new();
@@ -213,7 +211,7 @@ fn answer(client: &Client, settings: &Settings, bytes: &[u8]) {
             unknown.join(", "),
             channel_names(settings.available.iter().copied()).join(", ")
         );
-        client.reply(error_frame("unknown_channel", &text));
+        refuse("unknown_channel", &text);
     }
     let now: Vec<&str> = {
         let mut channels = client.channels.lock().unwrap_or_else(|p| p.into_inner());

@@ -282,6 +282,8 @@ pub struct HubStats {
     pub frames_replaced: Arc<Counter>,
     /// Clients closed as too slow.
     pub slow_clients_closed: Arc<Counter>,
+    /// Client messages answered with an `error` frame.
+    pub messages_refused: Arc<Counter>,
 }
 
 /// Every client of one endpoint.

@@ -71,6 +71,10 @@ impl SinkConfig for WebSocketConfig {
             slow_clients_closed: cx
                 .stats
                 .counter("slow_clients_closed", "Clients closed as too slow."),
+            messages_refused: cx.stats.counter(
+                "messages_refused",
+                "Client messages answered with an error frame.",
+            ),
         };
         let hub = Arc::new(Hub::new(self.client_queue, self.events_per_frame, stats));
         let settings = Arc::new(Settings {
