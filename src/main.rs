@@ -59,6 +59,13 @@ enum Command {
     Plugins,
     /// Write realistic seeded workflow events (for load tests and benchmarks).
     Generate(generate::GenerateArgs),
+    /// Create each `[stores.NAME]` database if missing and apply its
+    /// migrations (idempotent); exit 1 if one cannot be reached.
+    Migrate {
+        /// The pipeline config [default: pipeline.toml, else the built-in default].
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Inspect or clear the checkpointed state of stateful processors.
     State {
         #[command(subcommand)]
@@ -118,6 +125,7 @@ fn main() -> ExitCode {
         Command::Validate { config } => validate(config.as_deref()),
         Command::Generate(args) => generate::run(&args).map(|()| ExitCode::SUCCESS),
         Command::State { action } => state(action),
+        Command::Migrate { config } => migrate(config.as_deref()),
         Command::Plugins => {
             for plugin in registered_plugins() {
                 println!(
@@ -196,6 +204,48 @@ fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+    })
+}
+
+fn migrate(path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if config.stores.is_empty() {
+        println!("no [stores.NAME] table: nothing to migrate");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let mut failed = false;
+        for (name, settings) in &config.stores {
+            let outcome = match flowpulse_plugins::stores::Store::new(name, settings) {
+                Ok(store) => store.prepare().await.map(|()| store),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(store) => println!(
+                    "store \"{name}\" ({}): migrations applied",
+                    store.display_url()
+                ),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failed = true;
+                }
+            }
+        }
+        Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        })
     })
 }
 

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 
-use crate::config::{CheckpointSettings, PipelineSettings};
+use crate::config::{CheckpointSettings, PipelineSettings, Stores};
 use crate::record::{Batch, RecordKinds};
 use crate::runtime::Output;
 use crate::state::ProcessorState;
@@ -118,6 +118,8 @@ pub struct ValidateContext<'a> {
     pub pipeline: &'a PipelineSettings,
     /// The `[checkpoint]` table, when configured.
     pub checkpoint: Option<&'a CheckpointSettings>,
+    /// The `[stores.NAME]` tables.
+    pub stores: &'a Stores,
     /// Every component of the pipeline.
     pub topology: &'a TopologyView,
     /// The name of the component being validated.
@@ -171,6 +173,8 @@ pub struct BuildContext {
     pub resources: Resources,
     /// Cancelled when the pipeline shuts down.
     pub shutdown: Shutdown,
+    /// The `[stores.NAME]` tables.
+    pub stores: Stores,
     /// Every component of the pipeline.
     pub topology: TopologyView,
     /// Cancelled (resolved) once every component is built, just before the

@@ -8,6 +8,7 @@ pub mod processors;
 pub mod redis_util;
 pub mod sinks;
 pub mod sources;
+pub mod stores;
 
 /// Forces the linker to keep this crate's `inventory` registrations.
 ///

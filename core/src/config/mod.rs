@@ -74,6 +74,96 @@ impl std::fmt::Debug for CheckpointSettings {
     }
 }
 
+/// One `[stores.NAME]` table: a database that components (the alert store,
+/// the rules, the REST alert routes) name with `store = "NAME"`. Core opens
+/// no database; the plugins do, one pool per store per process.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `postgres://USER@HOST:PORT/DB` or `sqlite://PATH` (credentials are
+    /// never logged). A missing database is created.
+    pub url: String,
+    /// The most connections the pool opens. Default 5.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// How long connecting may take, e.g. `"5s"` (the default).
+    #[serde(with = "humantime_serde", default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// How long resolved alerts are kept, e.g. `"90d"` (the default).
+    #[serde(with = "humantime_serde", default = "default_retention")]
+    pub retention: Duration,
+}
+
+fn default_max_connections() -> u32 {
+    5
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(90 * 24 * 60 * 60)
+}
+
+impl std::fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retention", &self.retention)
+            .finish()
+    }
+}
+
+impl StoreSettings {
+    /// Problems with the settings, as (field, message).
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        let known = ["postgres://", "postgresql://", "sqlite://", "sqlite:"];
+        if !known.iter().any(|scheme| self.url.starts_with(scheme)) {
+            problems.push((
+                "url",
+                format!(
+                    "`{}` is neither postgres://… nor sqlite://PATH",
+                    redact_url(&self.url)
+                ),
+            ));
+        }
+        if self.max_connections == 0 {
+            problems.push(("max_connections", "must be at least 1".to_owned()));
+        }
+        if self.connect_timeout < Duration::from_millis(100) {
+            problems.push(("connect_timeout", "must be at least 100ms".to_owned()));
+        }
+        if self.retention < Duration::from_secs(60 * 60) {
+            problems.push(("retention", "must be at least 1h".to_owned()));
+        }
+        problems
+    }
+}
+
+/// The declared stores, by name.
+pub type Stores = std::collections::BTreeMap<String, StoreSettings>;
+
+/// The error for a component option naming a store that is not declared:
+/// `None` when `name` is one of `stores`.
+pub fn unknown_store(stores: &Stores, name: &str) -> Option<String> {
+    if stores.contains_key(name) {
+        return None;
+    }
+    let declared: Vec<&str> = stores.keys().map(String::as_str).collect();
+    Some(if declared.is_empty() {
+        format!("no store \"{name}\" is declared; add a [stores.{name}] table with its url")
+    } else {
+        format!(
+            "no store \"{name}\" is declared; declared: {}",
+            declared.join(", ")
+        )
+    })
+}
+
 /// What a producer does when a consumer's buffer is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -129,6 +219,8 @@ pub struct PipelineConfig {
     pub pipeline: PipelineSettings,
     /// `[checkpoint]`.
     pub checkpoint: Option<CheckpointSettings>,
+    /// `[stores.NAME]`, by name.
+    pub stores: Stores,
     /// Every component, in file order.
     pub components: Vec<ComponentSpec>,
     /// Problems that do not stop the pipeline.
@@ -241,6 +333,7 @@ impl Parser<'_> {
         let mut config = PipelineConfig {
             pipeline: PipelineSettings::default(),
             checkpoint: None,
+            stores: Stores::new(),
             components: Vec::new(),
             warnings: Vec::new(),
         };
@@ -254,11 +347,19 @@ impl Parser<'_> {
                     }
                 }
                 "checkpoint" => config.checkpoint = self.deserialize::<CheckpointSettings>(value),
+                "stores" => self.stores(value, &mut config),
                 "sources" => self.components(ComponentRole::Source, value, &mut config),
                 "processors" => self.components(ComponentRole::Processor, value, &mut config),
                 "sinks" => self.components(ComponentRole::Sink, value, &mut config),
                 other => {
-                    let known = ["pipeline", "checkpoint", "sources", "processors", "sinks"];
+                    let known = [
+                        "pipeline",
+                        "checkpoint",
+                        "stores",
+                        "sources",
+                        "processors",
+                        "sinks",
+                    ];
                     let help = nearest(other, known).map(|n| format!("did you mean `{n}`?"));
                     self.error_at(
                         at,
@@ -277,6 +378,7 @@ impl Parser<'_> {
             let cx = ValidateContext {
                 pipeline: &config.pipeline,
                 checkpoint: config.checkpoint.as_ref(),
+                stores: &config.stores,
                 topology: &topology,
                 component: &spec.name,
             };
@@ -332,6 +434,31 @@ impl Parser<'_> {
                 self.toml_error(&e, value.span().start);
                 None
             }
+        }
+    }
+
+    fn stores(&mut self, value: &Spanned<DeValue<'_>>, config: &mut PipelineConfig) {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.error_at(
+                value.span().start,
+                "`stores` must be a table of stores by name".into(),
+                Some("write [stores.NAME] with url = \"postgres://…\" or \"sqlite://PATH\"".into()),
+            );
+            return;
+        };
+        for (name, body) in table.iter() {
+            let Some(settings) = self.deserialize::<StoreSettings>(body) else {
+                continue;
+            };
+            for (field, message) in settings.problems() {
+                let offset = self.field_offset(name.span().start, field);
+                self.error_at(
+                    offset,
+                    format!("store \"{}\": `{field}`: {message}", name.get_ref()),
+                    None,
+                );
+            }
+            config.stores.insert(name.get_ref().to_string(), settings);
         }
     }
 

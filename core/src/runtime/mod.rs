@@ -124,6 +124,7 @@ impl Pipeline {
                 name: spec.name.clone(),
                 pipeline: config.pipeline.clone(),
                 checkpoint: config.checkpoint.clone(),
+                stores: config.stores.clone(),
                 stats: stats(&spec.name),
                 telemetry: telemetry.clone(),
                 resources: resources.clone(),
