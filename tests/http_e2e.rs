@@ -504,7 +504,7 @@ fn uuid_version(id: &str) -> char {
 }
 
 #[tokio::test]
-async fn control_without_redis_answers_503_and_writes_nothing() {
+async fn control_without_redis_answers_503_writes_nothing_and_recovers_when_redis_returns() {
     let dir = tempfile::tempdir().unwrap();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
@@ -543,6 +543,38 @@ async fn control_without_redis_answers_503_and_writes_nothing() {
     let logs = server.log_lines();
     let outage_logs = logs.iter().filter(|l| l.contains("cannot reach")).count();
     assert_eq!(outage_logs, 1, "logged once per outage: {logs:?}");
+
+    // Redis comes up on that port: the outage ends without another request.
+    let redis_dir = tempfile::tempdir().unwrap();
+    common::redis_helpers::start_redis(redis_dir.path(), port, false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let health: Value = http
+            .get(server.url("/api/v1/monitoring/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if health["healthy"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outage never ended: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let response = http
+        .post(server.url("/api/v1/workflows/wf-1/control"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"action": "cancel"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    common::redis_helpers::shutdown_redis(port);
     assert!(server.stop().success());
 }
 
@@ -724,4 +756,43 @@ fn a_port_in_use_fails_the_start_naming_sink_and_address() {
         "{stderr}"
     );
     drop(taken);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_at_shutdown_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "",
+        "1s",
+        &rest_and_websocket(&format!("token = \"{TOKEN}\"")),
+    );
+    let server = start(dir.path(), &config);
+    let body = r#"{"action":"retry"}"#;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/workflows/wf-1/control HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..5]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    terminate(server.child.as_ref().unwrap());
+    // The rest of the body arrives while the pipeline drains.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(&body.as_bytes()[5..]).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(15), stream.read_to_string(&mut answer))
+        .await
+        .expect("an answer before the server stops")
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "the request in flight was not answered: {answer:?}"
+    );
+    assert!(answer.contains("control_not_configured"), "{answer}");
+    assert!(server.wait().success());
 }

@@ -362,3 +362,21 @@ async fn sigterm_closes_clients_with_1001_and_exits_zero() {
     assert!(server.stop().success());
     assert_eq!(reader.await.unwrap(), Some(1001));
 }
+
+#[tokio::test]
+async fn a_frame_far_over_the_limit_also_closes_with_1009() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "1s", &websocket_sink(""));
+    let server = start(dir.path(), &config);
+    let mut socket = connect(&server).await;
+    next_of(&mut socket, "connected").await;
+    // 2 MiB: past the largest frame the server reads at all (1 MiB).
+    let _ = socket
+        .send(Message::text(format!(
+            r#"{{"type":"ping","pad":"{}"}}"#,
+            "x".repeat(2 << 20)
+        )))
+        .await;
+    assert_eq!(close_code(&mut socket).await, Some(1009));
+    assert!(server.stop().success());
+}

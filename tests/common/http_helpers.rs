@@ -34,9 +34,14 @@ impl Running {
     }
 
     /// Sends SIGTERM and waits (at most 30 s) for the exit.
-    pub fn stop(mut self) -> ExitStatus {
+    pub fn stop(self) -> ExitStatus {
+        terminate(self.child.as_ref().expect("running"));
+        self.wait()
+    }
+
+    /// Waits (at most 30 s) for the exit.
+    pub fn wait(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        terminate(&child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {

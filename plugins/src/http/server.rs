@@ -67,6 +67,8 @@ pub struct SharedServer {
     inner: Mutex<Inner>,
     /// Cancelled when the last mount is let go: stop accepting.
     released: CancellationToken,
+    /// Cancelled once the server has stopped (requests in flight answered).
+    finished: CancellationToken,
 }
 
 struct Inner {
@@ -78,6 +80,25 @@ struct Inner {
 /// A sink's hold on a server: the server stops once every hold is gone.
 pub struct Mount {
     server: Arc<SharedServer>,
+}
+
+/// How long the last sink's flush waits for requests in flight.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Mount {
+    /// Lets the server go. The last hold waits (at most 10 s) until the
+    /// server has stopped accepting and answered the requests in flight.
+    pub async fn release(self) {
+        let server = Arc::clone(&self.server);
+        drop(self);
+        if server.released.is_cancelled()
+            && tokio::time::timeout(DRAIN_TIMEOUT, server.finished.cancelled())
+                .await
+                .is_err()
+        {
+            tracing::warn!(address = %server.local_addr, "requests still in flight after 10 s; closing anyway");
+        }
+    }
 }
 
 impl Drop for Mount {
@@ -140,6 +161,7 @@ impl HttpServers {
                 mounts: 0,
             }),
             released: CancellationToken::new(),
+            finished: CancellationToken::new(),
         });
         let counters = Counters {
             answered: cx.stats.counter(
@@ -242,6 +264,8 @@ async fn serve(
     counters: Counters,
     started: impl std::future::Future<Output = ()>,
 ) {
+    // However this ends, the last mount's release stops waiting.
+    let _finished = server.finished.clone().drop_guard();
     tokio::select! {
         () = started => {}
         () = server.released.cancelled() => return,

@@ -2,6 +2,7 @@
 //! Redis control stream, at most once per `Idempotency-Key` and workflow
 //! within 24 hours.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use flowpulse_core::redact::redact_url;
 use flowpulse_core::telemetry::ComponentStats;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use warp::http::StatusCode;
 
@@ -101,12 +103,20 @@ pub fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
 
 /// Queues control commands on one Redis stream.
 pub struct Control {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     config: ControlConfig,
     client: redis::Client,
+    /// The shared connection, once made (cheap to clone).
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     outage: Mutex<Outage>,
+    /// Whether a probe is checking for Redis to come back.
+    probing: AtomicBool,
     component: String,
     script: redis::Script,
+    shutdown: CancellationToken,
 }
 
 impl Control {
@@ -115,14 +125,19 @@ impl Control {
         config: &ControlConfig,
         component: &str,
         stats: &Arc<ComponentStats>,
+        shutdown: CancellationToken,
     ) -> Result<Control, String> {
         Ok(Control {
-            client: redis_util::client(&config.url)?,
-            config: config.clone(),
-            conn: tokio::sync::Mutex::new(None),
-            outage: Mutex::new(redis_util::outage(stats)),
-            component: component.to_owned(),
-            script: redis::Script::new(QUEUE_SCRIPT),
+            inner: Arc::new(Inner {
+                client: redis_util::client(&config.url)?,
+                config: config.clone(),
+                conn: tokio::sync::Mutex::new(None),
+                outage: Mutex::new(redis_util::outage(stats)),
+                probing: AtomicBool::new(false),
+                component: component.to_owned(),
+                script: redis::Script::new(QUEUE_SCRIPT),
+                shutdown,
+            }),
         })
     }
 
@@ -184,51 +199,77 @@ impl Control {
         })
         .to_string();
         let command_key = format!("flowpulse:control:command:{command_id}");
-        let stream_id = self.run_script(&command_key, &payload).await?;
+        let (queued_now, stream_id) = self.inner.run_script(&command_key, &payload).await?;
+        if !queued_now {
+            tracing::debug!(
+                workflow_id,
+                command_id,
+                "Idempotency-Key seen before: nothing new queued"
+            );
+        }
+        // The same text either way: a repeated request gets the first one's
+        // answer, whatever its body says (CONTRACT §6).
+        let message = format!("command {command_id} for {workflow_id} queued");
         Ok(ControlQueued {
             success: true,
             status: "queued",
-            message: format!("{} of {workflow_id} queued", request.action),
+            message,
             command_id,
             stream_id,
         })
     }
+}
 
-    async fn run_script(&self, command_key: &str, payload: &str) -> Result<String, ApiError> {
+impl Inner {
+    /// The shared connection, made if there is none.
+    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
         let mut conn = self.conn.lock().await;
+        if let Some(c) = conn.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = connect(&self.client, REDIS_TIMEOUT).await?;
+        *conn = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs the queue script: (queued now, stream id), or 503. A failure
+    /// starts an outage (logged once, shown in `/health`) and a probe that
+    /// ends it as soon as Redis answers again, requests or not.
+    async fn run_script(
+        self: &Arc<Self>,
+        command_key: &str,
+        payload: &str,
+    ) -> Result<(bool, String), ApiError> {
+        // The whole attempt, waiting for the connection included, is bounded.
         let attempt = async {
-            if conn.is_none() {
-                *conn = Some(connect(&self.client, REDIS_TIMEOUT).await?);
-            }
-            let Some(c) = conn.as_mut() else {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "no connection",
-                )));
-            };
-            let (_, stream_id): (i64, String) = self
+            let mut conn = self.connection().await?;
+            let (queued_now, stream_id): (i64, String) = self
                 .script
                 .key(command_key)
                 .key(&self.config.stream)
                 .arg(self.config.maxlen)
                 .arg(payload)
                 .arg(COMMAND_TTL_SECS)
-                .invoke_async(c)
+                .invoke_async(&mut conn)
                 .await?;
-            Ok(stream_id)
+            Ok::<_, redis::RedisError>((queued_now == 1, stream_id))
         };
         let result = tokio::time::timeout(REDIS_TIMEOUT, attempt)
             .await
             .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))));
-        let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
         match result {
-            Ok(stream_id) => {
-                outage.recovered(&self.component, &self.config.url);
-                Ok(stream_id)
+            Ok(answer) => {
+                self.lock_outage()
+                    .recovered(&self.component, &self.config.url);
+                Ok(answer)
             }
             Err(e) => {
-                *conn = None;
-                outage.failed(&self.component, &self.config.url, &e);
+                *self.conn.lock().await = None;
+                self.lock_outage()
+                    .failed(&self.component, &self.config.url, &e);
+                if !self.probing.swap(true, Ordering::SeqCst) {
+                    tokio::spawn(Arc::clone(self).probe());
+                }
                 Err(ApiError::unavailable(
                     "control_unavailable",
                     format!(
@@ -238,6 +279,46 @@ impl Control {
                 ))
             }
         }
+    }
+
+    fn lock_outage(&self) -> std::sync::MutexGuard<'_, Outage> {
+        self.outage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pings Redis with backoff until it answers (ending the outage) or
+    /// the pipeline stops.
+    async fn probe(self: Arc<Self>) {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let ping = async {
+                let mut conn = self.connection().await?;
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            };
+            match tokio::time::timeout(REDIS_TIMEOUT, ping).await {
+                Ok(Ok(_)) => {
+                    self.lock_outage()
+                        .recovered(&self.component, &self.config.url);
+                    break;
+                }
+                Ok(Err(e)) => {
+                    *self.conn.lock().await = None;
+                    wait = self
+                        .lock_outage()
+                        .failed(&self.component, &self.config.url, &e);
+                }
+                Err(_) => {
+                    *self.conn.lock().await = None;
+                    wait =
+                        self.lock_outage()
+                            .failed(&self.component, &self.config.url, &"timed out");
+                }
+            }
+        }
+        self.probing.store(false, Ordering::SeqCst);
     }
 }
 

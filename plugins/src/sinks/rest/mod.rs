@@ -41,7 +41,7 @@ impl SinkConfig for RestConfig {
         let control = self
             .control
             .as_ref()
-            .map(|c| control::Control::new(c, &cx.name, &cx.stats))
+            .map(|c| control::Control::new(c, &cx.name, &cx.stats, cx.shutdown.clone()))
             .transpose()
             .map_err(|e| BuildError(format!("`control.url`: {e}")))?;
         let state = Arc::new(RestState {
@@ -93,7 +93,9 @@ impl Sink for RestSink {
     }
 
     async fn flush(&mut self) -> Result<(), ComponentError> {
-        self.mount.take();
+        if let Some(mount) = self.mount.take() {
+            mount.release().await;
+        }
         Ok(())
     }
 }

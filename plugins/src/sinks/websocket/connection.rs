@@ -90,19 +90,6 @@ pub async fn serve(socket: WebSocket, hub: Arc<Hub>, client: Arc<Client>, settin
                     break slow(&hub, &settings, &client);
                 }
             }
-            message = rx.next() => {
-                let Some(Ok(message)) = message else { break Ending::Gone };
-                heard_since_ping = true;
-                if message.is_close() {
-                    break Ending::Gone;
-                }
-                if message.as_bytes().len() > MAX_CLIENT_MESSAGE {
-                    break Ending::Close(1009, "message too big");
-                }
-                if message.is_text() || message.is_binary() {
-                    answer(&hub, &client, &settings, message.as_bytes());
-                }
-            }
             () = client.wake.notified() => {
                 let mut ended = None;
                 while let Some(next) = client.next() {
@@ -130,6 +117,27 @@ pub async fn serve(socket: WebSocket, hub: Arc<Hub>, client: Arc<Client>, settin
                 }
                 if let Some(ending) = ended {
                     break ending;
+                }
+            }
+            message = rx.next() => {
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    // Past the hard frame limit the library refuses the
+                    // frame; it is still a message too big (1009).
+                    Some(Err(e)) if e.to_string().contains("Space limit exceeded") => {
+                        break Ending::Close(1009, "message too big");
+                    }
+                    _ => break Ending::Gone,
+                };
+                heard_since_ping = true;
+                if message.is_close() {
+                    break Ending::Gone;
+                }
+                if message.as_bytes().len() > MAX_CLIENT_MESSAGE {
+                    break Ending::Close(1009, "message too big");
+                }
+                if message.is_text() || message.is_binary() {
+                    answer(&hub, &client, &settings, message.as_bytes());
                 }
             }
             _ = ping.tick() => {

@@ -157,11 +157,18 @@ impl Client {
         replaced
     }
 
-    /// Queues a reply to the client's own message.
+    /// Queues a reply to the client's own message. A client that sends
+    /// faster than it reads has at most `capacity` replies waiting; past
+    /// that its queue counts as full (and it is closed if it stays so).
     pub fn reply(&self, frame: Frame) {
+        let capacity = self.capacity;
         self.queue_with(|q| {
-            q.replies.push_back(frame);
-            false
+            if q.replies.len() < capacity {
+                q.replies.push_back(frame);
+                false
+            } else {
+                true
+            }
         });
     }
 
@@ -432,6 +439,16 @@ mod tests {
         assert_eq!(drain(&client), ["events([4], dropped 5)"]);
         client.events(frame("[5]"), 1, 0);
         assert_eq!(drain(&client), ["events([5], dropped 0)"]);
+    }
+
+    #[test]
+    fn replies_to_a_client_that_floods_are_bounded() {
+        let client = Client::new("c".into(), 4);
+        for _ in 0..100 {
+            client.reply(frame("error"));
+        }
+        assert_eq!(lock(&client.queue).replies.len(), 4);
+        assert!(client.full_for().is_some());
     }
 
     #[test]

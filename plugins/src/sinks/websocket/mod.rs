@@ -278,7 +278,9 @@ impl Sink for WebSocketSink {
         while !self.hub.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.mount.take();
+        if let Some(mount) = self.mount.take() {
+            mount.release().await;
+        }
         Ok(())
     }
 }
