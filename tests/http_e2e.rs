@@ -344,18 +344,59 @@ async fn every_route_answers_as_its_openapi_operation_says() {
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
-    let response = http.delete(server.url(&realtime)).send().await.unwrap();
-    assert_eq!(response.status(), 405);
-    assert_eq!(response.headers()["allow"], "GET");
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "method_not_allowed");
-    let response = http
-        .get(server.url("/api/v1/workflows/wf-1/control"))
-        .send()
-        .await
+    let (status, headers, body) = call(
+        &server,
+        &spec,
+        http.delete(server.url(&realtime)),
+        "get",
+        &realtime,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    assert_eq!(headers["allow"], "GET, HEAD");
+    let (status, headers, _) = call(
+        &server,
+        &spec,
+        http.get(server.url("/api/v1/workflows/wf-1/control")),
+        "post",
+        control,
+    )
+    .await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"], "POST");
+    // HEAD where GET is: the headers without the body.
+    let response = http.head(server.url(&realtime)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    // A plain GET on the WebSocket path says what it takes.
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        http.get(server.url("/ws/monitoring")),
+        "get",
+        "/ws/monitoring",
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("Upgrade"))
+    );
+
+    // Bad requests are counted (by the sink that opened the server).
+    let (_, _, body) = call(
+        &server,
+        &spec,
+        http.get(server.url(&status_path)),
+        "get",
+        &status_path,
+    )
+    .await;
+    let refused = body["components"]["api"]["http_requests_refused"]
+        .as_u64()
         .unwrap();
-    assert_eq!(response.status(), 405);
-    assert_eq!(response.headers()["allow"], "POST");
+    assert!(refused >= 11, "{refused} refused requests counted: {body}");
 
     assert!(server.stop().success());
 }
@@ -795,4 +836,70 @@ async fn a_request_in_flight_at_shutdown_is_answered() {
     );
     assert!(answer.contains("control_not_configured"), "{answer}");
     assert!(server.wait().success());
+}
+
+#[tokio::test]
+async fn cors_lets_listed_origins_in_and_leaves_same_origin_requests_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = rest_and_websocket("cors_origins = [\"https://ops.example.com\"]");
+    let config = write_config(dir.path(), "", "1s", &sinks);
+    let server = start(dir.path(), &config);
+    let http = reqwest::Client::new();
+    let health = server.url("/api/v1/monitoring/health");
+    let preflight = http
+        .request(
+            reqwest::Method::OPTIONS,
+            server.url("/api/v1/workflows/wf-1/control"),
+        )
+        .header("origin", "https://ops.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://ops.example.com"
+    );
+    assert!(preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+    let refused = http
+        .request(
+            reqwest::Method::OPTIONS,
+            server.url("/api/v1/workflows/wf-1/control"),
+        )
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(refused
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    assert_ne!(refused.status(), 204);
+    let listed = http
+        .get(&health)
+        .header("origin", "https://ops.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.headers()["access-control-allow-origin"],
+        "https://ops.example.com"
+    );
+    let same_origin = http
+        .get(&health)
+        .header("origin", format!("http://{}", server.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same_origin.status(), 200, "a same-origin request is served");
+    assert!(same_origin
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    assert!(server.stop().success());
 }

@@ -117,9 +117,11 @@ impl ApiToken {
 
     /// Whether an `Authorization` header value carries the token.
     pub fn authorizes(&self, authorization: Option<&str>) -> bool {
+        // The scheme is case-insensitive (RFC 7235); the token is not.
         authorization
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .is_some_and(|offered| self.matches(offered.trim()))
+            .and_then(|value| value.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .is_some_and(|(_, offered)| self.matches(offered.trim()))
     }
 
     /// Whether a `Sec-WebSocket-Protocol` offer carries the token as
@@ -138,19 +140,28 @@ impl ApiToken {
     }
 }
 
-/// Writes `text` to a new file readable by its owner only.
+/// Writes `text` to a file readable by its owner only, atomically: a
+/// temporary file beside it, synced, then renamed over it, so a crash never
+/// leaves an empty token file.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path)?;
+    let mut file = options.open(&temporary)?;
     file.write_all(text.as_bytes())?;
     file.write_all(b"\n")?;
-    file.sync_all()
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        // The rename itself is durable once the directory is synced.
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -196,6 +207,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (token, _) = ApiToken::resolve(Some("0123456789abcdef"), dir.path()).unwrap();
         assert!(token.authorizes(Some("Bearer 0123456789abcdef")));
+        assert!(token.authorizes(Some("bearer 0123456789abcdef")));
+        assert!(!token.authorizes(Some("Basic 0123456789abcdef")));
         assert!(!token.authorizes(Some("Bearer 0123456789abcdeg")));
         assert!(!token.authorizes(Some("0123456789abcdef")));
         assert!(!token.authorizes(None));

@@ -169,13 +169,6 @@ fn api_error(rejection: &Rejection) -> ApiError {
             "the body is larger than this server's `max_body`",
         );
     }
-    if rejection.find::<reject::LengthRequired>().is_some() {
-        return ApiError::new(
-            StatusCode::LENGTH_REQUIRED,
-            "length_required",
-            "a body needs a Content-Length header",
-        );
-    }
     if rejection.find::<reject::UnsupportedMediaType>().is_some() {
         return ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -194,12 +187,16 @@ fn api_error(rejection: &Rejection) -> ApiError {
         );
     }
     if let Some(e) = rejection.find::<reject::MissingHeader>() {
-        return ApiError::new(StatusCode::BAD_REQUEST, "missing_header", e.to_string())
-            .field(e.name());
+        return ApiError::invalid_parameter(
+            e.name(),
+            format!("the header {} is missing", e.name()),
+        );
     }
     if let Some(e) = rejection.find::<reject::InvalidHeader>() {
-        return ApiError::new(StatusCode::BAD_REQUEST, "invalid_header", e.to_string())
-            .field(e.name());
+        return ApiError::invalid_parameter(
+            e.name(),
+            format!("the header {} is not valid here", e.name()),
+        );
     }
     if rejection.find::<reject::MethodNotAllowed>().is_some() {
         return ApiError::new(

@@ -164,6 +164,11 @@ fn check_origin(origin: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `GET`, and `HEAD` (the same answer without its body) where `GET` is.
+pub fn get_or_head() -> BoxedFilter<()> {
+    warp::get().or(warp::head()).unify().boxed()
+}
+
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -259,7 +264,7 @@ where
         let mut chunk = chunk.map_err(|e| {
             Rejection::from(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_body",
+                "invalid_json",
                 format!("the body could not be read: {e}"),
             ))
         })?;

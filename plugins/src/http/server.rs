@@ -280,22 +280,8 @@ async fn serve(
     for filter in filters.into_iter().rev() {
         app = filter.or(app).unify().boxed();
     }
-    let app: BoxedFilter<(Response,)> = if cors_origins.is_empty() {
-        app
-    } else {
-        let cors = warp::cors()
-            .allow_origins(cors_origins.iter().map(String::as_str))
-            .allow_methods(["GET", "POST", "PUT", "DELETE"])
-            .allow_headers([
-                "authorization",
-                "content-type",
-                "idempotency-key",
-                "x-requested-by",
-            ])
-            .max_age(600)
-            .build();
-        app.with(cors).map(warp::Reply::into_response).boxed()
-    };
+    let cors = Arc::new(cors_origins);
+    let app = preflight(Arc::clone(&cors)).or(app).unify();
     let count = warp::log::custom(move |info| {
         counters.answered.inc();
         if info.status().is_client_error() {
@@ -304,9 +290,11 @@ async fn serve(
             counters.failed.inc();
         }
     });
-    let app = app
-        .recover(recover)
-        .map(warp::Reply::into_response)
+    let app = warp::header::optional::<String>("origin")
+        .and(app.recover(recover).map(warp::Reply::into_response))
+        .map(move |origin: Option<String>, response: Response| {
+            allow_origin(response, origin.as_deref(), &cors)
+        })
         .with(count);
     let released = server.released.clone();
     warp::serve(app)
@@ -315,6 +303,66 @@ async fn serve(
         .run()
         .await;
     tracing::debug!(address = %server.local_addr, "server stopped");
+}
+
+/// The CORS headers every request from an allowed origin needs.
+const CORS_METHODS: &str = "GET, HEAD, POST, PUT, DELETE";
+const CORS_HEADERS: &str = "authorization, content-type, idempotency-key, x-requested-by";
+
+/// Whether `origin` is one of `cors_origins`. A request without `Origin`,
+/// or from the server's own origin, needs no CORS at all: browsers send
+/// it as same-origin and it is served like any other.
+fn allowed_origin(origin: Option<&str>, cors_origins: &[String]) -> bool {
+    origin.is_some_and(|o| cors_origins.iter().any(|allowed| allowed == o))
+}
+
+/// Answers a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`)
+/// from an allowed origin with 204; any other `OPTIONS` goes on (and gets
+/// the 405 of its path), so a browser on another origin is refused.
+fn preflight(cors_origins: Arc<Vec<String>>) -> BoxedFilter<(Response,)> {
+    warp::options()
+        .and(warp::header::optional::<String>("origin"))
+        .and(warp::header::optional::<String>(
+            "access-control-request-method",
+        ))
+        .and_then(move |origin: Option<String>, method: Option<String>| {
+            let allowed = method.is_some() && allowed_origin(origin.as_deref(), &cors_origins);
+            async move {
+                if !allowed {
+                    return Err(warp::reject::not_found());
+                }
+                let mut response = Response::new(warp::hyper::body::Bytes::new().into());
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                let headers = response.headers_mut();
+                headers.insert(
+                    "access-control-allow-methods",
+                    warp::http::HeaderValue::from_static(CORS_METHODS),
+                );
+                headers.insert(
+                    "access-control-allow-headers",
+                    warp::http::HeaderValue::from_static(CORS_HEADERS),
+                );
+                headers.insert(
+                    "access-control-max-age",
+                    warp::http::HeaderValue::from_static("600"),
+                );
+                Ok(response)
+            }
+        })
+        .boxed()
+}
+
+/// Adds `Access-Control-Allow-Origin` (and `Vary: Origin`) to an answer
+/// to an allowed origin.
+fn allow_origin(mut response: Response, origin: Option<&str>, cors_origins: &[String]) -> Response {
+    if let (true, Some(origin)) = (allowed_origin(origin, cors_origins), origin) {
+        if let Ok(value) = warp::http::HeaderValue::from_str(origin) {
+            let headers = response.headers_mut();
+            headers.insert("access-control-allow-origin", value);
+            headers.insert("vary", warp::http::HeaderValue::from_static("origin"));
+        }
+    }
+    response
 }
 
 /// The last filter: a path no route has is 404, a method its path does
@@ -336,10 +384,19 @@ fn fallback(routes: Arc<Vec<Route>>) -> BoxedFilter<(Response,)> {
                         ApiError::not_found(format!("no route {}", path.as_str())).response()
                     );
                 }
-                if on_path.iter().any(|r| r.method == method) {
+                let takes = |r: &&Route| {
+                    r.method == method || (method == Method::HEAD && r.method == Method::GET)
+                };
+                if on_path.iter().any(takes) {
                     return Err(warp::reject::not_found());
                 }
-                let mut allow: Vec<&str> = on_path.iter().map(|r| r.method.as_str()).collect();
+                let mut allow: Vec<&str> = on_path
+                    .iter()
+                    .flat_map(|r| {
+                        let head = (r.method == Method::GET).then_some("HEAD");
+                        std::iter::once(r.method.as_str()).chain(head)
+                    })
+                    .collect();
                 allow.sort_unstable();
                 allow.dedup();
                 let allow = allow.join(", ");
@@ -358,6 +415,27 @@ fn fallback(routes: Arc<Vec<Route>>) -> BoxedFilter<(Response,)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_listed_origins_get_cors_headers() {
+        let origins = vec!["https://ops.example.com".to_owned()];
+        let allowed = allow_origin(
+            Response::default(),
+            Some("https://ops.example.com"),
+            &origins,
+        );
+        assert_eq!(
+            allowed.headers()["access-control-allow-origin"],
+            "https://ops.example.com"
+        );
+        let other = allow_origin(Response::default(), Some("https://evil.example"), &origins);
+        assert!(other.headers().get("access-control-allow-origin").is_none());
+        let same_origin = allow_origin(Response::default(), None, &origins);
+        assert!(same_origin
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none());
+    }
 
     #[test]
     fn a_route_pattern_matches_one_segment_per_placeholder() {

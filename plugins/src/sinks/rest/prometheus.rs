@@ -367,6 +367,31 @@ mod tests {
     }
 
     #[test]
+    fn custom_numbers_and_labelled_series_are_samples() {
+        let doc = RealtimeMetrics {
+            custom: [
+                ("queue_depth".to_owned(), serde_json::json!(7)),
+                (
+                    "failures".to_owned(),
+                    serde_json::json!({"scaffold": 2, "review": 0.5}),
+                ),
+                ("note".to_owned(), serde_json::json!("text")),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        let text = render(Some(&doc), &Telemetry::default());
+        assert!(
+            text.contains("flowpulse_custom{name=\"queue_depth\"} 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("flowpulse_custom{name=\"failures\",key=\"scaffold\"} 2\n"));
+        assert!(text.contains("flowpulse_custom{name=\"failures\",key=\"review\"} 0.5\n"));
+        assert!(!text.contains("note"));
+    }
+
+    #[test]
     fn before_the_first_document_only_telemetry_is_written() {
         let text = render(None, &Telemetry::default());
         assert!(!text.contains("flowpulse_workflows{"));

@@ -19,7 +19,7 @@ use super::control::{Control, ControlQueued, ControlRequest};
 use super::prometheus;
 use crate::http::error::{json_bytes, json_response};
 use crate::http::{
-    authorize, guarded, json_body, requested_by, Access, ApiError, Route, SharedServer,
+    authorize, get_or_head, guarded, json_body, requested_by, Access, ApiError, Route, SharedServer,
 };
 use crate::sinks::util::now_rfc3339;
 
@@ -90,26 +90,26 @@ pub fn filter(state: Arc<RestState>, config: &RestConfig) -> BoxedFilter<(Respon
         warp::any().map(move || Arc::clone(&state)).boxed()
     };
     let realtime = warp::path!("api" / "v1" / "monitoring" / "metrics" / "realtime")
-        .and(warp::get())
+        .and(get_or_head())
         .and(read.clone())
         .and(with_state.clone())
         .and_then(|state: Arc<RestState>| guarded(realtime(state)));
     let history = warp::path!("api" / "v1" / "monitoring" / "metrics" / "history")
-        .and(warp::get())
+        .and(get_or_head())
         .and(read.clone())
         .and(with_state.clone())
         .and_then(|state: Arc<RestState>| guarded(history(state)));
     let health = warp::path!("api" / "v1" / "monitoring" / "health")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_state.clone())
         .and_then(|state: Arc<RestState>| guarded(health(state)));
     let status = warp::path!("api" / "v1" / "monitoring" / "status")
-        .and(warp::get())
+        .and(get_or_head())
         .and(read.clone())
         .and(with_state.clone())
         .and_then(|state: Arc<RestState>| guarded(status(state)));
     let openapi = warp::path!("api" / "v1" / "openapi.json")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_state.clone())
         .and_then(|state: Arc<RestState>| guarded(openapi_json(state)));
     let control = warp::path!("api" / "v1" / "workflows" / String / "control")
@@ -142,7 +142,7 @@ pub fn filter(state: Arc<RestState>, config: &RestConfig) -> BoxedFilter<(Respon
         .boxed();
     if config.prometheus {
         let metrics = warp::path!("metrics")
-            .and(warp::get())
+            .and(get_or_head())
             .and(read)
             .and(with_state)
             .and_then(|state: Arc<RestState>| guarded(metrics_text(state)));
@@ -168,6 +168,8 @@ pub struct RealtimeAnswer {
         (status = 200, description = "The newest document", body = RealtimeAnswer),
         (status = 401, description = "`auth_reads = true` and no valid token", body = ErrorBody),
         (status = 503, description = "`metrics_unavailable`: no document yet", body = ErrorBody),
+        (status = 405, description = "`method_not_allowed`, with `Allow`", body = ErrorBody),
+        (status = 500, description = "`internal`: a bug; the server log says more", body = ErrorBody),
     ))]
 pub async fn realtime(state: Arc<RestState>) -> Result<Response, ApiError> {
     let latest = state.latest().ok_or_else(metrics_unavailable)?;
@@ -233,6 +235,8 @@ struct HistoryDataRef<'a> {
         (status = 200, description = "Every history point, oldest first", body = HistoryAnswer),
         (status = 401, description = "`auth_reads = true` and no valid token", body = ErrorBody),
         (status = 503, description = "`metrics_unavailable`: no document yet", body = ErrorBody),
+        (status = 405, description = "`method_not_allowed`, with `Allow`", body = ErrorBody),
+        (status = 500, description = "`internal`: a bug; the server log says more", body = ErrorBody),
     ))]
 pub async fn history(state: Arc<RestState>) -> Result<Response, ApiError> {
     let latest = state.latest().ok_or_else(metrics_unavailable)?;
@@ -266,6 +270,8 @@ pub struct Health {
     responses(
         (status = 200, description = "Every component is fine", body = Health),
         (status = 503, description = "A component is in an outage", body = Health),
+        (status = 405, description = "`method_not_allowed`, with `Allow`", body = ErrorBody),
+        (status = 500, description = "`internal`: a bug; the server log says more", body = ErrorBody),
     ))]
 pub async fn health(state: Arc<RestState>) -> Result<Response, ApiError> {
     let checks: BTreeMap<String, String> = state
@@ -351,6 +357,8 @@ pub struct ComponentStatus {
     responses(
         (status = 200, description = "The pipeline and its components", body = Status),
         (status = 401, description = "`auth_reads = true` and no valid token", body = ErrorBody),
+        (status = 405, description = "`method_not_allowed`, with `Allow`", body = ErrorBody),
+        (status = 500, description = "`internal`: a bug; the server log says more", body = ErrorBody),
     ))]
 pub async fn status(state: Arc<RestState>) -> Result<Response, ApiError> {
     let latest = state.latest();
@@ -431,7 +439,11 @@ pub struct ErrorDetail {
 
 /// This document.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "service",
-    responses((status = 200, description = "The OpenAPI 3 document of every route this server has")))]
+    responses(
+        (status = 200, description = "The OpenAPI 3 document of every route this server has"),
+        (status = 405, description = "`method_not_allowed`, with `Allow`", body = ErrorBody),
+        (status = 500, description = "`internal`: a bug; the server log says more", body = ErrorBody),
+    ))]
 pub async fn openapi_json(state: Arc<RestState>) -> Result<Response, ApiError> {
     let bytes = state.openapi.get_or_init(|| {
         let doc = openapi_document(&state);
@@ -445,6 +457,8 @@ pub async fn openapi_json(state: Arc<RestState>) -> Result<Response, ApiError> {
     responses(
         (status = 200, description = "Prometheus text exposition 0.0.4", body = String, content_type = "text/plain; version=0.0.4"),
         (status = 401, description = "`auth_reads = true` and no valid token", body = ErrorBody),
+        (status = 405, description = "`method_not_allowed`, with `Allow`", body = ErrorBody),
+        (status = 500, description = "`internal`: a bug; the server log says more", body = ErrorBody),
     ))]
 pub async fn metrics_text(state: Arc<RestState>) -> Result<Response, ApiError> {
     let latest = state.latest();
@@ -479,6 +493,8 @@ pub struct ControlAnswer {
         (status = 413, description = "The body is larger than `max_body`", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 503, description = "`control_not_configured` or `control_unavailable`", body = ErrorBody),
+        (status = 405, description = "`method_not_allowed`, with `Allow`", body = ErrorBody),
+        (status = 500, description = "`internal`: a bug; the server log says more", body = ErrorBody),
     ))]
 pub async fn control(
     state: Arc<RestState>,
@@ -508,6 +524,8 @@ pub async fn control(
         (status = 400, description = "Not a WebSocket upgrade", body = ErrorBody),
         (status = 401, description = "`auth_reads = true` and no `bearer.TOKEN` subprotocol", body = ErrorBody),
         (status = 503, description = "`max_clients` reached", body = ErrorBody),
+        (status = 405, description = "`method_not_allowed`, with `Allow`", body = ErrorBody),
+        (status = 500, description = "`internal`: a bug; the server log says more", body = ErrorBody),
     ))]
 #[allow(dead_code)]
 fn websocket_doc() {}

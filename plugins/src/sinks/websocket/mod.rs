@@ -130,6 +130,18 @@ fn endpoint(
         })
         .untuple_one()
         .and(warp::get())
+        .and(warp::header::optional::<String>("upgrade"))
+        .and_then(|upgrade: Option<String>| async move {
+            if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+                Ok(())
+            } else {
+                Err(Rejection::from(ApiError::invalid_parameter(
+                    "Upgrade",
+                    "this path takes WebSocket upgrades only (`Upgrade: websocket`)",
+                )))
+            }
+        })
+        .untuple_one()
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and_then(move |protocols: Option<String>| {
             let allowed =
