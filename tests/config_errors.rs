@@ -364,3 +364,69 @@ fn redis_url_password_never_appears_in_errors() {
     );
     assert!(!d.to_string().contains("hunter2"));
 }
+
+#[test]
+fn a_bad_alert_rule_is_reported_at_its_line_naming_the_nested_field() {
+    let text = r#"[sources.in]
+type = "demo"
+
+[processors.metrics]
+type = "aggregate"
+inputs = ["in"]
+
+[processors.alerts]
+type = "alert_rules"
+inputs = ["metrics"]
+
+[[processors.alerts.rules]]
+name = "fine"
+severity = "info"
+condition = { metric = "latency_p99_ms", operator = ">", value = 1 }
+
+[[processors.alerts.rules]]
+name = "typo"
+severity = "warning"
+condition = { metric = "agents.*.success_rate", operator = "<", value = 90 }
+
+[sinks.out]
+type = "console"
+inputs = ["alerts"]
+"#;
+    let e = only_error(text);
+    assert_eq!(at(&e), (20, 1), "{e}");
+    assert!(e.message.contains("`rules[1].condition.metric`"), "{e}");
+    assert!(
+        e.message
+            .contains("did you mean `agents.*.success_rate_percent`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_store_nobody_declared_is_an_error_listing_the_declared_ones() {
+    let text = r#"[stores.main]
+url = "sqlite://data/alerts.db"
+
+[sources.in]
+type = "demo"
+
+[processors.metrics]
+type = "aggregate"
+inputs = ["in"]
+
+[processors.alerts]
+type = "alert_rules"
+inputs = ["metrics"]
+store = "mian"
+
+[sinks.out]
+type = "console"
+inputs = ["alerts"]
+"#;
+    let e = only_error(text);
+    assert!(
+        e.message
+            .contains("no store \"mian\" is declared; declared: main"),
+        "{e}"
+    );
+}

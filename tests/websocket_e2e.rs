@@ -380,3 +380,69 @@ async fn a_frame_far_over_the_limit_also_closes_with_1009() {
     assert_eq!(close_code(&mut socket).await, Some(1009));
     assert!(server.stop().success());
 }
+
+#[tokio::test]
+async fn alert_notices_reach_clients_with_every_field_of_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = r#"[processors.alerts]
+type = "alert_rules"
+inputs = ["metrics"]
+when_full = "drop_newest"
+
+[[processors.alerts.rules]]
+name = "Workflows exist"
+severity = "info"
+condition = { metric = "overview.total_workflows", operator = ">", value = 0 }
+channels = ["dashboard"]
+runbook_url = "https://runbooks.example/workflows"
+
+[sinks.live]
+type = "websocket"
+inputs = ["metrics", "alerts"]
+address = "127.0.0.1:0"
+"#;
+    let config = write_config(dir.path(), "", "300ms", sinks);
+    let server = start(dir.path(), &config);
+    let mut socket = connect(&server).await;
+    next_of(&mut socket, "connected").await;
+    let frame = next_of(&mut socket, "alert:triggered").await;
+    let alert = &frame["data"];
+    for field in [
+        "id",
+        "rule_id",
+        "rule_name",
+        "instance",
+        "severity",
+        "status",
+        "message",
+        "metric",
+        "operator",
+        "threshold",
+        "value",
+        "data",
+        "channels",
+        "runbook_url",
+        "muted",
+        "repeat",
+        "notice_id",
+        "as_of",
+        "created_at",
+        "acknowledged_at",
+        "acknowledged_by",
+        "acknowledged_until",
+        "resolved_at",
+        "resolved_by",
+    ] {
+        assert!(alert.get(field).is_some(), "alert.{field} missing: {alert}");
+    }
+    assert_eq!(alert["rule_name"], "Workflows exist");
+    assert_eq!(alert["status"], "triggered");
+    assert_eq!(alert["metric"], "overview.total_workflows");
+    assert_eq!(alert["operator"], ">");
+    assert_eq!(alert["repeat"], 0);
+    assert_eq!(alert["channels"], json!(["dashboard"]));
+    assert_eq!(alert["instance"], "");
+    assert!(alert["value"].as_f64().unwrap() > 0.0);
+    assert_eq!(alert["data"]["as_of"], alert["as_of"]);
+    assert!(server.stop().success());
+}

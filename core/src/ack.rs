@@ -78,6 +78,17 @@ impl AckHandle {
 #[derive(Debug)]
 pub struct AckReceipt(oneshot::Receiver<BatchStatus>);
 
+impl AckReceipt {
+    /// The batch's fate if it is known already, without waiting.
+    pub fn try_status(&mut self) -> Option<BatchStatus> {
+        match self.0.try_recv() {
+            Ok(status) => Some(status),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(BatchStatus::Failed),
+        }
+    }
+}
+
 impl std::future::Future for AckReceipt {
     type Output = BatchStatus;
 
@@ -103,6 +114,14 @@ mod tests {
         assert!(futures::poll!(&mut receipt).is_pending());
         drop(clone);
         assert_eq!(receipt.await, BatchStatus::Delivered);
+    }
+
+    #[test]
+    fn try_status_tells_the_fate_once_known() {
+        let (handle, mut receipt) = AckHandle::new();
+        assert_eq!(receipt.try_status(), None);
+        drop(handle);
+        assert_eq!(receipt.try_status(), Some(BatchStatus::Delivered));
     }
 
     #[tokio::test]

@@ -318,6 +318,12 @@ pub trait SinkConfig: DeserializeOwned + Send + Sync + 'static {
     }
     /// The kinds of record it takes.
     fn inputs(&self) -> RecordKinds;
+    /// Whether it is a notification sink: alert rules name it in their
+    /// `channels`, and it delivers only the notices routed to it. Default
+    /// false.
+    fn routes_by_channel(&self) -> bool {
+        false
+    }
     /// Builds the running sink (may do I/O).
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Sink>, BuildError>;
 }
@@ -347,6 +353,10 @@ pub trait ComponentConfig: Send + Sync {
     /// A fresh state, for a stateful processor.
     fn fresh_state(&self) -> Option<Box<dyn ProcessorState>> {
         None
+    }
+    /// Whether it is a notification sink (see [`SinkConfig::routes_by_channel`]).
+    fn routes_by_channel(&self) -> bool {
+        false
     }
     /// The plugin's own typed config, for tools that know its type.
     fn as_any(&self) -> &dyn Any;
@@ -404,6 +414,9 @@ impl<T: ProcessorConfig> ComponentConfig for ProcessorAdapter<T> {
 impl<T: SinkConfig> ComponentConfig for SinkAdapter<T> {
     fn role(&self) -> ComponentRole {
         ComponentRole::Sink
+    }
+    fn routes_by_channel(&self) -> bool {
+        self.0.routes_by_channel()
     }
     fn validate(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
         self.0.validate(cx)

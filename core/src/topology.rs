@@ -293,6 +293,8 @@ pub struct ComponentView {
     pub input_kinds: RecordKinds,
     /// The kinds it emits (nothing for a sink).
     pub output_kinds: RecordKinds,
+    /// Whether it is a notification sink, named in alert rules' `channels`.
+    pub routes_by_channel: bool,
     config: Arc<dyn ComponentConfig>,
 }
 
@@ -344,6 +346,7 @@ impl TopologyView {
                         inputs: spec.inputs.clone(),
                         input_kinds: spec.config.input_kinds(),
                         output_kinds: spec.config.output_kinds(),
+                        routes_by_channel: spec.config.routes_by_channel(),
                         config: Arc::clone(&spec.config),
                     },
                 )

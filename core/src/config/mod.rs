@@ -410,6 +410,11 @@ impl Parser<'_> {
     /// after the table header, up to the next header.
     fn field_offset(&self, table_offset: usize, field: &str) -> usize {
         let text = &self.interpolated.text;
+        if let Some(at) = self.array_table_offset(table_offset, field) {
+            return at;
+        }
+        // A nested field (`control.url`, `channels[0]`) is placed at its key.
+        let field = field.split(['.', '[']).next().unwrap_or(field);
         let rest = &text[table_offset.min(text.len())..];
         let end = rest[1.min(rest.len())..]
             .find("\n[")
@@ -421,6 +426,29 @@ impl Parser<'_> {
                 rest[line_start..*i].trim().is_empty()
             })
             .map_or(table_offset, |(i, _)| table_offset + i)
+    }
+
+    /// For `LIST[i].field…` of the component whose table is at
+    /// `table_offset`: the offset of `field` in its i-th `[[…LIST]]` table,
+    /// if the list is written as array tables.
+    fn array_table_offset(&self, table_offset: usize, field: &str) -> Option<usize> {
+        let text = &self.interpolated.text;
+        let (list, rest) = field.split_once('[')?;
+        let (index, inner) = rest.split_once(']')?;
+        let index: usize = index.parse().ok()?;
+        let inner = inner.strip_prefix('.').unwrap_or(inner);
+        let line_start = text[..table_offset.min(text.len())]
+            .rfind('\n')
+            .map_or(0, |n| n + 1);
+        let header = text[line_start..].lines().next()?.trim();
+        let name = header.strip_prefix('[')?.split(']').next()?.trim();
+        let array_header = format!("[[{name}.{list}]]");
+        let (at, _) = text.match_indices(&array_header).nth(index)?;
+        Some(if inner.is_empty() {
+            at
+        } else {
+            self.field_offset(at, inner)
+        })
     }
 
     fn deserialize<T: serde::de::DeserializeOwned>(

@@ -205,18 +205,11 @@ fn api_error(rejection: &Rejection) -> ApiError {
             "this method is not allowed here",
         );
     }
-    if let Some(e) = rejection.find::<warp::filters::cors::CorsForbidden>() {
-        return ApiError::new(StatusCode::FORBIDDEN, "cors_forbidden", e.to_string());
-    }
     if rejection
         .find::<warp::filters::ws::MissingConnectionUpgrade>()
         .is_some()
     {
-        return ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "websocket_upgrade_required",
-            "this path takes WebSocket upgrades only",
-        );
+        return ApiError::invalid_parameter("Upgrade", "this path takes WebSocket upgrades only");
     }
     tracing::error!("unhandled rejection: {rejection:?}");
     ApiError::internal()

@@ -84,10 +84,32 @@ pub enum Change {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Evaluator {
     /// Pending, firing and held instances.
+    #[serde(with = "entries")]
     pub instances: BTreeMap<(String, String), Phase>,
     /// Evaluations of a custom metric not yet seen ("no data").
     #[serde(default)]
     pub no_data: u64,
+}
+
+/// The instances as a list of entries: their (rule, instance) keys are not
+/// strings, which JSON maps need.
+mod entries {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Phase;
+
+    type Instances = BTreeMap<(String, String), Phase>;
+
+    pub fn serialize<S: Serializer>(map: &Instances, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Instances, D::Error> {
+        let entries = Vec::<((String, String), Phase)>::deserialize(d)?;
+        Ok(entries.into_iter().collect())
+    }
 }
 
 /// The namespace of alert ids.

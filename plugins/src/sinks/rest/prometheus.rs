@@ -310,20 +310,31 @@ fn render_document(doc: &RealtimeMetrics, out: &mut String) {
         }
     }
 
-    let numbers: Vec<(&String, f64)> = doc
-        .custom
-        .iter()
-        .filter_map(|(name, value)| value.as_f64().map(|v| (name, v)))
-        .collect();
-    if !numbers.is_empty() {
+    // A number is one sample; an object of numbers (a labelled series) one
+    // sample per key; anything else has no Prometheus form.
+    let mut samples: Vec<(&str, Option<&str>, f64)> = Vec::new();
+    for (name, value) in &doc.custom {
+        match value {
+            serde_json::Value::Object(series) => {
+                samples.extend(series.iter().filter_map(|(key, v)| {
+                    v.as_f64().map(|v| (name.as_str(), Some(key.as_str()), v))
+                }))
+            }
+            other => samples.extend(other.as_f64().map(|v| (name.as_str(), None, v))),
+        }
+    }
+    if !samples.is_empty() {
         let mut f = Family::new(
             out,
             "flowpulse_custom",
             "gauge",
-            "Numeric values of custom metric processors, by name.",
+            "Numeric values of custom metric processors, by name (and key, for a labelled series).",
         );
-        for (name, value) in numbers {
-            f.sample(&[("name", name)], value);
+        for (name, key, value) in samples {
+            match key {
+                Some(key) => f.sample(&[("name", name), ("key", key)], value),
+                None => f.sample(&[("name", name)], value),
+            }
         }
     }
 }
@@ -386,7 +397,10 @@ mod tests {
             text.contains("flowpulse_custom{name=\"queue_depth\"} 7\n"),
             "{text}"
         );
-        assert!(text.contains("flowpulse_custom{name=\"failures\",key=\"scaffold\"} 2\n"));
+        assert!(
+            text.contains("flowpulse_custom{name=\"failures\",key=\"scaffold\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("flowpulse_custom{name=\"failures\",key=\"review\"} 0.5\n"));
         assert!(!text.contains("note"));
     }
