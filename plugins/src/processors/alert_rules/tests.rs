@@ -338,3 +338,142 @@ fn notices_carry_the_contract_fields() {
     assert_eq!(n.notice_id, n.notice_id());
     assert_eq!(n.data["value"], 9.0);
 }
+
+mod against_an_oracle {
+    //! The evaluator against a plain model of one scalar rule, over random
+    //! documents: values around the threshold, any gaps of event time, every
+    //! combination of duration, hysteresis, keep-firing and repeats.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Copy)]
+    struct Params {
+        duration: i64,
+        resolve: Option<f64>,
+        keep: Option<i64>,
+        repeat: Option<i64>,
+    }
+
+    /// Notices per step, as "status/repeat", by the rules' plain reading.
+    fn oracle(p: Params, steps: &[(i64, f64)]) -> Vec<Vec<String>> {
+        let threshold = 5.0;
+        let mut pending_since: Option<i64> = None;
+        let mut firing = false;
+        let mut repeat = 0;
+        let mut last_notified = 0;
+        let mut clear_since: Option<i64> = None;
+        let mut out = Vec::new();
+        for &(t, v) in steps {
+            let mut notices = Vec::new();
+            let holds = v > threshold;
+            if firing {
+                let still = holds || p.resolve.is_some_and(|r| v > r);
+                if still {
+                    clear_since = None;
+                    if p.repeat.is_some_and(|every| t - last_notified >= every) {
+                        repeat += 1;
+                        last_notified = t;
+                        notices.push(format!("triggered/{repeat}"));
+                    }
+                } else {
+                    let since = *clear_since.get_or_insert(t);
+                    if t - since >= p.keep.unwrap_or(0) {
+                        notices.push(format!("resolved/{repeat}"));
+                        firing = false;
+                        clear_since = None;
+                    }
+                }
+            } else if holds {
+                let since = *pending_since.get_or_insert(t);
+                if t - since >= p.duration {
+                    firing = true;
+                    pending_since = None;
+                    repeat = 0;
+                    last_notified = t;
+                    notices.push("triggered/0".to_owned());
+                }
+            } else {
+                pending_since = None;
+            }
+            out.push(notices);
+        }
+        out
+    }
+
+    fn params() -> impl Strategy<Value = Params> {
+        (
+            prop_oneof![Just(0i64), Just(1000), Just(3000)],
+            prop_oneof![Just(None), Just(Some(3.0))],
+            prop_oneof![Just(None), Just(Some(1500i64))],
+            prop_oneof![Just(None), Just(Some(2000i64))],
+        )
+            .prop_map(|(duration, resolve, keep, repeat)| Params {
+                duration,
+                resolve,
+                keep,
+                repeat,
+            })
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<(i64, f64)>> {
+        prop::collection::vec(
+            (
+                0i64..2500,
+                prop_oneof![Just(1.0), Just(4.0), Just(5.0), Just(6.0), Just(9.0)],
+            ),
+            1..60,
+        )
+        .prop_map(|raw| {
+            let mut t = 0;
+            raw.into_iter()
+                .map(|(gap, v)| {
+                    t += gap;
+                    (t, v)
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_evaluator_agrees_with_the_model(p in params(), steps in steps()) {
+            let mut condition = format!("{GT5}, duration_ms = {}", p.duration);
+            if let Some(r) = p.resolve {
+                condition.push_str(&format!(", resolve_value = {r}"));
+            }
+            if let Some(k) = p.keep {
+                condition.push_str(&format!(", keep_firing_ms = {k}"));
+            }
+            let extra = p.repeat.map(|r| format!("repeat_interval_ms = {r}")).unwrap_or_default();
+            let r = rule(&condition, &extra);
+            let mut evaluator = Evaluator::default();
+            let mut open: Option<String> = None;
+            for (i, &(t, v)) in steps.iter().enumerate() {
+                let notices = evaluator.evaluate(
+                    std::slice::from_ref(&r),
+                    &error_rate(v),
+                    &SelfSample::default(),
+                    At { as_of_ms: t, wall_ms: t },
+                );
+                // One open alert at most; a resolve closes the one opened.
+                for n in &notices {
+                    match n.status {
+                        AlertStatus::Triggered if n.repeat == 0 => {
+                            prop_assert!(open.is_none());
+                            open = Some(n.id.clone());
+                        }
+                        AlertStatus::Resolved => {
+                            prop_assert_eq!(open.take(), Some(n.id.clone()));
+                        }
+                        _ => prop_assert_eq!(open.as_ref(), Some(&n.id)),
+                    }
+                    prop_assert_eq!(&n.notice_id, &n.notice_id());
+                }
+                let expected = oracle(p, &steps[..=i]).pop().unwrap_or_default();
+                prop_assert_eq!(summary(&notices), expected, "step {} of {:?}", i, steps);
+            }
+        }
+    }
+}
