@@ -238,3 +238,99 @@ async fn a_database_that_cannot_be_reached_is_an_error_naming_the_store_without_
     assert!(e.contains("store \"main\"") && !e.contains("secret"), "{e}");
     assert!(!store.is_ready());
 }
+
+fn notice(status: flowpulse_core::alert::AlertStatus, repeat: u32) -> flowpulse_core::alert::Alert {
+    use flowpulse_core::alert::{Alert, AlertStatus, Severity};
+    let mut alert = Alert {
+        id: ALERT_1.into(),
+        rule_id: RULE.into(),
+        rule_name: "scaffold failing".into(),
+        instance: "scaffold".into(),
+        severity: Severity::Warning,
+        status,
+        message: "scaffold at 80%".into(),
+        metric: "agents[scaffold].success_rate_percent".into(),
+        operator: "<".into(),
+        threshold: 90.0,
+        value: Some(80.0),
+        data: serde_json::json!({"value": 80.0}),
+        channels: vec!["dashboard".into()],
+        runbook_url: None,
+        muted: false,
+        repeat,
+        notice_id: String::new(),
+        as_of: "2026-11-30T10:00:00.000Z".into(),
+        created_at: "2026-11-30T10:00:00.000Z".into(),
+        acknowledged_at: None,
+        acknowledged_by: None,
+        acknowledged_until: None,
+        resolved_at: None,
+        resolved_by: None,
+    };
+    if status == AlertStatus::Acknowledged {
+        alert.acknowledged_at = Some("2026-11-30T10:01:00.000Z".into());
+        alert.acknowledged_by = Some("api:ops".into());
+    }
+    if status == AlertStatus::Resolved {
+        alert.resolved_at = Some("2026-11-30T10:02:00.000Z".into());
+        alert.resolved_by = Some("rule".into());
+    }
+    alert.notice_id = alert.notice_id();
+    alert
+}
+
+/// Notices stored on either dialect: each once, in their lifecycle order,
+/// `resolved` final.
+async fn notices_are_stored_once_and_resolved_is_final(store: &Store) {
+    use flowpulse_core::alert::AlertStatus::*;
+    use flowpulse_plugins::stores::alerts::{history_len, statuses, store_notice};
+    store.prepare().await.unwrap();
+    let status = || async { statuses(store, &[ALERT_1.to_owned()]).await.unwrap()[0].status };
+    store_notice(store, &notice(Triggered, 0)).await.unwrap();
+    store_notice(store, &notice(Triggered, 0)).await.unwrap();
+    assert_eq!(
+        history_len(store, ALERT_1).await.unwrap(),
+        1,
+        "a notice stored twice adds one row"
+    );
+    assert_eq!(status().await, Triggered);
+    store_notice(store, &notice(Acknowledged, 0)).await.unwrap();
+    let stored = statuses(store, &[ALERT_1.to_owned()]).await.unwrap();
+    assert_eq!(stored[0].status, Acknowledged);
+    assert_eq!(stored[0].acknowledged_by.as_deref(), Some("api:ops"));
+    store_notice(store, &notice(Triggered, 1)).await.unwrap();
+    assert_eq!(
+        status().await,
+        Triggered,
+        "a repeat returns it to triggered"
+    );
+    store_notice(store, &notice(Triggered, 0)).await.unwrap();
+    assert_eq!(history_len(store, ALERT_1).await.unwrap(), 3);
+    store_notice(store, &notice(Resolved, 1)).await.unwrap();
+    store_notice(store, &notice(Triggered, 1)).await.unwrap();
+    assert_eq!(status().await, Resolved, "resolved is final");
+    assert_eq!(history_len(store, ALERT_1).await.unwrap(), 4);
+    assert_eq!(
+        count(store, "alert_rules").await,
+        1,
+        "the config rule's row was made"
+    );
+}
+
+#[tokio::test]
+async fn postgres_stores_notices_once_and_keeps_resolved_final() {
+    let database = OwnDatabase::new("notices");
+    let store = Store::new("main", &settings(database.url())).unwrap();
+    notices_are_stored_once_and_resolved_is_final(&store).await;
+    if let StorePool::Postgres(pool) = &store.pool {
+        pool.close().await;
+    }
+}
+
+#[tokio::test]
+async fn sqlite_stores_notices_once_and_keeps_resolved_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let store = Store::new("main", &settings(url)).unwrap();
+    notices_are_stored_once_and_resolved_is_final(&store).await;
+}

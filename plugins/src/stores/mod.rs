@@ -20,6 +20,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::ConnectOptions as _;
 use tokio::sync::watch;
 
+pub mod alerts;
+
 /// How long SQLite waits for a lock held by another connection.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
