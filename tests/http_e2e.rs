@@ -153,6 +153,10 @@ async fn every_route_answers_as_its_openapi_operation_says() {
         "POST /api/v1/workflows/{id}/control",
         "GET /metrics",
         "GET /ws/monitoring",
+        "GET /api/v1/monitoring/alerts",
+        "GET /api/v1/monitoring/alerts/{id}",
+        "POST /api/v1/monitoring/alerts/{id}/acknowledge",
+        "POST /api/v1/monitoring/alerts/{id}/resolve",
     ]
     .into_iter()
     .map(String::from)

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// How urgent an alert is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Severity {
     /// Someone must act now.
     Critical,
@@ -17,6 +18,7 @@ pub enum Severity {
 /// Where an alert is in its lifecycle: triggered → acknowledged → resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AlertStatus {
     /// The rule's condition holds.
     Triggered,
@@ -75,6 +77,7 @@ pub fn notice_id(alert_id: &str, status: AlertStatus, repeat: u32) -> String {
 /// every notice about it carries it (CONTRACT §3 Alert; the `alerts` row of
 /// §5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Alert {
     /// UUID of the alert.
     pub id: String,

@@ -1,5 +1,6 @@
 //! Sinks: where records go.
 
+pub mod alert_store;
 pub mod blackhole;
 pub mod console;
 pub mod file;

@@ -301,3 +301,382 @@ pub async fn history_len(store: &Store, alert_id: &str) -> Result<i64, sqlx::Err
         }
     }
 }
+
+/// An `alerts` row with its rule's name, channels, runbook and mute, in
+/// the order of the column lists below.
+#[derive(sqlx::FromRow)]
+struct AlertRow {
+    id: String,
+    rule_id: String,
+    rule_name: String,
+    instance: String,
+    severity: String,
+    status: String,
+    message: String,
+    metric: String,
+    operator: String,
+    threshold: f64,
+    value: Option<f64>,
+    data: String,
+    channels: String,
+    runbook_url: Option<String>,
+    muted_until: Option<String>,
+    repeat: i64,
+    created_at: Option<String>,
+    acknowledged_at: Option<String>,
+    acknowledged_by: Option<String>,
+    acknowledged_until: Option<String>,
+    resolved_at: Option<String>,
+    resolved_by: Option<String>,
+}
+
+/// A PostgreSQL timestamp as RFC 3339 UTC with milliseconds.
+macro_rules! pg_ts {
+    ($col:literal) => {
+        concat!(
+            "to_char(",
+            $col,
+            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+        )
+    };
+}
+
+const PG_COLUMNS: &str = concat!(
+    "a.id::text AS id, a.rule_id::text AS rule_id, r.name AS rule_name, a.instance, a.severity, a.status, ",
+    "a.message, a.metric, a.operator, a.threshold, a.value, a.data::text AS data, r.channels::text AS channels, ",
+    "r.runbook_url, ", pg_ts!("r.muted_until"), " AS muted_until, a.repeat::bigint AS repeat, ",
+    pg_ts!("a.created_at"), " AS created_at, ", pg_ts!("a.acknowledged_at"), " AS acknowledged_at, a.acknowledged_by, ",
+    pg_ts!("a.acknowledged_until"), " AS acknowledged_until, ", pg_ts!("a.resolved_at"), " AS resolved_at, a.resolved_by"
+);
+
+const LITE_COLUMNS: &str = "a.id, a.rule_id, r.name AS rule_name, a.instance, a.severity, a.status, a.message, a.metric, a.operator, \
+     a.threshold, a.value, a.data, r.channels, r.runbook_url, r.muted_until, a.repeat, \
+     a.created_at, a.acknowledged_at, a.acknowledged_by, a.acknowledged_until, a.resolved_at, a.resolved_by";
+
+fn alert_of(row: AlertRow) -> Alert {
+    let AlertRow {
+        id,
+        rule_id,
+        rule_name,
+        instance,
+        severity,
+        status,
+        message,
+        metric,
+        operator,
+        threshold,
+        value,
+        data,
+        channels,
+        runbook_url,
+        muted_until,
+        repeat,
+        created_at,
+        acknowledged_at,
+        acknowledged_by,
+        acknowledged_until,
+        resolved_at,
+        resolved_by,
+    } = row;
+    let data: serde_json::Value = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut alert = Alert {
+        as_of: data["as_of"].as_str().unwrap_or_default().to_owned(),
+        id,
+        rule_id,
+        rule_name,
+        instance,
+        severity: parse_severity(&severity),
+        status: parse_status(&status),
+        message,
+        metric,
+        operator,
+        threshold,
+        value,
+        data,
+        channels: serde_json::from_str(&channels).unwrap_or_default(),
+        runbook_url,
+        muted: muted_until
+            .as_deref()
+            .and_then(flowpulse_core::event::parse_rfc3339_ms)
+            .is_some_and(|until| until > now_ms),
+        repeat: u32::try_from(repeat).unwrap_or(0),
+        notice_id: String::new(),
+        created_at: created_at.unwrap_or_default(),
+        acknowledged_at,
+        acknowledged_by,
+        acknowledged_until,
+        resolved_at,
+        resolved_by,
+    };
+    alert.notice_id = alert.notice_id();
+    alert
+}
+
+/// One alert, if it exists.
+pub async fn fetch(store: &Store, id: &str) -> Result<Option<Alert>, sqlx::Error> {
+    let row: Option<AlertRow> = match &store.pool {
+        StorePool::Postgres(pool) => {
+            let sql = format!("SELECT {PG_COLUMNS} FROM alerts a JOIN alert_rules r ON r.id = a.rule_id WHERE a.id::text = $1");
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        }
+        StorePool::Sqlite(pool) => {
+            let sql = format!("SELECT {LITE_COLUMNS} FROM alerts a JOIN alert_rules r ON r.id = a.rule_id WHERE a.id = $1");
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        }
+    };
+    Ok(row.map(alert_of))
+}
+
+/// Filters of `GET /alerts`.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    /// Statuses (any of).
+    pub statuses: Option<Vec<String>>,
+    /// Severity.
+    pub severity: Option<String>,
+    /// Rule.
+    pub rule_id: Option<String>,
+    /// Instance.
+    pub instance: Option<String>,
+    /// `created_at` at or after (RFC 3339 UTC, milliseconds).
+    pub since: Option<String>,
+    /// `created_at` before.
+    pub until: Option<String>,
+    /// Continue after this (created_at, id).
+    pub after: Option<(String, String)>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// Alerts newest first, and the (created_at, id) to continue after when
+/// there are more.
+pub async fn list(
+    store: &Store,
+    filter: &AlertFilter,
+) -> Result<(Vec<Alert>, Option<(String, String)>), sqlx::Error> {
+    let statuses = filter
+        .statuses
+        .as_ref()
+        .map(|s| serde_json::to_string(s).unwrap_or_else(|_| "[]".into()));
+    let (after_at, after_id) = match &filter.after {
+        Some((at, id)) => (Some(at.clone()), Some(id.clone())),
+        None => (None, None),
+    };
+    let limit = i64::from(filter.limit) + 1;
+    let rows: Vec<AlertRow> = match &store.pool {
+        StorePool::Postgres(pool) => {
+            let sql = format!(
+                "SELECT {PG_COLUMNS} FROM alerts a JOIN alert_rules r ON r.id = a.rule_id \
+                 WHERE ($1::text IS NULL OR a.status IN (SELECT jsonb_array_elements_text($1::jsonb))) \
+                   AND ($2::text IS NULL OR a.severity = $2) \
+                   AND ($3::text IS NULL OR a.rule_id::text = $3) \
+                   AND ($4::text IS NULL OR a.instance = $4) \
+                   AND ($5::text IS NULL OR a.created_at >= $5::timestamptz) \
+                   AND ($6::text IS NULL OR a.created_at < $6::timestamptz) \
+                   AND ($7::text IS NULL OR (a.created_at, a.id::text) < ($7::timestamptz, $8::text)) \
+                 ORDER BY a.created_at DESC, a.id::text DESC LIMIT $9"
+            );
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(&statuses)
+                .bind(&filter.severity)
+                .bind(&filter.rule_id)
+                .bind(&filter.instance)
+                .bind(&filter.since)
+                .bind(&filter.until)
+                .bind(&after_at)
+                .bind(&after_id)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        }
+        StorePool::Sqlite(pool) => {
+            let sql = format!(
+                "SELECT {LITE_COLUMNS} FROM alerts a JOIN alert_rules r ON r.id = a.rule_id \
+                 WHERE ($1 IS NULL OR a.status IN (SELECT value FROM json_each($1))) \
+                   AND ($2 IS NULL OR a.severity = $2) \
+                   AND ($3 IS NULL OR a.rule_id = $3) \
+                   AND ($4 IS NULL OR a.instance = $4) \
+                   AND ($5 IS NULL OR a.created_at >= $5) \
+                   AND ($6 IS NULL OR a.created_at < $6) \
+                   AND ($7 IS NULL OR (a.created_at, a.id) < ($7, $8)) \
+                 ORDER BY a.created_at DESC, a.id DESC LIMIT $9"
+            );
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(&statuses)
+                .bind(&filter.severity)
+                .bind(&filter.rule_id)
+                .bind(&filter.instance)
+                .bind(&filter.since)
+                .bind(&filter.until)
+                .bind(&after_at)
+                .bind(&after_id)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    let mut alerts: Vec<Alert> = rows.into_iter().map(alert_of).collect();
+    let more = alerts.len() > filter.limit as usize;
+    alerts.truncate(filter.limit as usize);
+    let next = more
+        .then(|| alerts.last().map(|a| (a.created_at.clone(), a.id.clone())))
+        .flatten();
+    Ok((alerts, next))
+}
+
+/// An alert's history, oldest first.
+pub async fn history(store: &Store, alert_id: &str) -> Result<Vec<AlertChange>, sqlx::Error> {
+    type Row = (
+        i64,
+        Option<String>,
+        String,
+        i64,
+        String,
+        Option<String>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = match &store.pool {
+        StorePool::Postgres(pool) => {
+            let sql = concat!(
+                "SELECT id, from_status, to_status, repeat::bigint, actor, comment, ",
+                pg_ts!("at"),
+                " FROM alert_history WHERE alert_id::text = $1 ORDER BY at, id"
+            );
+            sqlx::query_as(sql).bind(alert_id).fetch_all(pool).await?
+        }
+        StorePool::Sqlite(pool) => {
+            sqlx::query_as(
+                "SELECT id, from_status, to_status, repeat, actor, comment, at \
+                 FROM alert_history WHERE alert_id = $1 ORDER BY at, id",
+            )
+            .bind(alert_id)
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, from_status, to_status, repeat, actor, comment, at)| AlertChange {
+                id,
+                from_status,
+                to_status,
+                repeat,
+                actor,
+                comment,
+                at: at.unwrap_or_default(),
+            },
+        )
+        .collect())
+}
+
+/// What a person's change did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeOutcome {
+    /// Changed (or, for a repeated acknowledgement, already so): the alert now.
+    Done(Alert),
+    /// No such alert.
+    NotFound,
+    /// Resolved already: final.
+    Resolved(Alert),
+}
+
+/// A person's change: `acknowledged` (with `until`) or `resolved`, in one
+/// transaction with its history row. The row's `notice_id` is the one the
+/// notice of this change will carry, so that notice adds nothing. Racing
+/// requests are safe: the update is conditional on the status read.
+pub async fn change(
+    store: &Store,
+    id: &str,
+    to: AlertStatus,
+    actor: &str,
+    comment: Option<&str>,
+    until: Option<&str>,
+) -> Result<ChangeOutcome, sqlx::Error> {
+    let now = now_rfc3339();
+    let Some(current) = fetch(store, id).await? else {
+        return Ok(ChangeOutcome::NotFound);
+    };
+    if current.status == AlertStatus::Resolved {
+        return Ok(ChangeOutcome::Resolved(current));
+    }
+    if current.status == to {
+        return Ok(ChangeOutcome::Done(current));
+    }
+    let notice = flowpulse_core::alert::notice_id(&current.id, to, current.repeat);
+    let from = current.status.as_str();
+    let repeat = i64::from(current.repeat);
+    let changed = match &store.pool {
+        StorePool::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            let updated = match to {
+                AlertStatus::Acknowledged => sqlx::query(
+                    "UPDATE alerts SET status = 'acknowledged', acknowledged_at = $2::timestamptz, acknowledged_by = $3, \
+                     acknowledged_until = $4::timestamptz, updated_at = now() WHERE id::text = $1 AND status = $5",
+                )
+                .bind(id).bind(&now).bind(actor).bind(until).bind(from)
+                .execute(&mut *tx).await?,
+                _ => sqlx::query(
+                    "UPDATE alerts SET status = 'resolved', resolved_at = $2::timestamptz, resolved_by = $3, \
+                     updated_at = now() WHERE id::text = $1 AND status = $4",
+                )
+                .bind(id).bind(&now).bind(actor).bind(from)
+                .execute(&mut *tx).await?,
+            };
+            if updated.rows_affected() == 1 {
+                sqlx::query(
+                    "INSERT INTO alert_history (alert_id, notice_id, from_status, to_status, repeat, actor, comment, at) \
+                     VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7, $8::timestamptz) ON CONFLICT (notice_id) DO NOTHING",
+                )
+                .bind(id).bind(&notice).bind(from).bind(to.as_str()).bind(repeat).bind(actor).bind(comment).bind(&now)
+                .execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            updated.rows_affected() == 1
+        }
+        StorePool::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            let updated = match to {
+                AlertStatus::Acknowledged => sqlx::query(
+                    "UPDATE alerts SET status = 'acknowledged', acknowledged_at = $2, acknowledged_by = $3, \
+                     acknowledged_until = $4, updated_at = $2 WHERE id = $1 AND status = $5",
+                )
+                .bind(id).bind(&now).bind(actor).bind(until).bind(from)
+                .execute(&mut *tx).await?,
+                _ => sqlx::query(
+                    "UPDATE alerts SET status = 'resolved', resolved_at = $2, resolved_by = $3, updated_at = $2 \
+                     WHERE id = $1 AND status = $4",
+                )
+                .bind(id).bind(&now).bind(actor).bind(from)
+                .execute(&mut *tx).await?,
+            };
+            if updated.rows_affected() == 1 {
+                sqlx::query(
+                    "INSERT INTO alert_history (alert_id, notice_id, from_status, to_status, repeat, actor, comment, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (notice_id) DO NOTHING",
+                )
+                .bind(id).bind(&notice).bind(from).bind(to.as_str()).bind(repeat).bind(actor).bind(comment).bind(&now)
+                .execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            updated.rows_affected() == 1
+        }
+    };
+    let after = fetch(store, id).await?;
+    Ok(match after {
+        None => ChangeOutcome::NotFound,
+        Some(alert) if !changed && alert.status == AlertStatus::Resolved => {
+            ChangeOutcome::Resolved(alert)
+        }
+        Some(alert) => ChangeOutcome::Done(alert),
+    })
+}

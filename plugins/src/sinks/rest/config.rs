@@ -37,6 +37,10 @@ pub struct RestConfig {
     /// Serve Prometheus text at `/metrics`. Default true.
     #[serde(default = "default_true")]
     pub prometheus: bool,
+    /// A `[stores.NAME]` the alert routes read and change. Unset: they
+    /// answer 503 `store_not_configured`.
+    #[serde(default)]
+    pub store: Option<String>,
     /// Where workflow control commands are queued (CONTRACT §6). Unset:
     /// `POST /api/v1/workflows/{id}/control` answers 503
     /// `control_not_configured`.
@@ -102,6 +106,11 @@ impl RestConfig {
     /// Problems found without I/O.
     pub fn check(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
         let mut errors = http::validate_mount(self, cx);
+        if let Some(store) = &self.store {
+            if let Some(e) = flowpulse_core::config::unknown_store(cx.stores, store) {
+                errors.push(FieldError::new("store", e));
+            }
+        }
         if let Some(control) = &self.control {
             if let Err(e) = crate::redis_util::client(&control.url) {
                 errors.push(FieldError::new("control.url", e));

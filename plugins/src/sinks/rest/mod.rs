@@ -2,6 +2,7 @@
 //! OpenAPI, Prometheus text and workflow control over HTTP (CONTRACT §4),
 //! on a server shared with the other HTTP sinks at its address.
 
+pub mod alerts;
 pub mod config;
 pub mod control;
 pub mod prometheus;
@@ -44,7 +45,14 @@ impl SinkConfig for RestConfig {
             .map(|c| control::Control::new(c, &cx.name, &cx.stats, cx.shutdown.clone()))
             .transpose()
             .map_err(|e| BuildError(format!("`control.url`: {e}")))?;
+        let store = self
+            .store
+            .as_deref()
+            .map(|name| crate::stores::Stores::of(cx).open(cx, name))
+            .transpose()
+            .map_err(|e| BuildError(e.to_string()))?;
         let state = Arc::new(RestState {
+            store,
             latest: RwLock::new(None),
             telemetry: cx.telemetry.clone(),
             pipeline: cx.pipeline.name.clone(),

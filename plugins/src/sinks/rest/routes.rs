@@ -46,6 +46,8 @@ pub struct RestState {
     pub started: Instant,
     /// Workflow control, when configured.
     pub control: Option<Control>,
+    /// The store of the alert routes, when configured.
+    pub store: Option<Arc<crate::stores::Store>>,
     /// The server, for the routes mounted on it.
     pub server: Arc<SharedServer>,
     /// Whether `/metrics` is served.
@@ -77,6 +79,7 @@ pub fn routes(config: &RestConfig) -> Vec<Route> {
     if config.prometheus {
         routes.push(Route::new(Method::GET, "/metrics"));
     }
+    routes.extend(super::alerts::routes());
     routes
 }
 
@@ -128,6 +131,7 @@ pub fn filter(state: Arc<RestState>, config: &RestConfig) -> BoxedFilter<(Respon
                 guarded(control(state, id, actor, key, request))
             },
         );
+    let alert_routes = super::alerts::filter(Arc::clone(&state), config);
     let mut all = realtime
         .or(history)
         .unify()
@@ -138,6 +142,8 @@ pub fn filter(state: Arc<RestState>, config: &RestConfig) -> BoxedFilter<(Respon
         .or(openapi)
         .unify()
         .or(control)
+        .unify()
+        .or(alert_routes)
         .unify()
         .boxed();
     if config.prometheus {
@@ -544,7 +550,11 @@ fn websocket_doc() {}
         openapi_json,
         metrics_text,
         control,
-        websocket_doc
+        websocket_doc,
+        super::alerts::list,
+        super::alerts::one,
+        super::alerts::acknowledge,
+        super::alerts::resolve
     ),
     components(schemas(
         ErrorBody,
@@ -554,7 +564,12 @@ fn websocket_doc() {}
         Health,
         Status,
         ControlAnswer,
-        ControlRequest
+        ControlRequest,
+        super::alerts::AlertList,
+        super::alerts::AlertWithHistoryAnswer,
+        super::alerts::AlertAnswer,
+        super::alerts::AcknowledgeRequest,
+        super::alerts::ResolveRequest
     ))
 )]
 struct ApiDoc;
