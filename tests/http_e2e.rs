@@ -907,3 +907,215 @@ async fn cors_lets_listed_origins_in_and_leaves_same_origin_requests_alone() {
         .is_none());
     assert!(server.stop().success());
 }
+
+/// The next JSON text frame of `kind` from a WebSocket.
+async fn next_frame_of(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    kind: &str,
+) -> Value {
+    use futures::StreamExt;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(15), socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} frame within 15 s"))
+            .expect("open")
+            .expect("a frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_alert_is_stored_acknowledged_and_resolved_over_rest_and_clients_hear_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("alerts.db");
+    let sinks = format!(
+        r#"[stores.main]
+url = "sqlite://{db}"
+
+[processors.alerts]
+type = "alert_rules"
+inputs = ["metrics"]
+store = "main"
+when_full = "drop_newest"
+
+[[processors.alerts.rules]]
+name = "Workflows exist"
+severity = "warning"
+condition = {{ metric = "overview.total_workflows", operator = ">", value = 0 }}
+channels = ["dashboard"]
+
+[sinks.alert_db]
+type = "alert_store"
+inputs = ["alerts"]
+store = "main"
+
+[sinks.api]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+token = "{TOKEN}"
+store = "main"
+
+[sinks.live]
+type = "websocket"
+inputs = ["metrics", "alerts"]
+address = "127.0.0.1:0"
+token = "{TOKEN}"
+"#,
+        db = db.display()
+    );
+    let config = write_config(dir.path(), "", "300ms", &sinks);
+    let server = start(dir.path(), &config);
+    let http = reqwest::Client::new();
+    let spec = Spec::fetch(&server).await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/monitoring"))
+        .await
+        .unwrap();
+    let triggered = next_frame_of(&mut socket, "alert:triggered").await;
+    let id = triggered["data"]["id"].as_str().unwrap().to_owned();
+
+    let one = "/api/v1/monitoring/alerts/{id}";
+    let url = |suffix: &str| server.url(&format!("/api/v1/monitoring/alerts/{id}{suffix}"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, _) = call(&server, &spec, http.get(url("")), "get", one).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 404);
+        assert!(Instant::now() < deadline, "the alert was never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let ack = "/api/v1/monitoring/alerts/{id}/acknowledge";
+    let (status, _, _) = call(
+        &server,
+        &spec,
+        http.post(url("/acknowledge")).json(&json!({})),
+        "post",
+        ack,
+    )
+    .await;
+    assert_eq!(status, 401, "changing needs the token");
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        http.post(url("/acknowledge"))
+            .bearer_auth(TOKEN)
+            .header("x-requested-by", "oncall")
+            .json(&json!({"comment": "looking"})),
+        "post",
+        ack,
+    )
+    .await;
+    assert_eq!(
+        (status, body["data"]["status"].as_str()),
+        (200, Some("acknowledged")),
+        "{body}"
+    );
+    assert_eq!(body["data"]["acknowledged_by"], "api:oncall");
+    let (status, _, again) = call(
+        &server,
+        &spec,
+        http.post(url("/acknowledge"))
+            .bearer_auth(TOKEN)
+            .json(&json!({})),
+        "post",
+        ack,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        again["data"]["acknowledged_at"], body["data"]["acknowledged_at"],
+        "acknowledging again changes nothing"
+    );
+
+    let heard = next_frame_of(&mut socket, "alert:acknowledged").await;
+    assert_eq!(heard["data"]["id"], id.as_str());
+    assert_eq!(heard["data"]["acknowledged_by"], "api:oncall");
+
+    let resolve = "/api/v1/monitoring/alerts/{id}/resolve";
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        http.post(url("/resolve"))
+            .bearer_auth(TOKEN)
+            .json(&json!({})),
+        "post",
+        resolve,
+    )
+    .await;
+    assert_eq!(
+        (status, body["data"]["status"].as_str()),
+        (200, Some("resolved"))
+    );
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        http.post(url("/resolve"))
+            .bearer_auth(TOKEN)
+            .json(&json!({})),
+        "post",
+        resolve,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("alert_resolved"))
+    );
+    let heard = next_frame_of(&mut socket, "alert:resolved").await;
+    assert_eq!(heard["data"]["resolved_by"], "api");
+
+    // Every change is one history row: the notices that followed added none.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, _, body) = call(&server, &spec, http.get(url("")), "get", one).await;
+    let history: Vec<&str> = body["data"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["to_status"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, ["triggered", "acknowledged", "resolved"], "{body}");
+    assert_eq!(body["data"]["history"][1]["comment"], "looking");
+
+    let list = "/api/v1/monitoring/alerts";
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        http.get(server.url("/api/v1/monitoring/alerts?status=resolved&limit=1")),
+        "get",
+        list,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"][0]["id"], id.as_str());
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        http.get(server.url("/api/v1/monitoring/alerts?status=open")),
+        "get",
+        list,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("status"))
+    );
+    let (status, _, _) = call(
+        &server,
+        &spec,
+        http.get(server.url("/api/v1/monitoring/alerts/nope")),
+        "get",
+        one,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(server.stop().success());
+}

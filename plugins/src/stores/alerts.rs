@@ -9,6 +9,17 @@ use serde::Serialize;
 
 use super::{Store, StorePool};
 
+/// A PostgreSQL timestamp as RFC 3339 UTC with milliseconds.
+macro_rules! pg_ts {
+    ($col:literal) => {
+        concat!(
+            "to_char(",
+            $col,
+            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+        )
+    };
+}
+
 /// One row of `alert_history`.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AlertChange {
@@ -217,6 +228,8 @@ pub struct StoredStatus {
     pub acknowledged_until: Option<String>,
     /// Who resolved it.
     pub resolved_by: Option<String>,
+    /// Its `repeat`.
+    pub repeat: u32,
 }
 
 fn parse_status(text: &str) -> AlertStatus {
@@ -248,21 +261,21 @@ pub async fn statuses(store: &Store, ids: &[String]) -> Result<Vec<StoredStatus>
         Option<String>,
         Option<String>,
         Option<String>,
+        i64,
     );
     let rows: Vec<Row> = match &store.pool {
         StorePool::Postgres(pool) => {
-            sqlx::query_as(
-                "SELECT id::text, status, acknowledged_by, \
-                        to_char(acknowledged_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), resolved_by \
-                 FROM alerts WHERE id IN (SELECT value::uuid FROM jsonb_array_elements_text($1::jsonb))",
-            )
-            .bind(&list)
-            .fetch_all(pool)
-            .await?
+            let sql = concat!(
+                "SELECT id::text, status, acknowledged_by, ",
+                pg_ts!("acknowledged_until"),
+                ", resolved_by, repeat::bigint FROM alerts ",
+                "WHERE id IN (SELECT value::uuid FROM jsonb_array_elements_text($1::jsonb))"
+            );
+            sqlx::query_as(sql).bind(&list).fetch_all(pool).await?
         }
         StorePool::Sqlite(pool) => {
             sqlx::query_as(
-                "SELECT id, status, acknowledged_by, acknowledged_until, resolved_by \
+                "SELECT id, status, acknowledged_by, acknowledged_until, resolved_by, repeat \
                  FROM alerts WHERE id IN (SELECT value FROM json_each($1))",
             )
             .bind(&list)
@@ -273,12 +286,13 @@ pub async fn statuses(store: &Store, ids: &[String]) -> Result<Vec<StoredStatus>
     Ok(rows
         .into_iter()
         .map(
-            |(id, status, acknowledged_by, acknowledged_until, resolved_by)| StoredStatus {
+            |(id, status, acknowledged_by, acknowledged_until, resolved_by, repeat)| StoredStatus {
                 id,
                 status: parse_status(&status),
                 acknowledged_by,
                 acknowledged_until,
                 resolved_by,
+                repeat: u32::try_from(repeat).unwrap_or(0),
             },
         )
         .collect())
@@ -328,17 +342,6 @@ struct AlertRow {
     acknowledged_until: Option<String>,
     resolved_at: Option<String>,
     resolved_by: Option<String>,
-}
-
-/// A PostgreSQL timestamp as RFC 3339 UTC with milliseconds.
-macro_rules! pg_ts {
-    ($col:literal) => {
-        concat!(
-            "to_char(",
-            $col,
-            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
-        )
-    };
 }
 
 const PG_COLUMNS: &str = concat!(

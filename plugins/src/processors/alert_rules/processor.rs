@@ -25,8 +25,10 @@ use flowpulse_core::telemetry::{ExtraValue, Telemetry};
 use serde::{Deserialize, Serialize};
 
 use super::config::AlertRulesConfig;
-use super::evaluator::{At, CompiledRule, Evaluator};
+use super::evaluator::{At, Change, CompiledRule, Evaluator};
 use super::path::SelfSample;
+use crate::stores::alerts;
+use flowpulse_core::alert::AlertStatus;
 
 inventory::submit! {
     PluginDescriptor::processor::<AlertRulesConfig>("alert_rules", "Evaluates alert rules on every metrics document and emits alert notices")
@@ -72,7 +74,15 @@ impl ProcessorConfig for AlertRulesConfig {
             .map(CompiledRule::new)
             .collect::<Result<Vec<_>, _>>()
             .map_err(BuildError)?;
+        let store = self
+            .store
+            .as_deref()
+            .map(|name| crate::stores::Stores::of(cx).open(cx, name))
+            .transpose()
+            .map_err(|e| BuildError(e.to_string()))?;
         Ok(Box::new(AlertRulesProcessor {
+            store,
+            store_timeout: self.store_timeout,
             rules,
             state: RulesState::default(),
             telemetry: cx.telemetry.clone(),
@@ -198,6 +208,9 @@ impl ProcessorState for RulesState {
 }
 
 struct AlertRulesProcessor {
+    /// Where people's acknowledgements and resolves are read from.
+    store: Option<Arc<crate::stores::Store>>,
+    store_timeout: Duration,
     rules: Vec<CompiledRule>,
     state: RulesState,
     telemetry: Telemetry,
@@ -265,9 +278,67 @@ impl AlertRulesProcessor {
         }
     }
 
-    fn evaluate(&mut self, doc: &RealtimeMetrics) -> Vec<Alert> {
+    /// Turns people's changes in the store (acknowledged, resolved) into
+    /// notices: the store's open alerts are the truth. One indexed query,
+    /// within `store_timeout`; when it cannot be had, nothing changes now
+    /// and the next document tries again.
+    async fn read_changes(&mut self, at: At) -> Vec<Alert> {
+        let Some(store) = self.store.as_ref().filter(|s| s.is_ready()) else {
+            return Vec::new();
+        };
+        let open: Vec<(String, AlertStatus, u32)> = self
+            .state
+            .evaluator
+            .open_alerts()
+            .map(|a| (a.id.clone(), a.status, a.repeat))
+            .collect();
+        if open.is_empty() {
+            return Vec::new();
+        }
+        let ids: Vec<String> = open.iter().map(|(id, _, _)| id.clone()).collect();
+        let stored =
+            match tokio::time::timeout(self.store_timeout, alerts::statuses(store, &ids)).await {
+                Ok(Ok(stored)) => stored,
+                Ok(Err(e)) => {
+                    tracing::debug!("cannot read alert changes: {e}");
+                    return Vec::new();
+                }
+                Err(_) => return Vec::new(),
+            };
+        let mut notices = Vec::new();
+        for row in stored {
+            let Some((_, status, repeat)) = open.iter().find(|(id, _, _)| *id == row.id) else {
+                continue;
+            };
+            let change = match row.status {
+                // Only an acknowledgement of this very notice: a repeat the
+                // store has not caught up with is not acknowledged yet.
+                AlertStatus::Acknowledged
+                    if *status == AlertStatus::Triggered && row.repeat == *repeat =>
+                {
+                    Some(Change::Acknowledge {
+                        by: row.acknowledged_by.unwrap_or_else(|| "api".into()),
+                        until_ms: row.acknowledged_until.as_deref().and_then(parse_rfc3339_ms),
+                    })
+                }
+                AlertStatus::Resolved if row.resolved_by.as_deref() != Some("rule") => {
+                    Some(Change::Resolve {
+                        by: row.resolved_by.unwrap_or_else(|| "api".into()),
+                    })
+                }
+                _ => None,
+            };
+            if let Some(change) = change {
+                notices.extend(self.state.evaluator.apply(&row.id, change, at));
+            }
+        }
+        notices
+    }
+
+    async fn evaluate(&mut self, doc: &RealtimeMetrics) -> Vec<Alert> {
         let wall_ms = now_ms();
         let as_of_ms = parse_rfc3339_ms(&doc.as_of).unwrap_or(wall_ms);
+        let mut changes = self.read_changes(At { as_of_ms, wall_ms }).await;
         let own = self.own_sample(wall_ms);
         let no_data_before = self.state.evaluator.no_data;
         let notices =
@@ -276,7 +347,8 @@ impl AlertRulesProcessor {
                 .evaluate(&self.rules, doc, &own, At { as_of_ms, wall_ms });
         self.no_data
             .add(self.state.evaluator.no_data - no_data_before);
-        notices
+        changes.extend(notices);
+        changes
     }
 }
 
@@ -287,7 +359,7 @@ impl Processor for AlertRulesProcessor {
         let mut notices = Vec::new();
         for record in batch.records() {
             if let Record::Metrics(doc) = record {
-                notices.extend(self.evaluate(doc));
+                notices.extend(self.evaluate(doc).await);
             }
         }
         self.send(notices, out).await;
@@ -324,6 +396,8 @@ mod tests {
         )
         .unwrap();
         AlertRulesProcessor {
+            store: None,
+            store_timeout: Duration::from_secs(2),
             rules: config
                 .rules
                 .into_iter()
