@@ -261,22 +261,24 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let Some(checkpoint) = &config.checkpoint else {
-        println!("no [checkpoint] table: nothing is kept between runs");
-        return Ok(ExitCode::SUCCESS);
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let store = checkpoint::open(&checkpoint.url).await?;
         // Every stateful processor, whatever its type: each says what a
         // fresh state of its settings is, and reads its checkpoint into it.
+        let mut any = false;
         for spec in &config.components {
             let Some(mut state) = spec.config.fresh_state() else {
                 continue;
             };
+            let Some(checkpoint) = config.checkpoint_for(spec) else {
+                println!("{}: not checkpointed (no [checkpoint] table)", spec.name);
+                continue;
+            };
+            any = true;
+            let store = checkpoint::open(&checkpoint.url).await?;
             let key = checkpoint_key(&config.pipeline.name, &spec.name, 0);
             if reset {
                 checkpoint::delete(store.as_ref(), &key, state.as_ref()).await?;
@@ -288,6 +290,9 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
                 Ok(None) => println!("{}: {key}: no checkpoint", spec.name),
                 Err(e) => println!("{}: {key}: not usable: {e}", spec.name),
             }
+        }
+        if !any {
+            println!("no [checkpoint] table: nothing is kept between runs");
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -157,6 +157,13 @@ async fn every_route_answers_as_its_openapi_operation_says() {
         "GET /api/v1/monitoring/alerts/{id}",
         "POST /api/v1/monitoring/alerts/{id}/acknowledge",
         "POST /api/v1/monitoring/alerts/{id}/resolve",
+        "GET /api/v1/monitoring/rules",
+        "POST /api/v1/monitoring/rules",
+        "GET /api/v1/monitoring/rules/{id}",
+        "PUT /api/v1/monitoring/rules/{id}",
+        "DELETE /api/v1/monitoring/rules/{id}",
+        "POST /api/v1/monitoring/rules/{id}/mute",
+        "DELETE /api/v1/monitoring/rules/{id}/mute",
     ]
     .into_iter()
     .map(String::from)
@@ -1117,5 +1124,187 @@ token = "{TOKEN}"
     )
     .await;
     assert_eq!(status, 404);
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn on_the_default_pipeline_a_rule_posted_at_runtime_fires_and_is_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline.toml"))
+        .unwrap()
+        .replace("interval = \"5s\"", "interval = \"300ms\"");
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, text).unwrap();
+    let server = start(dir.path(), &config);
+    let token = server.shown_token.clone().expect("the token is shown");
+    let http = reqwest::Client::new();
+    let spec = Spec::fetch(&server).await;
+    let rules = "/api/v1/monitoring/rules";
+    let post = |body: Value| http.post(server.url(rules)).bearer_auth(&token).json(&body);
+
+    // Bad rules: the field is named; nothing is stored.
+    let bad_metric = json!({"name": "x", "severity": "info",
+        "condition": {"metric": "overview.total", "operator": ">", "value": 0}});
+    let (status, _, body) = call(&server, &spec, post(bad_metric), "post", rules).await;
+    assert_eq!(
+        (
+            status,
+            body["error"]["code"].as_str(),
+            body["error"]["field"].as_str()
+        ),
+        (400, Some("invalid_rule"), Some("condition.metric")),
+        "{body}"
+    );
+    let bad_channel = json!({"name": "x", "severity": "info", "channels": ["pager"],
+        "condition": {"metric": "overview.total_workflows", "operator": ">", "value": 0}});
+    let (status, _, body) = call(&server, &spec, post(bad_channel), "post", rules).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("channels[0]"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("dashboard"),
+        "{body}"
+    );
+
+    let rule = json!({"name": "Any workflow", "severity": "warning", "channels": ["dashboard"],
+        "condition": {"metric": "overview.total_workflows", "operator": ">", "value": 0}});
+    // A dry run says what would fire and stores nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dry = loop {
+        let (status, _, body) = call(
+            &server,
+            &spec,
+            http.post(server.url("/api/v1/monitoring/rules?dry_run=true"))
+                .bearer_auth(&token)
+                .json(&rule),
+            "post",
+            rules,
+        )
+        .await;
+        if status == 200 && !body["data"]["would_fire"].as_array().unwrap().is_empty() {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the dry run never fired: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(dry["data"]["would_fire"][0]["instance"], "");
+    let (_, _, listed) = call(&server, &spec, http.get(server.url(rules)), "get", rules).await;
+    assert!(listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["name"] != "Any workflow"));
+
+    // The config's rules are in the store and change only in the file.
+    let config_rule = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["source"] == "config")
+        .expect("config rules are stored")
+        .clone();
+    let one = "/api/v1/monitoring/rules/{id}";
+    let config_id = config_rule["id"].as_str().unwrap();
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        http.put(server.url(&format!("{rules}/{config_id}")))
+            .bearer_auth(&token)
+            .json(&rule),
+        "put",
+        one,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("config_rule"))
+    );
+
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/monitoring"))
+        .await
+        .unwrap();
+    let (status, headers, created) = call(&server, &spec, post(rule.clone()), "post", rules).await;
+    assert_eq!(status, 201, "{created}");
+    let rule_id = created["data"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        headers["location"].to_str().unwrap(),
+        format!("{rules}/{rule_id}")
+    );
+    let (status, _, body) = call(&server, &spec, post(rule.clone()), "post", rules).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("duplicate_name"))
+    );
+
+    // It fires within two intervals (and some slack for the store).
+    let fired = loop {
+        let frame = next_frame_of(&mut socket, "alert:triggered").await;
+        if frame["data"]["rule_id"] == rule_id.as_str() {
+            break frame;
+        }
+    };
+    let alert_id = fired["data"]["id"].as_str().unwrap().to_owned();
+    let alert_url = server.url(&format!("/api/v1/monitoring/alerts/{alert_id}"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http.get(&alert_url).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the alert was never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = http
+        .post(format!("{alert_url}/acknowledge"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let acknowledged = next_frame_of(&mut socket, "alert:acknowledged").await;
+    assert_eq!(acknowledged["data"]["id"], alert_id.as_str());
+    let body: Value = http
+        .get(&alert_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        body["data"]["history"].as_array().unwrap().len() >= 2,
+        "{body}"
+    );
+
+    // Muting and deleting.
+    let mute = "/api/v1/monitoring/rules/{id}/mute";
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        http.post(server.url(&format!("{rules}/{rule_id}/mute")))
+            .bearer_auth(&token)
+            .json(&json!({"until": "2100-01-01T00:00:00Z"})),
+        "post",
+        mute,
+    )
+    .await;
+    assert_eq!(
+        (status, body["data"]["muted_until"].as_str()),
+        (200, Some("2100-01-01T00:00:00.000Z"))
+    );
+    let (status, _, body) = call(
+        &server,
+        &spec,
+        http.delete(server.url(&format!("{rules}/{rule_id}")))
+            .bearer_auth(&token),
+        "delete",
+        one,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("rule_has_open_alerts"))
+    );
     assert!(server.stop().success());
 }

@@ -305,6 +305,11 @@ pub trait ProcessorConfig: DeserializeOwned + Send + Sync + 'static {
     fn state(&self) -> Option<Box<dyn ProcessorState>> {
         None
     }
+    /// Whether its state is checkpointed even without a `[checkpoint]`
+    /// table (then under `DATA_DIR/checkpoints`). Default false.
+    fn always_checkpoints(&self) -> bool {
+        false
+    }
     /// Builds the running processor (may do I/O).
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Processor>, BuildError>;
 }
@@ -358,6 +363,10 @@ pub trait ComponentConfig: Send + Sync {
     fn routes_by_channel(&self) -> bool {
         false
     }
+    /// Whether its state is checkpointed without a `[checkpoint]` table.
+    fn always_checkpoints(&self) -> bool {
+        false
+    }
     /// The plugin's own typed config, for tools that know its type.
     fn as_any(&self) -> &dyn Any;
 }
@@ -405,6 +414,9 @@ impl<T: ProcessorConfig> ComponentConfig for ProcessorAdapter<T> {
     }
     fn fresh_state(&self) -> Option<Box<dyn ProcessorState>> {
         self.0.state()
+    }
+    fn always_checkpoints(&self) -> bool {
+        self.0.always_checkpoints()
     }
     fn as_any(&self) -> &dyn Any {
         &self.0

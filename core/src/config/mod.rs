@@ -54,7 +54,9 @@ impl Default for PipelineSettings {
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSettings {
-    /// The store, e.g. `redis://127.0.0.1:6379` (credentials are never logged).
+    /// The store, e.g. `redis://127.0.0.1:6379` or `file:///var/lib/flowpulse/checkpoints`
+    /// (credentials are never logged). Default `file://DATA_DIR/checkpoints`.
+    #[serde(default)]
     pub url: String,
     /// How often state is written, e.g. `"1s"`. Default 1 s.
     #[serde(with = "humantime_serde", default = "default_checkpoint_interval")]
@@ -63,6 +65,17 @@ pub struct CheckpointSettings {
 
 fn default_checkpoint_interval() -> Duration {
     Duration::from_secs(1)
+}
+
+impl CheckpointSettings {
+    /// The settings without a `[checkpoint]` table: files under
+    /// `DATA_DIR/checkpoints`, every second.
+    pub fn default_for(pipeline: &PipelineSettings) -> CheckpointSettings {
+        CheckpointSettings {
+            url: format!("file://{}", pipeline.data_dir.join("checkpoints").display()),
+            interval: default_checkpoint_interval(),
+        }
+    }
 }
 
 impl std::fmt::Debug for CheckpointSettings {
@@ -227,6 +240,19 @@ pub struct PipelineConfig {
     pub warnings: Vec<Diagnostic>,
 }
 
+impl PipelineConfig {
+    /// Where `spec`'s state is checkpointed, if anywhere: the `[checkpoint]`
+    /// table, or (for a processor that always checkpoints, like
+    /// `alert_rules`) files under `DATA_DIR/checkpoints`.
+    pub fn checkpoint_for(&self, spec: &ComponentSpec) -> Option<CheckpointSettings> {
+        self.checkpoint.clone().or_else(|| {
+            spec.config
+                .always_checkpoints()
+                .then(|| CheckpointSettings::default_for(&self.pipeline))
+        })
+    }
+}
+
 /// Why a config file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -371,6 +397,9 @@ impl Parser<'_> {
                     );
                 }
             }
+        }
+        if let Some(checkpoint) = config.checkpoint.as_mut().filter(|c| c.url.is_empty()) {
+            checkpoint.url = CheckpointSettings::default_for(&config.pipeline).url;
         }
         let topology = crate::topology::TopologyView::new(&config.components);
         let mut field_errors = Vec::new();

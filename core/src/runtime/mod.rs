@@ -138,7 +138,7 @@ impl Pipeline {
                     Some(state) => StateKeeper::start(
                         &config.pipeline.name,
                         &spec.name,
-                        config.checkpoint.as_ref(),
+                        config.checkpoint_for(spec).as_ref(),
                         state,
                     )
                     .await

@@ -21,6 +21,7 @@ use sqlx::ConnectOptions as _;
 use tokio::sync::watch;
 
 pub mod alerts;
+pub mod rules;
 
 /// How long SQLite waits for a lock held by another connection.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -39,8 +39,12 @@ fn default_store_timeout() -> Duration {
 impl AlertRulesConfig {
     /// The channels rules may name: the notification sinks and `dashboard`.
     pub fn known_channels(cx: &ValidateContext<'_>) -> Vec<String> {
-        let mut known: Vec<String> = cx
-            .topology
+        Self::known_channels_of(cx.topology)
+    }
+
+    /// The channels rules of `topology` may name.
+    pub fn known_channels_of(topology: &flowpulse_core::topology::TopologyView) -> Vec<String> {
+        let mut known: Vec<String> = topology
             .components()
             .iter()
             .filter(|c| c.role == ComponentRole::Sink && c.routes_by_channel)

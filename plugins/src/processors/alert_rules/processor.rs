@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::config::AlertRulesConfig;
 use super::evaluator::{At, Change, CompiledRule, Evaluator};
 use super::path::SelfSample;
-use crate::stores::alerts;
+use crate::stores::{alerts, rules};
 use flowpulse_core::alert::AlertStatus;
 
 inventory::submit! {
@@ -66,6 +66,11 @@ impl ProcessorConfig for AlertRulesConfig {
         Some(Box::new(RulesState::default()))
     }
 
+    /// Open alerts and unconfirmed notices must survive a restart.
+    fn always_checkpoints(&self) -> bool {
+        true
+    }
+
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Processor>, BuildError> {
         let rules = self
             .rules
@@ -82,6 +87,13 @@ impl ProcessorConfig for AlertRulesConfig {
             .map_err(|e| BuildError(e.to_string()))?;
         Ok(Box::new(AlertRulesProcessor {
             store,
+            synced: false,
+            stored_rules: None,
+            invalid_logged: Default::default(),
+            invalid_rules: cx.stats.gauge(
+                "invalid_stored_rules",
+                "Stored rules skipped because they no longer validate.",
+            ),
             store_timeout: self.store_timeout,
             rules,
             state: RulesState::default(),
@@ -208,8 +220,15 @@ impl ProcessorState for RulesState {
 }
 
 struct AlertRulesProcessor {
-    /// Where people's acknowledgements and resolves are read from.
+    /// Where rules, and people's acknowledgements and resolves, are read from.
     store: Option<Arc<crate::stores::Store>>,
+    /// Whether the config's rules have been written to the store.
+    synced: bool,
+    /// The rules last read from the store (all of them, config ones included).
+    stored_rules: Option<Vec<CompiledRule>>,
+    /// Stored rules already logged as invalid.
+    invalid_logged: std::collections::HashSet<String>,
+    invalid_rules: Arc<flowpulse_core::telemetry::Gauge>,
     store_timeout: Duration,
     rules: Vec<CompiledRule>,
     state: RulesState,
@@ -278,6 +297,69 @@ impl AlertRulesProcessor {
         }
     }
 
+    /// With a store: the config's rules written to it once it is ready,
+    /// then every rule read back (one query, within `store_timeout`; else
+    /// the last read stands). A stored rule that no longer validates is
+    /// skipped, logged once and counted.
+    async fn read_rules(&mut self) {
+        let Some(store) = self.store.as_ref().filter(|s| s.is_ready()).cloned() else {
+            return;
+        };
+        if !self.synced {
+            let config_rules: Vec<_> = self
+                .rules
+                .iter()
+                .map(|c| {
+                    let mut rule = c.rule.clone();
+                    rule.id = Some(c.id.clone());
+                    rule
+                })
+                .collect();
+            match tokio::time::timeout(
+                self.store_timeout,
+                rules::sync_config_rules(&store, &config_rules),
+            )
+            .await
+            {
+                Ok(Ok(())) => self.synced = true,
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        "cannot write the config's rules to store \"{}\": {e}",
+                        store.name
+                    );
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        let loaded = match tokio::time::timeout(self.store_timeout, rules::load(&store)).await {
+            Ok(Ok(loaded)) => loaded,
+            _ => return,
+        };
+        let (stored, bad_rows) = loaded;
+        let mut compiled = Vec::with_capacity(stored.len());
+        let mut invalid = bad_rows.len();
+        for bad in bad_rows {
+            if self.invalid_logged.insert(bad.id.clone()) {
+                tracing::warn!(rule = %bad.name, "skipping a stored rule that does not read as a rule: {}", bad.problem);
+            }
+        }
+        for rule in stored {
+            let (id, name) = (rule.id.clone().unwrap_or_default(), rule.name.clone());
+            match CompiledRule::new(rule) {
+                Ok(rule) => compiled.push(rule),
+                Err(e) => {
+                    invalid += 1;
+                    if self.invalid_logged.insert(id) {
+                        tracing::warn!(rule = %name, "skipping a stored rule that no longer validates: {e}");
+                    }
+                }
+            }
+        }
+        self.invalid_rules.set(invalid as i64);
+        self.stored_rules = Some(compiled);
+    }
+
     /// Turns people's changes in the store (acknowledged, resolved) into
     /// notices: the store's open alerts are the truth. One indexed query,
     /// within `store_timeout`; when it cannot be had, nothing changes now
@@ -338,13 +420,15 @@ impl AlertRulesProcessor {
     async fn evaluate(&mut self, doc: &RealtimeMetrics) -> Vec<Alert> {
         let wall_ms = now_ms();
         let as_of_ms = parse_rfc3339_ms(&doc.as_of).unwrap_or(wall_ms);
+        self.read_rules().await;
         let mut changes = self.read_changes(At { as_of_ms, wall_ms }).await;
         let own = self.own_sample(wall_ms);
         let no_data_before = self.state.evaluator.no_data;
-        let notices =
-            self.state
-                .evaluator
-                .evaluate(&self.rules, doc, &own, At { as_of_ms, wall_ms });
+        let rules = self.stored_rules.as_ref().unwrap_or(&self.rules);
+        let notices = self
+            .state
+            .evaluator
+            .evaluate(rules, doc, &own, At { as_of_ms, wall_ms });
         self.no_data
             .add(self.state.evaluator.no_data - no_data_before);
         changes.extend(notices);
@@ -397,6 +481,10 @@ mod tests {
         .unwrap();
         AlertRulesProcessor {
             store: None,
+            synced: false,
+            stored_rules: None,
+            invalid_logged: Default::default(),
+            invalid_rules: Arc::default(),
             store_timeout: Duration::from_secs(2),
             rules: config
                 .rules

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::path::MetricPath;
 
 /// A rule's comparison.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Operator {
     /// Greater than.
     #[serde(rename = ">")]
@@ -58,6 +58,7 @@ impl Operator {
 /// When a rule fires, and when it stops.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct Condition {
     /// The metric path, e.g. `agents.*.success_rate_percent`.
     pub metric: String,
@@ -81,6 +82,7 @@ pub struct Condition {
 /// Where a rule comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum RuleSource {
     /// The config file: it changes only there.
     Config,
@@ -95,6 +97,7 @@ fn yes() -> bool {
 /// An alert rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct Rule {
     /// Read-only: a UUIDv5 of the name for config rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod prometheus;
 pub mod routes;
+pub mod rules;
 
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
@@ -51,8 +52,11 @@ impl SinkConfig for RestConfig {
             .map(|name| crate::stores::Stores::of(cx).open(cx, name))
             .transpose()
             .map_err(|e| BuildError(e.to_string()))?;
+        let channels =
+            crate::processors::alert_rules::AlertRulesConfig::known_channels_of(&cx.topology);
         let state = Arc::new(RestState {
             store,
+            channels,
             latest: RwLock::new(None),
             telemetry: cx.telemetry.clone(),
             pipeline: cx.pipeline.name.clone(),

@@ -48,6 +48,8 @@ pub struct RestState {
     pub control: Option<Control>,
     /// The store of the alert routes, when configured.
     pub store: Option<Arc<crate::stores::Store>>,
+    /// The channels rules may name: notification sinks and `dashboard`.
+    pub channels: Vec<String>,
     /// The server, for the routes mounted on it.
     pub server: Arc<SharedServer>,
     /// Whether `/metrics` is served.
@@ -58,6 +60,11 @@ pub struct RestState {
 }
 
 impl RestState {
+    /// The newest metrics document, once one has arrived.
+    pub fn latest_document(&self) -> Option<Arc<RealtimeMetrics>> {
+        self.latest().map(|l| Arc::clone(&l.doc))
+    }
+
     fn latest(&self) -> Option<Arc<Latest>> {
         self.latest
             .read()
@@ -80,6 +87,7 @@ pub fn routes(config: &RestConfig) -> Vec<Route> {
         routes.push(Route::new(Method::GET, "/metrics"));
     }
     routes.extend(super::alerts::routes());
+    routes.extend(super::rules::routes());
     routes
 }
 
@@ -132,6 +140,7 @@ pub fn filter(state: Arc<RestState>, config: &RestConfig) -> BoxedFilter<(Respon
             },
         );
     let alert_routes = super::alerts::filter(Arc::clone(&state), config);
+    let rule_routes = super::rules::filter(Arc::clone(&state), config);
     let mut all = realtime
         .or(history)
         .unify()
@@ -144,6 +153,8 @@ pub fn filter(state: Arc<RestState>, config: &RestConfig) -> BoxedFilter<(Respon
         .or(control)
         .unify()
         .or(alert_routes)
+        .unify()
+        .or(rule_routes)
         .unify()
         .boxed();
     if config.prometheus {
@@ -554,7 +565,14 @@ fn websocket_doc() {}
         super::alerts::list,
         super::alerts::one,
         super::alerts::acknowledge,
-        super::alerts::resolve
+        super::alerts::resolve,
+        super::rules::list,
+        super::rules::create,
+        super::rules::one,
+        super::rules::replace,
+        super::rules::remove,
+        super::rules::mute,
+        super::rules::unmute
     ),
     components(schemas(
         ErrorBody,
@@ -569,7 +587,11 @@ fn websocket_doc() {}
         super::alerts::AlertWithHistoryAnswer,
         super::alerts::AlertAnswer,
         super::alerts::AcknowledgeRequest,
-        super::alerts::ResolveRequest
+        super::alerts::ResolveRequest,
+        super::rules::RuleList,
+        super::rules::RuleAnswer,
+        super::rules::DryRunAnswer,
+        super::rules::MuteRequest
     ))
 )]
 struct ApiDoc;
