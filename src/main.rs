@@ -12,6 +12,7 @@ use flowpulse_core::runtime::Pipeline;
 use flowpulse_core::topology;
 
 mod generate;
+mod test_rules;
 
 // A faster allocator: decoding allocates and frees several strings per event.
 #[global_allocator]
@@ -59,6 +60,15 @@ enum Command {
     Plugins,
     /// Write realistic seeded workflow events (for load tests and benchmarks).
     Generate(generate::GenerateArgs),
+    /// Test alert rules against scripted metric values and the alerts
+    /// expected after each step; exit 1 if one expectation fails.
+    TestRules {
+        /// The test file (TOML: [[rules]] and [[steps]]).
+        file: PathBuf,
+        /// Also take the rules of this config's alert_rules processors.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Create each `[stores.NAME]` database if missing and apply its
     /// migrations (idempotent); exit 1 if one cannot be reached.
     Migrate {
@@ -126,6 +136,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(&args).map(|()| ExitCode::SUCCESS),
         Command::State { action } => state(action),
         Command::Migrate { config } => migrate(config.as_deref()),
+        Command::TestRules { file, config } => test_rules::run(&file, config.as_deref()),
         Command::Plugins => {
             for plugin in registered_plugins() {
                 println!(

@@ -132,3 +132,64 @@ fn generate_expect_reports_counts_that_add_up() {
     );
     assert_eq!(n("events"), 20000);
 }
+
+#[test]
+fn test_rules_passes_the_default_rules_tests() {
+    let output = Command::new(binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "test-rules",
+            "examples/rules/default-rules.test.toml",
+            "-c",
+            "pipeline.toml",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("ok: 8 steps, 4 rules"), "{stdout}");
+}
+
+#[test]
+fn test_rules_prints_a_failing_step_with_its_line_and_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.toml");
+    std::fs::write(
+        &file,
+        r#"[[rules]]
+name = "errors"
+severity = "critical"
+condition = { metric = "overview.error_rate_percent", operator = ">", value = 10, duration_ms = 60000 }
+
+[[steps]]
+at = "0s"
+values = { "overview.error_rate_percent" = 20 }
+notices = []
+
+[[steps]]
+at = "30s"
+values = { "overview.error_rate_percent" = 20 }
+notices = ["triggered errors"]
+"#,
+    )
+    .unwrap();
+    let output = Command::new(binary())
+        .arg("test-rules")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("t.toml:11: step 1 (at 30s): notices"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("expected: [\"triggered errors\"]") && stdout.contains("got:      []"),
+        "{stdout}"
+    );
+}

@@ -388,6 +388,141 @@ impl MetricPath {
     }
 }
 
+/// Writes `value` at `path` into a document (or the watchdog sample), for
+/// tests of rules (`flowpulse test-rules`): the inverse of
+/// [`MetricPath::read`] for one concrete path (no `*`).
+pub fn write(
+    doc: &mut RealtimeMetrics,
+    own: &mut SelfSample,
+    path: &str,
+    value: f64,
+) -> Result<(), String> {
+    let compiled = MetricPath::parse(path)?;
+    if compiled.has_instances() {
+        return Err(format!(
+            "`{path}`: give one instance, e.g. agents[NAME].FIELD"
+        ));
+    }
+    let count = value.max(0.0) as u64;
+    match compiled {
+        MetricPath::Document { path, .. } => {
+            let o = &mut doc.overview;
+            match path {
+                "overview.total_workflows" => o.total_workflows = count,
+                "overview.running_workflows" => o.running_workflows = count,
+                "overview.completed_workflows" => o.completed_workflows = count,
+                "overview.failed_workflows" => o.failed_workflows = count,
+                "overview.paused_workflows" => o.paused_workflows = count,
+                "overview.cancelled_workflows" => o.cancelled_workflows = count,
+                "overview.expired_workflows" => o.expired_workflows = count,
+                "overview.avg_completion_time_ms" => o.avg_completion_time_ms = value,
+                "overview.error_rate_percent" => o.error_rate_percent = value,
+                "overview.success_rate_percent" => o.success_rate_percent = value,
+                "overview.system_health_percent" => o.system_health_percent = value,
+                "throughput_per_minute" => doc.throughput_per_minute = count,
+                "latency_p50_ms" => doc.latency_p50_ms = value,
+                "latency_p95_ms" => doc.latency_p95_ms = value,
+                "latency_p99_ms" => doc.latency_p99_ms = value,
+                "anomalies" => doc.anomalies = count,
+                other => return Err(format!("`{other}` cannot be written")),
+            }
+        }
+        MetricPath::Window { window, field, .. } => {
+            let w = doc.window.entry(window).or_default();
+            match field {
+                "finished" => w.finished = count,
+                "failed" => w.failed = count,
+                "throughput_per_minute" => w.throughput_per_minute = value,
+                "error_rate_percent" => w.error_rate_percent = value,
+                "latency_p50_ms" => w.latency_p50_ms = value,
+                "latency_p95_ms" => w.latency_p95_ms = value,
+                _ => w.latency_p99_ms = value,
+            }
+        }
+        MetricPath::Agent {
+            select: Selector::Named(name),
+            field,
+            ..
+        } => {
+            if !doc.agents.iter().any(|a| a.agent_type == name) {
+                doc.agents.push(AgentStats {
+                    agent_type: name.clone(),
+                    ..Default::default()
+                });
+                // Arrays of the document are sorted by name (CONTRACT §2).
+                doc.agents.sort_by(|a, b| a.agent_type.cmp(&b.agent_type));
+            }
+            let Some(agent) = doc.agents.iter_mut().find(|a| a.agent_type == name) else {
+                return Err(format!("`{path}` cannot be written"));
+            };
+            match field {
+                "total_tasks" => agent.total_tasks = count,
+                "completed_tasks" => agent.completed_tasks = count,
+                "failed_tasks" => agent.failed_tasks = count,
+                "avg_duration_ms" => agent.avg_duration_ms = value,
+                "p95_duration_ms" => agent.p95_duration_ms = value,
+                _ => agent.success_rate_percent = value,
+            }
+        }
+        MetricPath::WorkflowType {
+            select: Selector::Named(name),
+            field,
+            ..
+        } => {
+            let index = match doc
+                .workflows_by_type
+                .iter()
+                .position(|t| t.workflow_type == name)
+            {
+                Some(i) => i,
+                None => {
+                    doc.workflows_by_type.push(WorkflowTypeStats {
+                        workflow_type: name,
+                        ..Default::default()
+                    });
+                    doc.workflows_by_type.len() - 1
+                }
+            };
+            let t = &mut doc.workflows_by_type[index];
+            match field {
+                "total" => t.total = count,
+                "completed" => t.completed = count,
+                "failed" => t.failed = count,
+                _ => t.success_rate_percent = value,
+            }
+        }
+        MetricPath::Custom { name, key } => {
+            let number = serde_json::json!(value);
+            match key {
+                None => {
+                    doc.custom.insert(name, number);
+                }
+                Some(Selector::Named(key)) => {
+                    let entry = doc
+                        .custom
+                        .entry(name)
+                        .or_insert_with(|| serde_json::json!({}));
+                    if let Some(map) = entry.as_object_mut() {
+                        map.insert(key, number);
+                    }
+                }
+                Some(Selector::Each) => return Err(format!("`{path}`: give one key")),
+            }
+        }
+        MetricPath::SelfTelemetry(metric) => match metric {
+            SelfMetric::SecondsSinceLastEvent => own.seconds_since_last_event = value,
+            SelfMetric::SourceLag => own.source_lag = value,
+            SelfMetric::ErrorsTotal => own.errors_total = value,
+            SelfMetric::FailedDeliveries => own.failed_deliveries = value,
+            SelfMetric::OutboxPending => own.outbox_pending = value,
+        },
+        MetricPath::Agent { .. } | MetricPath::WorkflowType { .. } => {
+            return Err(format!("`{path}`: give one instance"))
+        }
+    }
+    Ok(())
+}
+
 fn list<T>(
     list: &str,
     entries: &[T],
@@ -528,6 +663,25 @@ mod tests {
         assert!(MetricPath::parse("agents[].total_tasks").is_err());
         assert!(MetricPath::parse("agents.*.colour").is_err());
         assert!(MetricPath::parse("custom.").is_err());
+    }
+
+    #[test]
+    fn written_values_read_back() {
+        let mut doc = RealtimeMetrics::default();
+        let mut own = SelfSample::default();
+        for (path, value) in [
+            ("overview.error_rate_percent", 7.5),
+            ("agents[scaffold].success_rate_percent", 60.0),
+            ("agents[review].success_rate_percent", 99.0),
+            ("window.5m.error_rate_percent", 3.0),
+            ("custom.failures.scaffold", 2.0),
+            ("self.seconds_since_last_event", 61.0),
+        ] {
+            write(&mut doc, &mut own, path, value).unwrap();
+            let read = MetricPath::parse(path).unwrap().read(&doc, &own).unwrap();
+            assert_eq!(read[0].value, Some(value), "{path}");
+        }
+        assert!(write(&mut doc, &mut own, "agents.*.total_tasks", 1.0).is_err());
     }
 
     #[test]
