@@ -446,3 +446,71 @@ address = "127.0.0.1:0"
     assert_eq!(alert["data"]["as_of"], alert["as_of"]);
     assert!(server.stop().success());
 }
+
+#[tokio::test]
+async fn the_watchdog_fires_when_the_source_falls_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, flat_event_lines(50, 4).join("\n") + "\n").unwrap();
+    // A followed file stays open: the pipeline keeps running, silent.
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[pipeline]
+data_dir = "{data}"
+
+[sources.events]
+type = "file"
+path = "{events}"
+follow = true
+
+[processors.metrics]
+type = "aggregate"
+inputs = ["events"]
+interval = "300ms"
+
+[processors.alerts]
+type = "alert_rules"
+inputs = ["metrics"]
+
+[[processors.alerts.rules]]
+name = "No events"
+severity = "critical"
+condition = {{ metric = "self.seconds_since_last_event", operator = ">", value = 2 }}
+channels = ["dashboard"]
+
+[sinks.live]
+type = "websocket"
+inputs = ["metrics", "alerts"]
+address = "127.0.0.1:0"
+"#,
+            data = dir.path().join("data").display(),
+            events = events.display()
+        ),
+    )
+    .unwrap();
+    let server = start(dir.path(), &config);
+    let started = Instant::now();
+    let mut socket = connect(&server).await;
+    let fired = next_of(&mut socket, "alert:triggered").await;
+    assert_eq!(fired["data"]["rule_name"], "No events");
+    assert!(fired["data"]["value"].as_f64().unwrap() > 2.0);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it waited for the silence"
+    );
+    // Events again: the watchdog resolves.
+    let mut more = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&events)
+        .unwrap();
+    std::io::Write::write_all(
+        &mut more,
+        (flat_event_lines(5, 9).join("\n") + "\n").as_bytes(),
+    )
+    .unwrap();
+    let resolved = next_of(&mut socket, "alert:resolved").await;
+    assert_eq!(resolved["data"]["id"], fired["data"]["id"]);
+    assert!(server.stop().success());
+}

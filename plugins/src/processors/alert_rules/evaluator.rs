@@ -10,7 +10,7 @@ use flowpulse_core::event::format_rfc3339_ms;
 use flowpulse_core::metrics::RealtimeMetrics;
 use serde::{Deserialize, Serialize};
 
-use super::path::{MetricPath, Sample, SelfSample};
+use super::path::{MetricPath, SelfSample};
 use super::rule::{config_rule_id, Rule};
 
 /// A rule ready to evaluate: its id and compiled path.
@@ -80,36 +80,24 @@ pub enum Change {
     },
 }
 
-/// Every rule's instances, by (rule id, instance).
+/// Every rule's pending, firing and held instances: by rule id, then by
+/// instance. Inactive ones are not kept, so the common case (a condition
+/// that does not hold for an instance that is not tracked) costs one
+/// lookup and no allocation.
+pub type Instances = BTreeMap<String, Tracked>;
+
+/// One rule's tracked instances. A hash map: every instance of every rule
+/// is looked up on every document, the evaluator's hot path.
+pub type Tracked = rustc_hash::FxHashMap<String, Phase>;
+
+/// Every rule's instances.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Evaluator {
-    /// Pending, firing and held instances.
-    #[serde(with = "entries")]
-    pub instances: BTreeMap<(String, String), Phase>,
+    /// Pending, firing and held instances, by rule id and instance.
+    pub instances: Instances,
     /// Evaluations of a custom metric not yet seen ("no data").
     #[serde(default)]
     pub no_data: u64,
-}
-
-/// The instances as a list of entries: their (rule, instance) keys are not
-/// strings, which JSON maps need.
-mod entries {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use super::Phase;
-
-    type Instances = BTreeMap<(String, String), Phase>;
-
-    pub fn serialize<S: Serializer>(map: &Instances, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(map.iter())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Instances, D::Error> {
-        let entries = Vec::<((String, String), Phase)>::deserialize(d)?;
-        Ok(entries.into_iter().collect())
-    }
 }
 
 /// The namespace of alert ids.
@@ -151,111 +139,68 @@ impl Evaluator {
                 self.no_data += 1;
                 continue;
             };
-            // Instances known before but absent now do not match.
-            let mut seen: Vec<&str> = samples.iter().map(|s| s.instance.as_str()).collect();
-            seen.sort_unstable();
-            let gone: Vec<String> = self
-                .instances
-                .range((compiled.id.clone(), String::new())..)
-                .take_while(|((rule, _), _)| *rule == compiled.id)
-                .map(|((_, instance), _)| instance.clone())
-                .filter(|instance| seen.binary_search(&instance.as_str()).is_err())
-                .collect();
+            let mut tracked = self.instances.remove(&compiled.id).unwrap_or_default();
+            let tracked_before = tracked.len();
+            let mut seen = 0;
             for sample in &samples {
-                self.step(compiled, sample, at, &mut notices);
+                seen += usize::from(tracked.contains_key(sample.instance));
+                step(
+                    compiled,
+                    &mut tracked,
+                    sample.instance,
+                    sample.value,
+                    at,
+                    &mut notices,
+                );
             }
-            for instance in gone {
-                let absent = Sample {
-                    metric: concrete_metric(&compiled.rule.condition.metric, &instance),
-                    instance,
-                    value: None,
-                };
-                self.step(compiled, &absent, at, &mut notices);
+            // Instances tracked before but absent now do not match. Seeing
+            // every tracked one (the common case) needs no search.
+            if seen < tracked_before {
+                let present: std::collections::HashSet<&str> =
+                    samples.iter().map(|s| s.instance).collect();
+                let mut gone: Vec<String> = tracked
+                    .keys()
+                    .filter(|instance| !present.contains(instance.as_str()))
+                    .cloned()
+                    .collect();
+                gone.sort();
+                for instance in gone {
+                    step(compiled, &mut tracked, &instance, None, at, &mut notices);
+                }
+            }
+            if !tracked.is_empty() {
+                self.instances.insert(compiled.id.clone(), tracked);
             }
         }
         // Rules that no longer exist: their open alerts resolve.
-        let live: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
-        let orphans: Vec<(String, String)> = self
+        let orphans: Vec<String> = self
             .instances
             .keys()
-            .filter(|(rule, _)| !live.contains(&rule.as_str()))
+            .filter(|rule| !rules.iter().any(|r| r.id == **rule))
             .cloned()
             .collect();
-        for key in orphans {
-            if let Some(Phase::Firing(firing)) = self.instances.remove(&key) {
-                notices.push(resolved(firing.alert, None, "rule", at));
-            }
+        for rule in orphans {
+            self.resolve_rule(&rule, at, &mut notices);
         }
         notices
     }
 
-    /// Resolves every open alert of a rule (disabled, say).
+    /// Resolves every open alert of a rule (disabled or gone) and forgets
+    /// its instances.
     fn resolve_rule(&mut self, rule_id: &str, at: At, notices: &mut Vec<Alert>) {
-        let keys: Vec<(String, String)> = self
+        // In instance order: replays give the same notices in the same order.
+        let mut instances: Vec<(String, Phase)> = self
             .instances
-            .range((rule_id.to_owned(), String::new())..)
-            .take_while(|((rule, _), _)| rule == rule_id)
-            .map(|(k, _)| k.clone())
+            .remove(rule_id)
+            .unwrap_or_default()
+            .into_iter()
             .collect();
-        for key in keys {
-            if let Some(Phase::Firing(firing)) = self.instances.remove(&key) {
+        instances.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, phase) in instances {
+            if let Phase::Firing(firing) = phase {
                 let value = firing.alert.value;
                 notices.push(resolved(firing.alert, value, "rule", at));
             }
-        }
-    }
-
-    fn step(&mut self, compiled: &CompiledRule, sample: &Sample, at: At, notices: &mut Vec<Alert>) {
-        let condition = &compiled.rule.condition;
-        let holds = sample
-            .value
-            .is_some_and(|v| condition.operator.holds(v, condition.value));
-        let key = (compiled.id.clone(), sample.instance.clone());
-        let phase = self.instances.remove(&key);
-        let next = match phase {
-            None if holds && condition.duration_ms == 0 => {
-                Some(fire(compiled, sample, at.as_of_ms, at, notices))
-            }
-            None if holds => Some(Phase::Pending {
-                since_ms: at.as_of_ms,
-            }),
-            None => None,
-            Some(Phase::Pending { since_ms }) if holds => {
-                if at.as_of_ms - since_ms >= condition.duration_ms as i64 {
-                    Some(fire(compiled, sample, since_ms, at, notices))
-                } else {
-                    Some(Phase::Pending { since_ms })
-                }
-            }
-            Some(Phase::Pending { .. }) => None,
-            Some(Phase::HeldResolved) if holds => Some(Phase::HeldResolved),
-            Some(Phase::HeldResolved) => None,
-            Some(Phase::Firing(mut firing)) => {
-                let still = holds
-                    || condition.resolve_value.is_some_and(|resolve| {
-                        sample
-                            .value
-                            .is_some_and(|v| condition.operator.holds(v, resolve))
-                    });
-                firing.alert.value = sample.value;
-                if still {
-                    firing.cleared_since_ms = None;
-                    renotify(compiled, &mut firing, at, notices);
-                    Some(Phase::Firing(firing))
-                } else {
-                    let cleared_since = *firing.cleared_since_ms.get_or_insert(at.as_of_ms);
-                    let keep = condition.keep_firing_ms.unwrap_or(0) as i64;
-                    if at.as_of_ms - cleared_since < keep {
-                        Some(Phase::Firing(firing))
-                    } else {
-                        notices.push(resolved(firing.alert, sample.value, "rule", at));
-                        None
-                    }
-                }
-            }
-        };
-        if let Some(next) = next {
-            self.instances.insert(key, next);
         }
     }
 
@@ -263,17 +208,23 @@ impl Evaluator {
     /// it makes, if it changes anything (an ack of an acknowledged alert
     /// does not; a resolved alert is final).
     pub fn apply(&mut self, alert_id: &str, change: Change, at: At) -> Option<Alert> {
-        let key = self.instances.iter().find_map(|(key, phase)| match phase {
-            Phase::Firing(f) if f.alert.id == alert_id => Some(key.clone()),
-            _ => None,
+        let (rule, instance) = self.instances.iter().find_map(|(rule, instances)| {
+            instances.iter().find_map(|(instance, phase)| match phase {
+                Phase::Firing(f) if f.alert.id == alert_id => {
+                    Some((rule.clone(), instance.clone()))
+                }
+                _ => None,
+            })
         })?;
-        let Some(Phase::Firing(mut firing)) = self.instances.remove(&key) else {
+        let instances = self.instances.get_mut(&rule)?;
+        let key = instance;
+        let Some(Phase::Firing(mut firing)) = instances.remove(&key) else {
             return None;
         };
         match change {
             Change::Acknowledge { by, until_ms } => {
                 if firing.alert.status == AlertStatus::Acknowledged {
-                    self.instances.insert(key, Phase::Firing(firing));
+                    instances.insert(key, Phase::Firing(firing));
                     return None;
                 }
                 let alert = &mut firing.alert;
@@ -284,11 +235,11 @@ impl Evaluator {
                 alert.as_of = format_rfc3339_ms(at.as_of_ms);
                 alert.notice_id = alert.notice_id();
                 let notice = alert.clone();
-                self.instances.insert(key, Phase::Firing(firing));
+                instances.insert(key, Phase::Firing(firing));
                 Some(notice)
             }
             Change::Resolve { by } => {
-                self.instances.insert(key, Phase::HeldResolved);
+                instances.insert(key, Phase::HeldResolved);
                 let value = firing.alert.value;
                 Some(resolved(firing.alert, value, &by, at))
             }
@@ -297,21 +248,87 @@ impl Evaluator {
 
     /// The open alerts, by rule and instance.
     pub fn open_alerts(&self) -> impl Iterator<Item = &Alert> {
-        self.instances.values().filter_map(|phase| match phase {
-            Phase::Firing(f) => Some(&f.alert),
-            _ => None,
-        })
+        self.instances
+            .values()
+            .flat_map(|instances| instances.values())
+            .filter_map(|phase| match phase {
+                Phase::Firing(f) => Some(&f.alert),
+                _ => None,
+            })
+    }
+
+    /// How many instances are tracked (pending, firing or held).
+    pub fn tracked(&self) -> usize {
+        self.instances.values().map(|t| t.len()).sum()
     }
 }
 
-/// The concrete path of `template` (`agents.*.x`) for `instance`.
-fn concrete_metric(template: &str, instance: &str) -> String {
-    for list in ["agents", "workflows_by_type"] {
-        if let Some(field) = template.strip_prefix(&format!("{list}.*.")) {
-            return format!("{list}[{instance}].{field}");
+/// One rule and instance, one document: the phase after it, and the
+/// notices it causes. Most calls are the fast path: the condition does not
+/// hold and nothing is tracked, which allocates nothing.
+fn step(
+    compiled: &CompiledRule,
+    tracked: &mut Tracked,
+    instance: &str,
+    value: Option<f64>,
+    at: At,
+    notices: &mut Vec<Alert>,
+) {
+    let condition = &compiled.rule.condition;
+    let holds = value.is_some_and(|v| condition.operator.holds(v, condition.value));
+    let Some(phase) = tracked.get_mut(instance) else {
+        if holds {
+            let phase = if condition.duration_ms == 0 {
+                fire(compiled, instance, value, at.as_of_ms, at, notices)
+            } else {
+                Phase::Pending {
+                    since_ms: at.as_of_ms,
+                }
+            };
+            tracked.insert(instance.to_owned(), phase);
+        }
+        return;
+    };
+    let next = match phase {
+        Phase::Pending { since_ms } if holds => {
+            if at.as_of_ms - *since_ms >= condition.duration_ms as i64 {
+                Some(fire(compiled, instance, value, *since_ms, at, notices))
+            } else {
+                return;
+            }
+        }
+        Phase::Pending { .. } => None,
+        Phase::HeldResolved if holds => return,
+        Phase::HeldResolved => None,
+        Phase::Firing(firing) => {
+            let still = holds
+                || condition.resolve_value.is_some_and(|resolve| {
+                    value.is_some_and(|v| condition.operator.holds(v, resolve))
+                });
+            firing.alert.value = value;
+            if still {
+                firing.cleared_since_ms = None;
+                renotify(compiled, firing, at, notices);
+                return;
+            }
+            let cleared_since = *firing.cleared_since_ms.get_or_insert(at.as_of_ms);
+            let keep = condition.keep_firing_ms.unwrap_or(0) as i64;
+            if at.as_of_ms - cleared_since < keep {
+                return;
+            }
+            None
+        }
+    };
+    match next {
+        Some(phase) => {
+            tracked.insert(instance.to_owned(), phase);
+        }
+        None => {
+            if let Some(Phase::Firing(firing)) = tracked.remove(instance) {
+                notices.push(resolved(firing.alert, value, "rule", at));
+            }
         }
     }
-    template.replace('*', instance)
 }
 
 fn muted(rule: &Rule, wall_ms: i64) -> bool {
@@ -323,26 +340,28 @@ fn muted(rule: &Rule, wall_ms: i64) -> bool {
 
 fn fire(
     compiled: &CompiledRule,
-    sample: &Sample,
+    instance: &str,
+    value: Option<f64>,
     began_ms: i64,
     at: At,
     notices: &mut Vec<Alert>,
 ) -> Phase {
     let rule = &compiled.rule;
     let as_of = format_rfc3339_ms(at.as_of_ms);
+    let metric = compiled.path.metric_for(instance);
     let mut alert = Alert {
-        id: alert_id(&compiled.id, &sample.instance, began_ms),
+        id: alert_id(&compiled.id, instance, began_ms),
         rule_id: compiled.id.clone(),
         rule_name: rule.name.clone(),
-        instance: sample.instance.clone(),
+        instance: instance.to_owned(),
         severity: rule.severity,
         status: AlertStatus::Triggered,
-        message: rule.render_message(&sample.instance, &sample.metric, sample.value),
-        metric: sample.metric.clone(),
+        message: rule.render_message(instance, &metric, value),
+        metric,
         operator: rule.condition.operator.as_str().to_owned(),
         threshold: rule.condition.value,
-        value: sample.value,
-        data: serde_json::json!({"value": sample.value, "threshold": rule.condition.value, "as_of": as_of}),
+        value,
+        data: serde_json::json!({"value": value, "threshold": rule.condition.value, "as_of": as_of}),
         channels: rule.channels.clone(),
         runbook_url: rule.runbook_url.clone(),
         muted: muted(rule, at.wall_ms),

@@ -82,14 +82,12 @@ pub struct SelfSample {
     pub outbox_pending: f64,
 }
 
-/// One value a path found: the instance (`""` for a path without `*`), the
-/// concrete path, and the number (`None`: no value).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
+/// One value a path found: the instance (`""` for a path without `*`,
+/// borrowed from the document) and the number (`None`: no value).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample<'a> {
     /// What a `*` matched.
-    pub instance: String,
-    /// The concrete path, e.g. `agents[scaffold].success_rate_percent`.
-    pub metric: String,
+    pub instance: &'a str,
     /// The value.
     pub value: Option<f64>,
 }
@@ -305,85 +303,81 @@ impl MetricPath {
     /// The values of the path in `doc` (and `own`, for watchdogs). A named
     /// entry missing from the document has no value; `*` gives one sample
     /// per entry present. `None` when a custom metric has not been seen yet
-    /// ("no data").
-    pub fn read(&self, doc: &RealtimeMetrics, own: &SelfSample) -> Option<Vec<Sample>> {
-        let one = |metric: String, value: Option<f64>| {
+    /// ("no data"). Nothing is copied: this runs for every rule on every
+    /// document.
+    pub fn read<'a>(&self, doc: &'a RealtimeMetrics, own: &SelfSample) -> Option<Vec<Sample<'a>>> {
+        let one = |value: Option<f64>| {
             Some(vec![Sample {
-                instance: String::new(),
-                metric,
+                instance: "",
                 value,
             }])
         };
         match self {
-            MetricPath::Document { path, read } => one((*path).to_owned(), Some(read(doc))),
-            MetricPath::SelfTelemetry(metric) => {
-                let path = SELF
-                    .iter()
-                    .find(|(_, m)| m == metric)
-                    .map_or("", |(p, _)| p);
-                let value = match metric {
-                    SelfMetric::SecondsSinceLastEvent => own.seconds_since_last_event,
-                    SelfMetric::SourceLag => own.source_lag,
-                    SelfMetric::ErrorsTotal => own.errors_total,
-                    SelfMetric::FailedDeliveries => own.failed_deliveries,
-                    SelfMetric::OutboxPending => own.outbox_pending,
-                };
-                one(path.to_owned(), Some(value))
+            MetricPath::Document { read, .. } => one(Some(read(doc))),
+            MetricPath::SelfTelemetry(metric) => one(Some(match metric {
+                SelfMetric::SecondsSinceLastEvent => own.seconds_since_last_event,
+                SelfMetric::SourceLag => own.source_lag,
+                SelfMetric::ErrorsTotal => own.errors_total,
+                SelfMetric::FailedDeliveries => own.failed_deliveries,
+                SelfMetric::OutboxPending => own.outbox_pending,
+            })),
+            MetricPath::Window { window, read, .. } => one(doc.window.get(window).map(read)),
+            MetricPath::Agent { select, read, .. } => {
+                Some(list(&doc.agents, |a| &a.agent_type, select, read))
             }
-            MetricPath::Window {
-                window,
-                field,
-                read,
-            } => one(
-                format!("window.{window}.{field}"),
-                doc.window.get(window).map(read),
-            ),
-            MetricPath::Agent {
-                select,
-                field,
-                read,
-            } => Some(list(
-                "agents",
-                &doc.agents,
-                |a| &a.agent_type,
-                select,
-                field,
-                read,
-            )),
-            MetricPath::WorkflowType {
-                select,
-                field,
-                read,
-            } => Some(list(
-                "workflows_by_type",
+            MetricPath::WorkflowType { select, read, .. } => Some(list(
                 &doc.workflows_by_type,
                 |t| &t.workflow_type,
                 select,
-                field,
                 read,
             )),
             MetricPath::Custom { name, key } => {
                 let value = doc.custom.get(name)?;
                 match key {
-                    None => one(format!("custom.{name}"), value.as_f64()),
-                    Some(Selector::Named(key)) => one(
-                        format!("custom.{name}.{key}"),
-                        value.get(key).and_then(serde_json::Value::as_f64),
-                    ),
+                    None => one(value.as_f64()),
+                    Some(Selector::Named(key)) => {
+                        one(value.get(key).and_then(serde_json::Value::as_f64))
+                    }
                     Some(Selector::Each) => Some(
                         value
                             .as_object()
                             .into_iter()
                             .flatten()
                             .map(|(key, v)| Sample {
-                                instance: key.clone(),
-                                metric: format!("custom.{name}.{key}"),
+                                instance: key,
                                 value: v.as_f64(),
                             })
                             .collect(),
                     ),
                 }
             }
+        }
+    }
+
+    /// The concrete path of the value of `instance`, e.g.
+    /// `agents[scaffold].success_rate_percent` (made only when an alert
+    /// needs it).
+    pub fn metric_for(&self, instance: &str) -> String {
+        let named = |select: &Selector| match select {
+            Selector::Named(name) => name.clone(),
+            Selector::Each => instance.to_owned(),
+        };
+        match self {
+            MetricPath::Document { path, .. } => (*path).to_owned(),
+            MetricPath::SelfTelemetry(metric) => SELF
+                .iter()
+                .find(|(_, m)| m == metric)
+                .map_or_else(String::new, |(p, _)| (*p).to_owned()),
+            MetricPath::Window { window, field, .. } => format!("window.{window}.{field}"),
+            MetricPath::Agent { select, field, .. } => format!("agents[{}].{field}", named(select)),
+            MetricPath::WorkflowType { select, field, .. } => {
+                format!("workflows_by_type[{}].{field}", named(select))
+            }
+            MetricPath::Custom { name, key: None } => format!("custom.{name}"),
+            MetricPath::Custom {
+                name,
+                key: Some(select),
+            } => format!("custom.{name}.{}", named(select)),
         }
     }
 }
@@ -523,25 +517,21 @@ pub fn write(
     Ok(())
 }
 
-fn list<T>(
-    list: &str,
-    entries: &[T],
+fn list<'a, T>(
+    entries: &'a [T],
     name_of: fn(&T) -> &String,
     select: &Selector,
-    field: &str,
     read: &Read<T>,
-) -> Vec<Sample> {
+) -> Vec<Sample<'a>> {
     match select {
         Selector::Named(name) => vec![Sample {
-            instance: String::new(),
-            metric: format!("{list}[{name}].{field}"),
+            instance: "",
             value: entries.iter().find(|e| name_of(e) == name).map(read),
         }],
         Selector::Each => entries
             .iter()
             .map(|e| Sample {
-                instance: name_of(e).clone(),
-                metric: format!("{list}[{}].{field}", name_of(e)),
+                instance: name_of(e).as_str(),
                 value: Some(read(e)),
             })
             .collect(),
@@ -589,18 +579,23 @@ mod tests {
     }
 
     fn values(path: &str) -> Vec<(String, String, Option<f64>)> {
-        MetricPath::parse(path)
-            .unwrap()
-            .read(
-                &doc(),
-                &SelfSample {
-                    seconds_since_last_event: 42.0,
-                    ..Default::default()
-                },
-            )
+        let document = doc();
+        let own = SelfSample {
+            seconds_since_last_event: 42.0,
+            ..Default::default()
+        };
+        let compiled = MetricPath::parse(path).unwrap();
+        compiled
+            .read(&document, &own)
             .unwrap_or_default()
             .into_iter()
-            .map(|s| (s.instance, s.metric, s.value))
+            .map(|s| {
+                (
+                    s.instance.to_owned(),
+                    compiled.metric_for(s.instance),
+                    s.value,
+                )
+            })
             .collect()
     }
 

@@ -203,7 +203,14 @@ impl ProcessorState for RulesState {
 
     fn merge(&mut self, saved: SavedState) -> Result<(), StateError> {
         let saved = Self::read(&saved)?;
-        self.evaluator.instances.extend(saved.evaluator.instances);
+        // Disjoint partitions: the same rules, other instances.
+        for (rule, instances) in saved.evaluator.instances {
+            self.evaluator
+                .instances
+                .entry(rule)
+                .or_default()
+                .extend(instances);
+        }
         self.evaluator.no_data += saved.evaluator.no_data;
         self.resend.extend(saved.unconfirmed);
         Ok(())
@@ -213,7 +220,7 @@ impl ProcessorState for RulesState {
         let open = self.evaluator.open_alerts().count();
         format!(
             "{open} open alerts, {} rule instances tracked, {} notices not yet confirmed",
-            self.evaluator.instances.len(),
+            self.evaluator.tracked(),
             self.unconfirmed().len()
         )
     }

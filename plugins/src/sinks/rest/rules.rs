@@ -340,7 +340,7 @@ pub async fn create(
                     .is_some_and(|v| condition.operator.holds(v, condition.value))
             })
             .map(|s| WouldFire {
-                instance: s.instance,
+                instance: s.instance.to_owned(),
                 value: s.value,
             })
             .collect();
