@@ -1,0 +1,173 @@
+//! `alert_store` through a database outage: PostgreSQL behind a TCP proxy
+//! this test owns (the shared server is never stopped). Every notice the
+//! rules made is stored once, in order, once the database is back, and
+//! `/health` shows the outage while it lasts.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::http_helpers::{start, write_config};
+use common::proxy::Proxy;
+use serde_json::Value;
+
+fn server_url() -> String {
+    std::env::var("FLOWPULSE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Runs SQL on the test's own database through psql; the rows, trimmed.
+fn psql(database: &str, sql: &str) -> String {
+    let base = server_url();
+    let server = base.rsplit_once('/').map_or(base.as_str(), |(s, _)| s);
+    let output = Command::new("psql")
+        .arg(format!("{server}/{database}"))
+        .args(["-Atc", sql])
+        .output()
+        .expect("psql");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Drops the test's database however the test ends.
+struct DropDatabase(String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .arg(server_url())
+            .arg("-qc")
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0))
+            .output();
+    }
+}
+
+async fn health(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test]
+async fn notices_made_during_a_database_outage_are_stored_once_when_it_returns() {
+    let database = format!("flowpulse_test_outage_{}", std::process::id());
+    let _cleanup = DropDatabase(database.clone());
+    // The shared server's host:port, from the test database URL.
+    let base = server_url();
+    let upstream = base
+        .rsplit_once('@')
+        .map_or(base.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:5432")
+        .replace("localhost", "127.0.0.1");
+    let proxy = Proxy::start(upstream.parse().expect("host:port of the test database")).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Rules that fire one after another as workflows accumulate: some fire
+    // while the database is up, more while it is down.
+    let rules: String = (1..=12)
+        .map(|k| {
+            format!(
+                "[[processors.alerts.rules]]\nname = \"over {n}\"\nseverity = \"info\"\n\
+                 condition = {{ metric = \"overview.total_workflows\", operator = \">\", value = {n} }}\n\n",
+                n = k * 15
+            )
+        })
+        .collect();
+    let sinks = format!(
+        r#"[stores.main]
+url = "postgres://postgres@{proxy}/{database}"
+connect_timeout = "1s"
+
+[processors.alerts]
+type = "alert_rules"
+inputs = ["metrics"]
+
+{rules}
+[sinks.alert_db]
+type = "alert_store"
+inputs = ["alerts"]
+store = "main"
+
+[sinks.api]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+"#,
+        proxy = proxy.addr
+    );
+    let config = write_config(dir.path(), "", "200ms", &sinks);
+    let server = start(dir.path(), &config);
+    let health_url = server.url("/api/v1/monitoring/health");
+
+    // The first alert stored: then the database goes away.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while psql(&database, "SELECT count(*) FROM alerts")
+        .parse::<u32>()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no alert stored while the database was up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.down();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = health(&health_url).await;
+        if h["healthy"] == false {
+            assert!(
+                h["checks"]["alert_db"]
+                    .as_str()
+                    .unwrap()
+                    .contains("cannot reach"),
+                "{h}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the outage never showed: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Rules keep firing meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.up();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health(&health_url).await["healthy"] != true {
+        assert!(Instant::now() < deadline, "the outage never ended");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let everything made so far be stored.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = server.stop();
+    assert!(status.success());
+
+    let alerts: u32 = psql(&database, "SELECT count(*) FROM alerts")
+        .parse()
+        .unwrap();
+    let rows: u32 = psql(&database, "SELECT count(*) FROM alert_history")
+        .parse()
+        .unwrap();
+    let notices: u32 = psql(
+        &database,
+        "SELECT count(DISTINCT notice_id) FROM alert_history",
+    )
+    .parse()
+    .unwrap();
+    assert!(alerts >= 3, "rules fired during the outage too: {alerts}");
+    assert_eq!(rows, notices, "one history row per notice");
+    assert_eq!(rows, alerts, "each alert's one notice, stored once");
+    // In order: stored (history ids are serial) in the order the rules
+    // fired, which is the order of their thresholds.
+    let order = psql(
+        &database,
+        "SELECT r.name FROM alert_history h JOIN alerts a ON a.id = h.alert_id \
+         JOIN alert_rules r ON r.id = a.rule_id ORDER BY h.id",
+    );
+    let thresholds: Vec<u32> = order
+        .lines()
+        .map(|name| name.trim_start_matches("over ").parse().unwrap())
+        .collect();
+    let mut sorted = thresholds.clone();
+    sorted.sort();
+    assert_eq!(thresholds, sorted, "stored in the order they fired");
+}
