@@ -1308,3 +1308,101 @@ async fn on_the_default_pipeline_a_rule_posted_at_runtime_fires_and_is_acknowled
     );
     assert!(server.stop().success());
 }
+
+#[tokio::test]
+async fn racing_acknowledgements_and_resolves_leave_one_consistent_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("alerts.db");
+    let sinks = format!(
+        r#"[stores.main]
+url = "sqlite://{db}"
+
+[processors.alerts]
+type = "alert_rules"
+inputs = ["metrics"]
+store = "main"
+
+[[processors.alerts.rules]]
+name = "Workflows exist"
+severity = "warning"
+condition = {{ metric = "overview.total_workflows", operator = ">", value = 0 }}
+
+[sinks.alert_db]
+type = "alert_store"
+inputs = ["alerts"]
+store = "main"
+
+[sinks.api]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+token = "{TOKEN}"
+store = "main"
+"#,
+        db = db.display()
+    );
+    let config = write_config(dir.path(), "", "300ms", &sinks);
+    let server = start(dir.path(), &config);
+    let http = reqwest::Client::new();
+    let list = server.url("/api/v1/monitoring/alerts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let body: Value = http.get(&list).send().await.unwrap().json().await.unwrap();
+        if let Some(id) = body["data"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no alert stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let url = |suffix: &str| server.url(&format!("/api/v1/monitoring/alerts/{id}{suffix}"));
+    let requests = (0..20).map(|i| {
+        let action = if i % 2 == 0 {
+            "/acknowledge"
+        } else {
+            "/resolve"
+        };
+        http.post(url(action))
+            .bearer_auth(TOKEN)
+            .json(&json!({}))
+            .send()
+    });
+    let answers = futures::future::join_all(requests).await;
+    for answer in answers {
+        let status = answer.unwrap().status().as_u16();
+        assert!(
+            status == 200 || status == 409,
+            "racing requests answer 200 or 409, not {status}"
+        );
+    }
+    let body: Value = http
+        .get(url(""))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["data"]["status"], "resolved", "{body}");
+    let history: Vec<&str> = body["data"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["to_status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        history.iter().filter(|s| **s == "resolved").count(),
+        1,
+        "{history:?}"
+    );
+    assert!(
+        history.iter().filter(|s| **s == "acknowledged").count() <= 1,
+        "{history:?}"
+    );
+    assert_eq!(history[0], "triggered");
+    assert_eq!(
+        *history.last().unwrap(),
+        "resolved",
+        "nothing after resolved: {history:?}"
+    );
+    assert!(server.stop().success());
+}
