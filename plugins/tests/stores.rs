@@ -315,6 +315,30 @@ async fn notices_are_stored_once_and_resolved_is_final(store: &Store) {
         1,
         "the config rule's row was made"
     );
+
+    // A new alert for an instance that still has an open one (the rules'
+    // state lost it in a crash) supersedes it: never two open, never stuck.
+    let mut first = notice(Triggered, 0);
+    first.id = ALERT_2.into();
+    first.notice_id = first.notice_id();
+    store_notice(store, &first).await.unwrap();
+    let mut second = notice(Triggered, 0);
+    second.id = ALERT_3.into();
+    second.notice_id = second.notice_id();
+    store_notice(store, &second)
+        .await
+        .expect("a second open alert is not refused");
+    let both = statuses(store, &[ALERT_2.to_owned(), ALERT_3.to_owned()])
+        .await
+        .unwrap();
+    let status_of = |id: &str| both.iter().find(|s| s.id == id).unwrap().status;
+    assert_eq!(status_of(ALERT_2), Resolved);
+    assert_eq!(status_of(ALERT_3), Triggered);
+    assert_eq!(
+        history_len(store, ALERT_2).await.unwrap(),
+        2,
+        "its resolve is in its history"
+    );
 }
 
 #[tokio::test]

@@ -98,7 +98,20 @@ const PG_HISTORY: &str = "INSERT INTO alert_history (alert_id, notice_id, from_s
 const LITE_HISTORY: &str = "INSERT INTO alert_history (alert_id, notice_id, from_status, to_status, repeat, actor, comment, at) \
      VALUES ($1, $2, $3, $4, $5, $6, NULL, $7) ON CONFLICT (notice_id) DO NOTHING";
 
-/// Stores one notice in one transaction. Storing the same notice again
+/// The notice id of resolving `alert_id` at `repeat`.
+fn superseded_notice(alert_id: &str, repeat: i64) -> String {
+    flowpulse_core::alert::notice_id(
+        alert_id,
+        AlertStatus::Resolved,
+        u32::try_from(repeat).unwrap_or(0),
+    )
+}
+
+/// Stores one notice in one transaction. A new alert for a rule and
+/// instance that still has an open one (made before a crash the rules'
+/// state did not keep) resolves the older one first (`resolved_by =
+/// "rule"`, its history saying by what), so there is never a second open
+/// alert and the sink never stalls on one. Storing the same notice again
 /// changes nothing; a notice older than what is stored (a lower `repeat`,
 /// or anything after `resolved`) adds its history row at most.
 pub async fn store_notice(store: &Store, alert: &Alert) -> Result<(), sqlx::Error> {
@@ -131,6 +144,27 @@ pub async fn store_notice(store: &Store, alert: &Alert) -> Result<(), sqlx::Erro
                 .bind(&alert.id)
                 .fetch_optional(&mut *tx)
                 .await?;
+            if from.is_none() && alert.status != AlertStatus::Resolved {
+                let older: Vec<(String, i64, String)> = sqlx::query_as(
+                    "SELECT id::text, repeat::bigint, status FROM alerts \
+                     WHERE rule_id = $1::uuid AND instance = $2 AND status <> 'resolved' FOR UPDATE",
+                )
+                .bind(&alert.rule_id)
+                .bind(&alert.instance)
+                .fetch_all(&mut *tx)
+                .await?;
+                for (old_id, old_repeat, old_status) in older {
+                    sqlx::query("UPDATE alerts SET status = 'resolved', resolved_at = $2::timestamptz, resolved_by = 'rule', updated_at = now() WHERE id::text = $1")
+                        .bind(&old_id).bind(&at).execute(&mut *tx).await?;
+                    sqlx::query("INSERT INTO alert_history (alert_id, notice_id, from_status, to_status, repeat, actor, comment, at) \
+                                 VALUES ($1::uuid, $2::uuid, $3, 'resolved', $4, 'rule', $5, $6::timestamptz) ON CONFLICT (notice_id) DO NOTHING")
+                        .bind(&old_id)
+                        .bind(superseded_notice(&old_id, old_repeat))
+                        .bind(&old_status).bind(old_repeat)
+                        .bind(format!("superseded by {}", alert.id)).bind(&at)
+                        .execute(&mut *tx).await?;
+                }
+            }
             upsert(sqlx::query(PG_UPSERT), alert, &data, repeat)
                 .execute(&mut *tx)
                 .await?;
@@ -160,6 +194,27 @@ pub async fn store_notice(store: &Store, alert: &Alert) -> Result<(), sqlx::Erro
                 .bind(&alert.id)
                 .fetch_optional(&mut *tx)
                 .await?;
+            if from.is_none() && alert.status != AlertStatus::Resolved {
+                let older: Vec<(String, i64, String)> = sqlx::query_as(
+                    "SELECT id, repeat, status FROM alerts \
+                     WHERE rule_id = $1 AND instance = $2 AND status <> 'resolved'",
+                )
+                .bind(&alert.rule_id)
+                .bind(&alert.instance)
+                .fetch_all(&mut *tx)
+                .await?;
+                for (old_id, old_repeat, old_status) in older {
+                    sqlx::query("UPDATE alerts SET status = 'resolved', resolved_at = $2, resolved_by = 'rule', updated_at = $2 WHERE id = $1")
+                        .bind(&old_id).bind(&at).execute(&mut *tx).await?;
+                    sqlx::query("INSERT INTO alert_history (alert_id, notice_id, from_status, to_status, repeat, actor, comment, at) \
+                                 VALUES ($1, $2, $3, 'resolved', $4, 'rule', $5, $6) ON CONFLICT (notice_id) DO NOTHING")
+                        .bind(&old_id)
+                        .bind(superseded_notice(&old_id, old_repeat))
+                        .bind(&old_status).bind(old_repeat)
+                        .bind(format!("superseded by {}", alert.id)).bind(&at)
+                        .execute(&mut *tx).await?;
+                }
+            }
             upsert(sqlx::query(LITE_UPSERT), alert, &data, repeat)
                 .execute(&mut *tx)
                 .await?;
@@ -416,6 +471,26 @@ fn alert_of(row: AlertRow) -> Alert {
     };
     alert.notice_id = alert.notice_id();
     alert
+}
+
+/// Every open alert (triggered or acknowledged): one query on the
+/// `status` index.
+pub async fn open(store: &Store) -> Result<Vec<Alert>, sqlx::Error> {
+    let rows: Vec<AlertRow> = match &store.pool {
+        StorePool::Postgres(pool) => {
+            let sql = format!("SELECT {PG_COLUMNS} FROM alerts a JOIN alert_rules r ON r.id = a.rule_id WHERE a.status <> 'resolved'");
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await?
+        }
+        StorePool::Sqlite(pool) => {
+            let sql = format!("SELECT {LITE_COLUMNS} FROM alerts a JOIN alert_rules r ON r.id = a.rule_id WHERE a.status <> 'resolved'");
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    Ok(rows.into_iter().map(alert_of).collect())
 }
 
 /// One alert, if it exists.

@@ -257,6 +257,28 @@ impl Evaluator {
             })
     }
 
+    /// Takes an open alert the store knows (made before a restart whose
+    /// checkpoint predates it) as this rule and instance's firing one, unless
+    /// one is firing already: the store's open alerts are the truth, and an
+    /// instance never gets a second open alert.
+    pub fn adopt(&mut self, alert: Alert, as_of_ms: i64) -> bool {
+        let tracked = self.instances.entry(alert.rule_id.clone()).or_default();
+        if matches!(tracked.get(&alert.instance), Some(Phase::Firing(_))) {
+            return false;
+        }
+        let last_notified_ms =
+            flowpulse_core::event::parse_rfc3339_ms(&alert.as_of).unwrap_or(as_of_ms);
+        tracked.insert(
+            alert.instance.clone(),
+            Phase::Firing(Box::new(Firing {
+                alert,
+                last_notified_ms,
+                cleared_since_ms: None,
+            })),
+        );
+        true
+    }
+
     /// How many instances are tracked (pending, firing or held).
     pub fn tracked(&self) -> usize {
         self.instances.values().map(|t| t.len()).sum()

@@ -90,6 +90,10 @@ impl ProcessorConfig for AlertRulesConfig {
             synced: false,
             stored_rules: None,
             invalid_logged: Default::default(),
+            adopted: cx.stats.counter(
+                "alerts_adopted",
+                "Open alerts read from the store that the state did not hold (after a restart).",
+            ),
             invalid_rules: cx.stats.gauge(
                 "invalid_stored_rules",
                 "Stored rules skipped because they no longer validate.",
@@ -236,6 +240,7 @@ struct AlertRulesProcessor {
     /// Stored rules already logged as invalid.
     invalid_logged: std::collections::HashSet<String>,
     invalid_rules: Arc<flowpulse_core::telemetry::Gauge>,
+    adopted: Arc<flowpulse_core::telemetry::Counter>,
     store_timeout: Duration,
     rules: Vec<CompiledRule>,
     state: RulesState,
@@ -372,9 +377,19 @@ impl AlertRulesProcessor {
     /// within `store_timeout`; when it cannot be had, nothing changes now
     /// and the next document tries again.
     async fn read_changes(&mut self, at: At) -> Vec<Alert> {
-        let Some(store) = self.store.as_ref().filter(|s| s.is_ready()) else {
+        let Some(store) = self.store.as_ref().filter(|s| s.is_ready()).cloned() else {
             return Vec::new();
         };
+        // Open alerts the state does not know (stored just before a crash
+        // whose checkpoint predates them) are taken as firing, so they are
+        // never opened twice.
+        if let Ok(Ok(open)) = tokio::time::timeout(self.store_timeout, alerts::open(&store)).await {
+            for alert in open {
+                if self.state.evaluator.adopt(alert, at.as_of_ms) {
+                    self.adopted.inc();
+                }
+            }
+        }
         let open: Vec<(String, AlertStatus, u32)> = self
             .state
             .evaluator
@@ -386,7 +401,7 @@ impl AlertRulesProcessor {
         }
         let ids: Vec<String> = open.iter().map(|(id, _, _)| id.clone()).collect();
         let stored =
-            match tokio::time::timeout(self.store_timeout, alerts::statuses(store, &ids)).await {
+            match tokio::time::timeout(self.store_timeout, alerts::statuses(&store, &ids)).await {
                 Ok(Ok(stored)) => stored,
                 Ok(Err(e)) => {
                     tracing::debug!("cannot read alert changes: {e}");
@@ -491,6 +506,7 @@ mod tests {
             synced: false,
             stored_rules: None,
             invalid_logged: Default::default(),
+            adopted: Arc::default(),
             invalid_rules: Arc::default(),
             store_timeout: Duration::from_secs(2),
             rules: config

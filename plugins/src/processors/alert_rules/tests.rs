@@ -315,6 +315,23 @@ fn a_custom_metric_not_seen_yet_is_counted_as_no_data() {
 }
 
 #[test]
+fn an_open_alert_from_the_store_is_adopted_not_opened_twice() {
+    let r = rule(GT5, "");
+    let rules = std::slice::from_ref(&r);
+    let mut before_crash = Evaluator::default();
+    let stored = before_crash.evaluate(rules, &error_rate(9.0), &SelfSample::default(), at(0));
+    // The restarted state never saw that alert; the store did.
+    let mut restarted = Evaluator::default();
+    assert!(restarted.adopt(stored[0].clone(), 0));
+    assert!(!restarted.adopt(stored[0].clone(), 0), "adopted once");
+    let still = restarted.evaluate(rules, &error_rate(9.0), &SelfSample::default(), at(1));
+    assert!(still.is_empty(), "no second alert: {:?}", summary(&still));
+    let cleared = restarted.evaluate(rules, &error_rate(1.0), &SelfSample::default(), at(2));
+    assert_eq!(summary(&cleared), ["resolved/0"]);
+    assert_eq!(cleared[0].id, stored[0].id);
+}
+
+#[test]
 fn notices_carry_the_contract_fields() {
     let r = rule(
         GT5,
