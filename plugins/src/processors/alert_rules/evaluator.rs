@@ -98,6 +98,15 @@ pub struct Evaluator {
     /// Evaluations of a custom metric not yet seen ("no data").
     #[serde(default)]
     pub no_data: u64,
+    /// The newest event time evaluated (or adopted). A document older than
+    /// it describes the past (an aggregate restored from an older
+    /// checkpoint, catching up): evaluating it would undo transitions
+    /// already made, so it is skipped.
+    #[serde(default)]
+    pub newest_as_of_ms: i64,
+    /// Documents skipped as older than `newest_as_of_ms`.
+    #[serde(default)]
+    pub stale: u64,
 }
 
 /// The namespace of alert ids.
@@ -129,6 +138,11 @@ impl Evaluator {
         own: &SelfSample,
         at: At,
     ) -> Vec<Alert> {
+        if at.as_of_ms < self.newest_as_of_ms {
+            self.stale += 1;
+            return Vec::new();
+        }
+        self.newest_as_of_ms = at.as_of_ms;
         let mut notices = Vec::new();
         for compiled in rules {
             if !compiled.rule.enabled {
@@ -268,6 +282,8 @@ impl Evaluator {
         }
         let last_notified_ms =
             flowpulse_core::event::parse_rfc3339_ms(&alert.as_of).unwrap_or(as_of_ms);
+        // What it fired on is not to be undone by an older document.
+        self.newest_as_of_ms = self.newest_as_of_ms.max(last_notified_ms);
         tracked.insert(
             alert.instance.clone(),
             Phase::Firing(Box::new(Firing {

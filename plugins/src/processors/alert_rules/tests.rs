@@ -332,6 +332,21 @@ fn an_open_alert_from_the_store_is_adopted_not_opened_twice() {
 }
 
 #[test]
+fn a_document_older_than_one_evaluated_is_skipped_not_undoing_transitions() {
+    let r = rule(GT5, "");
+    let rules = std::slice::from_ref(&r);
+    let mut evaluator = Evaluator::default();
+    let fired = evaluator.evaluate(rules, &error_rate(9.0), &SelfSample::default(), at(10));
+    assert_eq!(summary(&fired), ["triggered/0"]);
+    // An aggregate restored from an older checkpoint shows the past.
+    let past = evaluator.evaluate(rules, &error_rate(1.0), &SelfSample::default(), at(8));
+    assert!(past.is_empty(), "{:?}", summary(&past));
+    assert_eq!(evaluator.stale, 1);
+    let now = evaluator.evaluate(rules, &error_rate(1.0), &SelfSample::default(), at(11));
+    assert_eq!(summary(&now), ["resolved/0"]);
+}
+
+#[test]
 fn notices_carry_the_contract_fields() {
     let r = rule(
         GT5,
