@@ -374,3 +374,72 @@ address = "127.0.0.1:0"
         "no alert opened twice: {per_rule:?}"
     );
 }
+
+#[tokio::test]
+async fn a_database_down_at_start_is_an_outage_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let sinks = format!(
+        r#"[stores.main]
+url = "postgres://postgres@127.0.0.1:{port}/flowpulse"
+connect_timeout = "1s"
+
+[processors.alerts]
+type = "alert_rules"
+inputs = ["metrics"]
+
+[[processors.alerts.rules]]
+name = "any"
+severity = "info"
+condition = {{ metric = "overview.total_workflows", operator = ">", value = 0 }}
+
+[sinks.alert_db]
+type = "alert_store"
+inputs = ["alerts"]
+store = "main"
+
+[sinks.api]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+store = "main"
+"#
+    );
+    let config = write_config(dir.path(), "", "200ms", &sinks);
+    let server = start(dir.path(), &config);
+    let health_url = server.url("/api/v1/monitoring/health");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = health(&health_url).await;
+        if h["healthy"] == false {
+            assert!(
+                h["checks"]["alert_db"]
+                    .as_str()
+                    .unwrap()
+                    .contains("cannot reach"),
+                "{h}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the outage never showed: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let alerts = reqwest::get(server.url("/api/v1/monitoring/alerts"))
+        .await
+        .unwrap();
+    assert_eq!(
+        alerts.status(),
+        503,
+        "the alert routes say the store is unreachable"
+    );
+    let body: Value = alerts.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable");
+    // Still running: metrics are served.
+    let realtime = reqwest::get(server.url("/api/v1/monitoring/metrics/realtime"))
+        .await
+        .unwrap();
+    assert_eq!(realtime.status(), 200);
+    assert!(server.stop().success());
+}

@@ -329,11 +329,12 @@ impl std::fmt::Debug for ComponentView {
 #[derive(Debug, Clone, Default)]
 pub struct TopologyView {
     components: Arc<[ComponentView]>,
+    stores: Arc<crate::config::Stores>,
 }
 
 impl TopologyView {
     /// The view of a parsed pipeline's components.
-    pub fn new(components: &[ComponentSpec]) -> TopologyView {
+    pub fn new(components: &[ComponentSpec], stores: &crate::config::Stores) -> TopologyView {
         let mut views: Vec<(usize, ComponentView)> = components
             .iter()
             .map(|spec| {
@@ -355,7 +356,13 @@ impl TopologyView {
         views.sort_by_key(|(offset, _)| *offset);
         TopologyView {
             components: views.into_iter().map(|(_, v)| v).collect(),
+            stores: Arc::new(stores.clone()),
         }
+    }
+
+    /// The declared `[stores.NAME]`, by name.
+    pub fn stores(&self) -> &crate::config::Stores {
+        &self.stores
     }
 
     /// Every component, in the config file's order.

@@ -401,7 +401,7 @@ impl Parser<'_> {
         if let Some(checkpoint) = config.checkpoint.as_mut().filter(|c| c.url.is_empty()) {
             checkpoint.url = CheckpointSettings::default_for(&config.pipeline).url;
         }
-        let topology = crate::topology::TopologyView::new(&config.components);
+        let topology = crate::topology::TopologyView::new(&config.components, &config.stores);
         let mut field_errors = Vec::new();
         for spec in &config.components {
             let cx = ValidateContext {

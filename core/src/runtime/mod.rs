@@ -110,7 +110,7 @@ impl Pipeline {
         }
 
         let feeds_stateful = stateful_reach(&config);
-        let topology = crate::topology::TopologyView::new(&config.components);
+        let topology = crate::topology::TopologyView::new(&config.components, &config.stores);
         let started = Shutdown::new();
         let mut built = Vec::new();
         let mut build_errors = Vec::new();
