@@ -128,8 +128,22 @@ address = "127.0.0.1:0"
         assert!(Instant::now() < deadline, "the outage never showed: {h}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Rules keep firing meanwhile.
+    // Rules keep firing meanwhile; their notices wait in the buffer.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let status: Value = reqwest::get(server.url("/api/v1/monitoring/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        status["components"]["alert_db"]["buffered"]
+            .as_i64()
+            .unwrap()
+            >= 1,
+        "{}",
+        status["components"]["alert_db"]
+    );
     proxy.up();
     let deadline = Instant::now() + Duration::from_secs(30);
     while health(&health_url).await["healthy"] != true {
