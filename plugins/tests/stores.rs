@@ -298,6 +298,13 @@ async fn notices_are_stored_once_and_resolved_is_final(store: &Store) {
     let stored = statuses(store, &[ALERT_1.to_owned()]).await.unwrap();
     assert_eq!(stored[0].status, Acknowledged);
     assert_eq!(stored[0].acknowledged_by.as_deref(), Some("api:ops"));
+    // The first notice sent again (after a crash) must not undo the ack.
+    store_notice(store, &notice(Triggered, 0)).await.unwrap();
+    assert_eq!(
+        status().await,
+        Acknowledged,
+        "a resent older notice changes nothing"
+    );
     store_notice(store, &notice(Triggered, 1)).await.unwrap();
     assert_eq!(
         status().await,

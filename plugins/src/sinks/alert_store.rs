@@ -194,7 +194,17 @@ impl Writer {
                 () = self.shutdown.cancelled() => {}
             }
         }
-        while let Some(waiting) = rx.recv().await {
+        let mut sweeps = tokio::time::interval(SWEEP_EVERY);
+        sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let waiting = tokio::select! {
+                waiting = rx.recv() => waiting,
+                _ = sweeps.tick() => {
+                    self.sweep().await;
+                    continue;
+                }
+            };
+            let Some(waiting) = waiting else { break };
             if !self.store_one(&waiting.alert).await {
                 // Stopping with the database down: what waits is not
                 // stored; `alert_rules` sends it again after the restart.
@@ -208,7 +218,6 @@ impl Writer {
                 return;
             }
             self.buffered.add(-1);
-            self.sweep().await;
         }
     }
 

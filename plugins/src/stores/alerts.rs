@@ -132,6 +132,17 @@ pub async fn store_notice(store: &Store, alert: &Alert) -> Result<(), sqlx::Erro
     match &store.pool {
         StorePool::Postgres(pool) => {
             let mut tx = pool.begin().await?;
+            // A notice stored before (sent again after a crash or a failed
+            // receipt) changes nothing: an older one must not overwrite a
+            // later change, such as a person's acknowledgement.
+            let known: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM alert_history WHERE notice_id = $1::uuid")
+                    .bind(&notice_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if known > 0 {
+                return tx.commit().await;
+            }
             sqlx::query(PG_RULE)
                 .bind(&alert.rule_id)
                 .bind(&alert.rule_name)
@@ -182,6 +193,14 @@ pub async fn store_notice(store: &Store, alert: &Alert) -> Result<(), sqlx::Erro
         }
         StorePool::Sqlite(pool) => {
             let mut tx = pool.begin().await?;
+            let known: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM alert_history WHERE notice_id = $1")
+                    .bind(&notice_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if known > 0 {
+                return tx.commit().await;
+            }
             sqlx::query(LITE_RULE)
                 .bind(&alert.rule_id)
                 .bind(&alert.rule_name)
@@ -699,15 +718,15 @@ pub async fn change(
             let updated = match to {
                 AlertStatus::Acknowledged => sqlx::query(
                     "UPDATE alerts SET status = 'acknowledged', acknowledged_at = $2::timestamptz, acknowledged_by = $3, \
-                     acknowledged_until = $4::timestamptz, updated_at = now() WHERE id::text = $1 AND status = $5",
+                     acknowledged_until = $4::timestamptz, updated_at = now() WHERE id::text = $1 AND status = $5 AND repeat = $6",
                 )
-                .bind(id).bind(&now).bind(actor).bind(until).bind(from)
+                .bind(id).bind(&now).bind(actor).bind(until).bind(from).bind(repeat)
                 .execute(&mut *tx).await?,
                 _ => sqlx::query(
                     "UPDATE alerts SET status = 'resolved', resolved_at = $2::timestamptz, resolved_by = $3, \
-                     updated_at = now() WHERE id::text = $1 AND status = $4",
+                     updated_at = now() WHERE id::text = $1 AND status = $4 AND repeat = $5",
                 )
-                .bind(id).bind(&now).bind(actor).bind(from)
+                .bind(id).bind(&now).bind(actor).bind(from).bind(repeat)
                 .execute(&mut *tx).await?,
             };
             if updated.rows_affected() == 1 {
@@ -726,15 +745,15 @@ pub async fn change(
             let updated = match to {
                 AlertStatus::Acknowledged => sqlx::query(
                     "UPDATE alerts SET status = 'acknowledged', acknowledged_at = $2, acknowledged_by = $3, \
-                     acknowledged_until = $4, updated_at = $2 WHERE id = $1 AND status = $5",
+                     acknowledged_until = $4, updated_at = $2 WHERE id = $1 AND status = $5 AND repeat = $6",
                 )
-                .bind(id).bind(&now).bind(actor).bind(until).bind(from)
+                .bind(id).bind(&now).bind(actor).bind(until).bind(from).bind(repeat)
                 .execute(&mut *tx).await?,
                 _ => sqlx::query(
                     "UPDATE alerts SET status = 'resolved', resolved_at = $2, resolved_by = $3, updated_at = $2 \
-                     WHERE id = $1 AND status = $4",
+                     WHERE id = $1 AND status = $4 AND repeat = $5",
                 )
-                .bind(id).bind(&now).bind(actor).bind(from)
+                .bind(id).bind(&now).bind(actor).bind(from).bind(repeat)
                 .execute(&mut *tx).await?,
             };
             if updated.rows_affected() == 1 {

@@ -363,7 +363,12 @@ fn step(
         }
         None => {
             if let Some(Phase::Firing(firing)) = tracked.remove(instance) {
-                notices.push(resolved(firing.alert, value, "rule", at));
+                // The rule as it is now: a mute or channels changed since it fired count.
+                let mut alert = firing.alert;
+                alert.muted = muted(&compiled.rule, at.wall_ms);
+                alert.channels = compiled.rule.channels.clone();
+                alert.channels = compiled.rule.channels.clone();
+                notices.push(resolved(alert, value, "rule", at));
             }
         }
     }
@@ -445,6 +450,7 @@ fn renotify(compiled: &CompiledRule, firing: &mut Firing, at: At, notices: &mut 
     alert.repeat += 1;
     alert.as_of = format_rfc3339_ms(at.as_of_ms);
     alert.muted = muted(&compiled.rule, at.wall_ms);
+    alert.channels = compiled.rule.channels.clone();
     alert.data = serde_json::json!({"value": alert.value, "threshold": alert.threshold, "as_of": alert.as_of});
     alert.notice_id = alert.notice_id();
     firing.last_notified_ms = at.as_of_ms;

@@ -88,6 +88,9 @@ impl ProcessorConfig for AlertRulesConfig {
         Ok(Box::new(AlertRulesProcessor {
             store,
             synced: false,
+            sync_failure_logged: false,
+            adopted_once: false,
+            stats: Arc::clone(&cx.stats),
             stored_rules: None,
             invalid_logged: Default::default(),
             adopted: cx.stats.counter(
@@ -235,6 +238,11 @@ struct AlertRulesProcessor {
     store: Option<Arc<crate::stores::Store>>,
     /// Whether the config's rules have been written to the store.
     synced: bool,
+    /// Whether a failure to write them has been logged.
+    sync_failure_logged: bool,
+    /// Whether the store's open alerts have been read since the start.
+    adopted_once: bool,
+    stats: Arc<flowpulse_core::telemetry::ComponentStats>,
     /// The rules last read from the store (all of them, config ones included).
     stored_rules: Option<Vec<CompiledRule>>,
     /// Stored rules already logged as invalid.
@@ -327,6 +335,9 @@ impl AlertRulesProcessor {
                     rule
                 })
                 .collect();
+            // A failure (a rule made over the API holding a config rule's
+            // name, say) is logged once and retried; the stored rules are
+            // still read.
             match tokio::time::timeout(
                 self.store_timeout,
                 rules::sync_config_rules(&store, &config_rules),
@@ -335,13 +346,17 @@ impl AlertRulesProcessor {
             {
                 Ok(Ok(())) => self.synced = true,
                 Ok(Err(e)) => {
-                    tracing::warn!(
-                        "cannot write the config's rules to store \"{}\": {e}",
-                        store.name
-                    );
-                    return;
+                    if !self.sync_failure_logged {
+                        self.sync_failure_logged = true;
+                        tracing::warn!(
+                            "cannot write the config's rules to store \"{}\": {e}",
+                            store.name
+                        );
+                        self.stats
+                            .error(format!("cannot write the config's rules to the store: {e}"));
+                    }
                 }
-                Err(_) => return,
+                Err(_) => {}
             }
         }
         let loaded = match tokio::time::timeout(self.store_timeout, rules::load(&store)).await {
@@ -380,13 +395,19 @@ impl AlertRulesProcessor {
         let Some(store) = self.store.as_ref().filter(|s| s.is_ready()).cloned() else {
             return Vec::new();
         };
-        // Open alerts the state does not know (stored just before a crash
-        // whose checkpoint predates them) are taken as firing, so they are
-        // never opened twice.
-        if let Ok(Ok(open)) = tokio::time::timeout(self.store_timeout, alerts::open(&store)).await {
-            for alert in open {
-                if self.state.evaluator.adopt(alert, at.as_of_ms) {
-                    self.adopted.inc();
+        // Open alerts the restored state does not know (stored just before
+        // a crash whose checkpoint predates them) are taken as firing, once,
+        // at the first read after the start: later, an open alert the state
+        // lacks is one it resolved and whose notice is still on its way.
+        if !self.adopted_once {
+            if let Ok(Ok(open)) =
+                tokio::time::timeout(self.store_timeout, alerts::open(&store)).await
+            {
+                self.adopted_once = true;
+                for alert in open {
+                    if self.state.evaluator.adopt(alert, at.as_of_ms) {
+                        self.adopted.inc();
+                    }
                 }
             }
         }
@@ -504,6 +525,9 @@ mod tests {
         AlertRulesProcessor {
             store: None,
             synced: false,
+            sync_failure_logged: false,
+            adopted_once: false,
+            stats: Arc::default(),
             stored_rules: None,
             invalid_logged: Default::default(),
             adopted: Arc::default(),
