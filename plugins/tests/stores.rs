@@ -311,6 +311,14 @@ async fn notices_are_stored_once_and_resolved_is_final(store: &Store) {
         Triggered,
         "a repeat returns it to triggered"
     );
+    let history = flowpulse_plugins::stores::alerts::history(store, ALERT_1)
+        .await
+        .unwrap();
+    assert_eq!(
+        history.last().map(|h| h.actor.as_str()),
+        Some("expiry"),
+        "an acknowledgement that ran out is recorded as expiry"
+    );
     store_notice(store, &notice(Triggered, 0)).await.unwrap();
     assert_eq!(history_len(store, ALERT_1).await.unwrap(), 3);
     store_notice(store, &notice(Resolved, 1)).await.unwrap();

@@ -56,6 +56,16 @@ fn actor(alert: &Alert) -> String {
     .unwrap_or_else(|| "rule".to_owned())
 }
 
+/// Who made the change: an alert still firing whose acknowledgement ran
+/// out is back to `triggered` by `expiry`.
+fn change_actor(from: Option<&str>, alert: &Alert, actor: &str) -> String {
+    if from == Some("acknowledged") && alert.status == AlertStatus::Triggered {
+        "expiry".to_owned()
+    } else {
+        actor.to_owned()
+    }
+}
+
 /// When the change a notice reports happened.
 fn changed_at(alert: &Alert) -> String {
     match alert.status {
@@ -182,10 +192,10 @@ pub async fn store_notice(store: &Store, alert: &Alert) -> Result<(), sqlx::Erro
             sqlx::query(PG_HISTORY)
                 .bind(&alert.id)
                 .bind(&notice_id)
-                .bind(from)
+                .bind(from.as_deref())
                 .bind(alert.status.as_str())
                 .bind(repeat)
-                .bind(&actor)
+                .bind(change_actor(from.as_deref(), alert, &actor))
                 .bind(&at)
                 .execute(&mut *tx)
                 .await?;
@@ -240,10 +250,10 @@ pub async fn store_notice(store: &Store, alert: &Alert) -> Result<(), sqlx::Erro
             sqlx::query(LITE_HISTORY)
                 .bind(&alert.id)
                 .bind(&notice_id)
-                .bind(from)
+                .bind(from.as_deref())
                 .bind(alert.status.as_str())
                 .bind(repeat)
-                .bind(&actor)
+                .bind(change_actor(from.as_deref(), alert, &actor))
                 .bind(&at)
                 .execute(&mut *tx)
                 .await?;
@@ -699,15 +709,38 @@ pub async fn change(
     comment: Option<&str>,
     until: Option<&str>,
 ) -> Result<ChangeOutcome, sqlx::Error> {
+    // A racing change (an acknowledgement landing between our read and our
+    // update) makes the conditional update miss: read again and retry.
+    for _ in 0..8 {
+        if let Some(outcome) = change_once(store, id, to, actor, comment, until).await? {
+            return Ok(outcome);
+        }
+    }
+    Ok(match fetch(store, id).await? {
+        None => ChangeOutcome::NotFound,
+        Some(alert) if alert.status == AlertStatus::Resolved => ChangeOutcome::Resolved(alert),
+        Some(alert) => ChangeOutcome::Done(alert),
+    })
+}
+
+/// One attempt of [`change`]: `None` when a racing change got there first.
+async fn change_once(
+    store: &Store,
+    id: &str,
+    to: AlertStatus,
+    actor: &str,
+    comment: Option<&str>,
+    until: Option<&str>,
+) -> Result<Option<ChangeOutcome>, sqlx::Error> {
     let now = now_rfc3339();
     let Some(current) = fetch(store, id).await? else {
-        return Ok(ChangeOutcome::NotFound);
+        return Ok(Some(ChangeOutcome::NotFound));
     };
     if current.status == AlertStatus::Resolved {
-        return Ok(ChangeOutcome::Resolved(current));
+        return Ok(Some(ChangeOutcome::Resolved(current)));
     }
     if current.status == to {
-        return Ok(ChangeOutcome::Done(current));
+        return Ok(Some(ChangeOutcome::Done(current)));
     }
     let notice = flowpulse_core::alert::notice_id(&current.id, to, current.repeat);
     let from = current.status.as_str();
@@ -768,12 +801,11 @@ pub async fn change(
             updated.rows_affected() == 1
         }
     };
-    let after = fetch(store, id).await?;
-    Ok(match after {
+    if !changed {
+        return Ok(None);
+    }
+    Ok(Some(match fetch(store, id).await? {
         None => ChangeOutcome::NotFound,
-        Some(alert) if !changed && alert.status == AlertStatus::Resolved => {
-            ChangeOutcome::Resolved(alert)
-        }
         Some(alert) => ChangeOutcome::Done(alert),
-    })
+    }))
 }
