@@ -280,6 +280,33 @@ impl EventSample {
     }
 }
 
+/// The last notice ids seen, at most [`RECENT_NOTICES`].
+#[derive(Debug, Default)]
+struct RecentNotices {
+    order: std::collections::VecDeque<String>,
+    seen: std::collections::HashSet<String>,
+}
+
+/// How many notice ids are remembered to drop notices sent again.
+const RECENT_NOTICES: usize = 10_000;
+
+impl RecentNotices {
+    /// Whether `id` is new (and remembers it).
+    fn first_sighting(&mut self, id: &str) -> bool {
+        if id.is_empty() || self.seen.contains(id) {
+            return id.is_empty();
+        }
+        if self.order.len() == RECENT_NOTICES {
+            if let Some(oldest) = self.order.pop_front() {
+                self.seen.remove(&oldest);
+            }
+        }
+        self.order.push_back(id.to_owned());
+        self.seen.insert(id.to_owned());
+        true
+    }
+}
+
 /// Telemetry of an endpoint.
 #[derive(Debug, Clone)]
 pub struct HubStats {
@@ -304,6 +331,9 @@ pub struct Hub {
     pub events: Mutex<EventSample>,
     /// Frames per client.
     pub capacity: usize,
+    /// Notice ids sent lately: a notice sent again (after a failed delivery
+    /// or a restart) is not shown twice.
+    recent_notices: Mutex<RecentNotices>,
     /// Telemetry.
     pub stats: HubStats,
 }
@@ -317,6 +347,7 @@ impl Hub {
             newest_metrics: Mutex::default(),
             events: Mutex::new(EventSample::new(events_per_frame)),
             capacity,
+            recent_notices: Mutex::default(),
             stats,
         }
     }
@@ -378,8 +409,12 @@ impl Hub {
         });
     }
 
-    /// Sends an alert frame to every subscriber.
-    pub fn publish_alert(&self, frame: Frame) {
+    /// Sends an alert frame to every subscriber, unless its notice was
+    /// sent lately.
+    pub fn publish_alert(&self, notice_id: &str, frame: Frame) {
+        if !lock(&self.recent_notices).first_sighting(notice_id) {
+            return;
+        }
         self.each(Channel::Alerts, |client| client.alert(Arc::clone(&frame)));
     }
 
@@ -460,6 +495,14 @@ mod tests {
         assert!(client.full_for().is_some());
         client.next();
         assert!(client.full_for().is_none());
+    }
+
+    #[test]
+    fn a_notice_sent_again_is_not_shown_twice() {
+        let mut recent = RecentNotices::default();
+        assert!(recent.first_sighting("n1"));
+        assert!(!recent.first_sighting("n1"));
+        assert!(recent.first_sighting("n2"));
     }
 
     #[test]

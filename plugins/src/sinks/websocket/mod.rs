@@ -260,8 +260,10 @@ impl Sink for WebSocketSink {
             match record {
                 Record::Metrics(doc) => newest_metrics = Some(doc),
                 Record::Alert(alert) => {
-                    self.hub
-                        .publish_alert(encode(alert.status.message_type(), alert.as_ref())?);
+                    self.hub.publish_alert(
+                        &alert.notice_id,
+                        encode(alert.status.message_type(), alert.as_ref())?,
+                    );
                 }
                 Record::Event(event) => {
                     if self.settings.available.contains(&Channel::Events) {
