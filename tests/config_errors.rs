@@ -430,3 +430,34 @@ inputs = ["alerts"]
         "{e}"
     );
 }
+
+#[test]
+fn dropping_alert_notices_is_refused_on_the_alert_store() {
+    let text = r#"[stores.main]
+url = "sqlite://data/alerts.db"
+
+[sources.in]
+type = "demo"
+
+[processors.metrics]
+type = "aggregate"
+inputs = ["in"]
+
+[processors.alerts]
+type = "alert_rules"
+inputs = ["metrics"]
+
+[sinks.db]
+type = "alert_store"
+inputs = ["alerts"]
+store = "main"
+when_full = "drop_newest"
+"#;
+    let e = only_error(text);
+    assert_eq!(at(&e).0, 19, "{e}");
+    assert!(
+        e.message
+            .contains("`when_full`: a dropped batch would lose alert notices"),
+        "{e}"
+    );
+}

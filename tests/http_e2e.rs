@@ -1199,6 +1199,31 @@ async fn on_the_default_pipeline_a_rule_posted_at_runtime_fires_and_is_acknowled
         .iter()
         .all(|r| r["name"] != "Any workflow"));
 
+    // Pages by name: four config rules, three and then one.
+    let (_, _, page) = call(
+        &server,
+        &spec,
+        http.get(server.url(&format!("{rules}?limit=3"))),
+        "get",
+        rules,
+    )
+    .await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 3, "{page}");
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let (_, _, rest) = call(
+        &server,
+        &spec,
+        http.get(server.url(&format!("{rules}?limit=3&cursor={cursor}"))),
+        "get",
+        rules,
+    )
+    .await;
+    assert_eq!(rest["data"].as_array().unwrap().len(), 1, "{rest}");
+    assert!(rest["next_cursor"].is_null());
+
     // The config's rules are in the store and change only in the file.
     let config_rule = listed["data"]
         .as_array()

@@ -295,6 +295,8 @@ pub struct ComponentView {
     pub output_kinds: RecordKinds,
     /// Whether it is a notification sink, named in alert rules' `channels`.
     pub routes_by_channel: bool,
+    /// What its producers do when its buffer is full.
+    pub when_full: crate::config::WhenFull,
     config: Arc<dyn ComponentConfig>,
 }
 
@@ -348,6 +350,7 @@ impl TopologyView {
                         input_kinds: spec.config.input_kinds(),
                         output_kinds: spec.config.output_kinds(),
                         routes_by_channel: spec.config.routes_by_channel(),
+                        when_full: spec.when_full,
                         config: Arc::clone(&spec.config),
                     },
                 )

@@ -143,7 +143,7 @@ fn write_error(store: &Store, e: RuleWriteError) -> ApiError {
 pub struct RuleList {
     /// Rules by name.
     pub data: Vec<Rule>,
-    /// Always null: every rule is on one page.
+    /// Pass as `cursor` for the next page; null on the last.
     pub next_cursor: Option<String>,
 }
 
@@ -217,6 +217,8 @@ fn checked(mut rule: Rule, channels: &[String]) -> Result<Rule, ApiError> {
         ("enabled" = Option<bool>, Query, description = "true or false"),
         ("severity" = Option<String>, Query, description = "critical, warning or info"),
         ("source" = Option<String>, Query, description = "config or api"),
+        ("limit" = Option<u32>, Query, description = "1–500, default 50"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
     ),
     responses(
         (status = 200, description = "Every rule", body = RuleList),
@@ -231,6 +233,8 @@ pub async fn list(state: Arc<RestState>, query: String) -> Result<Response, ApiE
     let mut enabled = None;
     let mut severity = None;
     let mut source = None;
+    let mut limit = 50usize;
+    let mut after: Option<String> = None;
     for (key, value) in query_pairs(&query)? {
         match key.as_str() {
             "enabled" => {
@@ -246,10 +250,25 @@ pub async fn list(state: Arc<RestState>, query: String) -> Result<Response, ApiE
             }
             "source" if ["config", "api"].contains(&value.as_str()) => source = Some(value),
             "source" => return Err(ApiError::invalid_parameter("source", "must be config or api")),
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=500).contains(n))
+                    .ok_or_else(|| ApiError::invalid_parameter("limit", "must be 1 to 500"))?
+            }
+            // The cursor is the name of the last rule of the previous page
+            // (rules come by name), in base64url.
+            "cursor" => {
+                let bad = || ApiError::invalid_parameter("cursor", "not a cursor this server gave");
+                let bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &value)
+                    .map_err(|_| bad())?;
+                after = Some(String::from_utf8(bytes).map_err(|_| bad())?);
+            }
             other => {
                 return Err(ApiError::invalid_parameter(
                     other,
-                    format!("`{other}` is not a parameter of this route; it takes enabled, severity, source"),
+                    format!("`{other}` is not a parameter of this route; it takes enabled, severity, source, limit, cursor"),
                 ))
             }
         }
@@ -257,7 +276,7 @@ pub async fn list(state: Arc<RestState>, query: String) -> Result<Response, ApiE
     let (all, _) = rules::load(store)
         .await
         .map_err(|e| unavailable(store, e))?;
-    let data = all
+    let mut data: Vec<Rule> = all
         .into_iter()
         .filter(|r| enabled.is_none_or(|e| r.enabled == e))
         .filter(|r| severity.as_deref().is_none_or(|s| r.severity.as_str() == s))
@@ -269,13 +288,16 @@ pub async fn list(state: Arc<RestState>, query: String) -> Result<Response, ApiE
                 )
             })
         })
+        .filter(|r| after.as_deref().is_none_or(|a| r.name.as_str() > a))
         .collect();
+    let more = data.len() > limit;
+    data.truncate(limit);
+    let next_cursor = more.then(|| data.last()).flatten().map(|r| {
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &r.name)
+    });
     Ok(json_response(
         StatusCode::OK,
-        &RuleList {
-            data,
-            next_cursor: None,
-        },
+        &RuleList { data, next_cursor },
     ))
 }
 
