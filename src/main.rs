@@ -189,7 +189,7 @@ fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = Shutdown::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        stop_on_signal(shutdown.clone());
         let pipeline = Pipeline::new(config);
         match pipeline.run(shutdown).await {
             Ok(report) => {
@@ -310,41 +310,68 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM; a second signal exits at once.
-async fn stop_on_signal(shutdown: Shutdown) {
-    let mut signals = 0;
-    loop {
-        wait_for_signal().await;
-        signals += 1;
-        if signals == 1 {
-            tracing::info!("signal received: draining; send it again to exit at once");
-            shutdown.cancel();
-        } else {
-            tracing::warn!("second signal: exiting without draining");
-            std::process::exit(130);
-        }
-    }
-}
-
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+/// The handlers are installed before this returns, not when a task first
+/// runs: a signal sent just after start must drain, not kill.
+fn stop_on_signal(shutdown: Shutdown) {
+    let mut signals = Signals::install();
+    tokio::spawn(async move {
+        let mut received = 0;
+        loop {
+            signals.next().await;
+            received += 1;
+            if received == 1 {
+                tracing::info!("signal received: draining; send it again to exit at once");
+                shutdown.cancel();
+            } else {
+                tracing::warn!("second signal: exiting without draining");
+                std::process::exit(130);
             }
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+    });
+}
+
+/// SIGINT and SIGTERM, listened to from the moment they are installed.
+#[cfg(unix)]
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(int), Ok(term)) => Signals(Some((int, term))),
+            _ => Signals(None),
+        }
+    }
+
+    async fn next(&mut self) {
+        match &mut self.0 {
+            Some((int, term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Signals {
+        Signals
+    }
+
+    async fn next(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

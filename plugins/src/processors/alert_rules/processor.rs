@@ -371,8 +371,21 @@ impl AlertRulesProcessor {
                 tracing::warn!(rule = %bad.name, "skipping a stored rule that does not read as a rule: {}", bad.problem);
             }
         }
+        // A rule unchanged since the last read (same row, field for field)
+        // keeps its compiled form: only changed rules are compiled again.
+        let mut previous: std::collections::HashMap<String, CompiledRule> = self
+            .stored_rules
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
         for rule in stored {
             let (id, name) = (rule.id.clone().unwrap_or_default(), rule.name.clone());
+            if let Some(known) = previous.remove(&id).filter(|known| known.rule == rule) {
+                compiled.push(known);
+                continue;
+            }
             match CompiledRule::new(rule) {
                 Ok(rule) => compiled.push(rule),
                 Err(e) => {
