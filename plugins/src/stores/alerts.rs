@@ -4,21 +4,10 @@
 //! routes and the rules need.
 
 use flowpulse_core::alert::{Alert, AlertStatus, Severity};
-use flowpulse_core::event::format_rfc3339_ms;
 use serde::Serialize;
 
 use super::{Store, StorePool};
-
-/// A PostgreSQL timestamp as RFC 3339 UTC with milliseconds.
-macro_rules! pg_ts {
-    ($col:literal) => {
-        concat!(
-            "to_char(",
-            $col,
-            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
-        )
-    };
-}
+use crate::sinks::util::now_rfc3339;
 
 /// One row of `alert_history`.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -37,13 +26,6 @@ pub struct AlertChange {
     pub comment: Option<String>,
     /// When (RFC 3339).
     pub at: String,
-}
-
-fn now_rfc3339() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    format_rfc3339_ms(ms)
 }
 
 /// Who made the change a notice reports.

@@ -20,6 +20,17 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::ConnectOptions as _;
 use tokio::sync::watch;
 
+/// A PostgreSQL timestamp as RFC 3339 UTC with milliseconds.
+macro_rules! pg_ts {
+    ($col:literal) => {
+        concat!(
+            "to_char(",
+            $col,
+            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+        )
+    };
+}
+
 pub mod alerts;
 pub mod rules;
 

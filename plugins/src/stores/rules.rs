@@ -3,11 +3,10 @@
 //! deleted), every rule read back for evaluation, and the changes the REST
 //! routes make.
 
-use flowpulse_core::event::format_rfc3339_ms;
-
 use super::alerts::parse_severity;
 use super::{Store, StorePool};
 use crate::processors::alert_rules::rule::{Condition, Rule, RuleSource};
+use crate::sinks::util::now_rfc3339;
 
 /// An `alert_rules` row.
 #[derive(sqlx::FromRow)]
@@ -71,16 +70,6 @@ fn rule_of(row: RuleRow) -> Result<Rule, BadRow> {
     })
 }
 
-macro_rules! pg_ts {
-    ($col:literal) => {
-        concat!(
-            "to_char(",
-            $col,
-            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
-        )
-    };
-}
-
 const PG_COLUMNS: &str = concat!(
     "id::text AS id, name, description, enabled, severity, condition::text AS condition, ",
     "channels::text AS channels, repeat_interval_ms, message, runbook_url, source, ",
@@ -95,13 +84,6 @@ const PG_COLUMNS: &str = concat!(
 const LITE_COLUMNS: &str =
     "id, name, description, enabled, severity, condition, channels, repeat_interval_ms, \
      message, runbook_url, source, muted_until, created_at, updated_at";
-
-fn now() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    format_rfc3339_ms(ms)
-}
 
 /// Every rule, by name; rows that no longer read as rules apart.
 pub async fn load(store: &Store) -> Result<(Vec<Rule>, Vec<BadRow>), sqlx::Error> {
@@ -182,7 +164,7 @@ pub async fn upsert(
         RuleSource::Config => "config",
         RuleSource::Api => "api",
     };
-    let now = now();
+    let now = now_rfc3339();
     let mute = if keep_mute {
         "muted_until = alert_rules.muted_until"
     } else {
@@ -265,7 +247,7 @@ pub async fn sync_config_rules(store: &Store, rules: &[Rule]) -> Result<(), Rule
     match &store.pool {
         StorePool::Postgres(pool) => {
             sqlx::query(
-                "UPDATE alert_rules SET enabled = false, updated_at = now() \
+                "UPDATE alert_rules SET enabled = false, updated_at = now_rfc3339() \
                  WHERE source = 'config' AND enabled AND id::text NOT IN (SELECT jsonb_array_elements_text($1::jsonb))",
             )
             .bind(&list)
@@ -278,7 +260,7 @@ pub async fn sync_config_rules(store: &Store, rules: &[Rule]) -> Result<(), Rule
                  WHERE source = 'config' AND enabled AND id NOT IN (SELECT value FROM json_each($1))",
             )
             .bind(&list)
-            .bind(now())
+            .bind(now_rfc3339())
             .execute(pool)
             .await?;
         }
@@ -288,7 +270,7 @@ pub async fn sync_config_rules(store: &Store, rules: &[Rule]) -> Result<(), Rule
 
 /// Sets or clears a rule's mute.
 pub async fn set_mute(store: &Store, id: &str, until: Option<&str>) -> Result<u64, sqlx::Error> {
-    let now = now();
+    let now = now_rfc3339();
     match &store.pool {
         StorePool::Postgres(pool) => sqlx::query(
             "UPDATE alert_rules SET muted_until = $2::timestamptz, updated_at = $3::timestamptz WHERE id::text = $1",

@@ -15,13 +15,12 @@ use warp::reply::Response;
 use warp::Filter;
 
 use super::config::{RestConfig, PREFIX};
-use super::routes::{ErrorBody, RestState};
+use super::routes::{store_unavailable, ErrorBody, RestState};
 use crate::http::error::json_response;
 use crate::http::{
     authorize, get_or_head, guarded, json_body, requested_by, Access, ApiError, Route,
 };
 use crate::stores::alerts::{self, AlertChange, AlertFilter, ChangeOutcome};
-use crate::stores::Store;
 
 /// The alert routes.
 pub fn routes() -> Vec<Route> {
@@ -81,27 +80,6 @@ pub fn filter(state: Arc<RestState>, config: &RestConfig) -> BoxedFilter<(Respon
         .or(resolve_route)
         .unify()
         .boxed()
-}
-
-fn store_of(state: &RestState) -> Result<&Arc<Store>, ApiError> {
-    state.store.as_ref().ok_or_else(|| {
-        ApiError::unavailable(
-            "store_not_configured",
-            "alerts are served from a store: set `store = \"NAME\"` on this rest sink",
-        )
-        .field("store")
-    })
-}
-
-fn unavailable(store: &Store, e: sqlx::Error) -> ApiError {
-    tracing::warn!(store = %store.name, "cannot reach the store: {e}");
-    ApiError::unavailable(
-        "store_unavailable",
-        format!(
-            "the store \"{}\" cannot be reached; nothing was changed",
-            store.name
-        ),
-    )
 }
 
 /// `GET M/alerts`.
@@ -211,11 +189,11 @@ fn alert_filter(query: &str) -> Result<AlertFilter, ApiError> {
         (status = 503, description = "`store_not_configured` or `store_unavailable`", body = ErrorBody),
     ))]
 pub async fn list(state: Arc<RestState>, query: String) -> Result<Response, ApiError> {
-    let store = store_of(&state)?;
+    let store = state.store_for("alerts")?;
     let filter = alert_filter(&query)?;
     let (alerts, next) = alerts::list(store, &filter)
         .await
-        .map_err(|e| unavailable(store, e))?;
+        .map_err(|e| store_unavailable(store, e))?;
     Ok(json_response(
         StatusCode::OK,
         &AlertList {
@@ -261,14 +239,14 @@ pub struct AlertAnswer {
         (status = 503, description = "`store_not_configured` or `store_unavailable`", body = ErrorBody),
     ))]
 pub async fn one(state: Arc<RestState>, id: String) -> Result<Response, ApiError> {
-    let store = store_of(&state)?;
+    let store = state.store_for("alerts")?;
     let alert = alerts::fetch(store, &id)
         .await
-        .map_err(|e| unavailable(store, e))?
+        .map_err(|e| store_unavailable(store, e))?
         .ok_or_else(|| ApiError::not_found(format!("no alert {id}")))?;
     let history = alerts::history(store, &id)
         .await
-        .map_err(|e| unavailable(store, e))?;
+        .map_err(|e| store_unavailable(store, e))?;
     Ok(json_response(
         StatusCode::OK,
         &AlertWithHistoryAnswer {
@@ -346,7 +324,7 @@ pub async fn acknowledge(
     actor: String,
     body: AcknowledgeRequest,
 ) -> Result<Response, ApiError> {
-    let store = store_of(&state)?;
+    let store = state.store_for("alerts")?;
     check_comment(body.comment.as_deref())?;
     let until = body
         .until
@@ -362,7 +340,7 @@ pub async fn acknowledge(
         until.as_deref(),
     )
     .await
-    .map_err(|e| unavailable(store, e))?;
+    .map_err(|e| store_unavailable(store, e))?;
     answer(outcome, &id)
 }
 
@@ -390,7 +368,7 @@ pub async fn resolve(
     actor: String,
     body: ResolveRequest,
 ) -> Result<Response, ApiError> {
-    let store = store_of(&state)?;
+    let store = state.store_for("alerts")?;
     check_comment(body.comment.as_deref())?;
     let outcome = alerts::change(
         store,
@@ -401,7 +379,7 @@ pub async fn resolve(
         None,
     )
     .await
-    .map_err(|e| unavailable(store, e))?;
+    .map_err(|e| store_unavailable(store, e))?;
     answer(outcome, &id)
 }
 

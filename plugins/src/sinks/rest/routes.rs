@@ -60,6 +60,18 @@ pub struct RestState {
 }
 
 impl RestState {
+    /// The store the alert and rule routes serve (`what` they serve, for
+    /// the message), or 503 `store_not_configured` naming the option.
+    pub fn store_for(&self, what: &str) -> Result<&Arc<crate::stores::Store>, ApiError> {
+        self.store.as_ref().ok_or_else(|| {
+            ApiError::unavailable(
+                "store_not_configured",
+                format!("{what} are served from a store: set `store = \"NAME\"` on this rest sink"),
+            )
+            .field("store")
+        })
+    }
+
     /// The newest metrics document, once one has arrived.
     pub fn latest_document(&self) -> Option<Arc<RealtimeMetrics>> {
         self.latest().map(|l| Arc::clone(&l.doc))
@@ -71,6 +83,18 @@ impl RestState {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// 503 `store_unavailable` for a failed query of `store` (logged, not told).
+pub fn store_unavailable(store: &crate::stores::Store, e: sqlx::Error) -> ApiError {
+    tracing::warn!(store = %store.name, "cannot reach the store: {e}");
+    ApiError::unavailable(
+        "store_unavailable",
+        format!(
+            "the store \"{}\" cannot be reached; nothing was changed",
+            store.name
+        ),
+    )
 }
 
 /// Every route the sink serves, as configured.

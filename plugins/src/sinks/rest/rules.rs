@@ -13,7 +13,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use super::config::{RestConfig, PREFIX};
-use super::routes::{ErrorBody, RestState};
+use super::routes::{store_unavailable, ErrorBody, RestState};
 use crate::http::error::json_response;
 use crate::http::{authorize, get_or_head, guarded, json_body, Access, ApiError, Route};
 use crate::processors::alert_rules::evaluator::CompiledRule;
@@ -101,27 +101,6 @@ pub fn filter(state: Arc<RestState>, config: &RestConfig) -> Handler {
         .boxed()
 }
 
-fn store_of(state: &RestState) -> Result<&Arc<Store>, ApiError> {
-    state.store.as_ref().ok_or_else(|| {
-        ApiError::unavailable(
-            "store_not_configured",
-            "rules are served from a store: set `store = \"NAME\"` on this rest sink",
-        )
-        .field("store")
-    })
-}
-
-fn unavailable(store: &Store, e: sqlx::Error) -> ApiError {
-    tracing::warn!(store = %store.name, "cannot reach the store: {e}");
-    ApiError::unavailable(
-        "store_unavailable",
-        format!(
-            "the store \"{}\" cannot be reached; nothing was changed",
-            store.name
-        ),
-    )
-}
-
 fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("no rule {id}"))
 }
@@ -134,7 +113,7 @@ fn write_error(store: &Store, e: RuleWriteError) -> ApiError {
             format!("a rule called `{name}` exists already"),
         )
         .field("name"),
-        RuleWriteError::Database(e) => unavailable(store, e),
+        RuleWriteError::Database(e) => store_unavailable(store, e),
     }
 }
 
@@ -229,7 +208,7 @@ fn checked(mut rule: Rule, channels: &[String]) -> Result<Rule, ApiError> {
         (status = 503, description = "`store_not_configured` or `store_unavailable`", body = ErrorBody),
     ))]
 pub async fn list(state: Arc<RestState>, query: String) -> Result<Response, ApiError> {
-    let store = store_of(&state)?;
+    let store = state.store_for("rules")?;
     let mut enabled = None;
     let mut severity = None;
     let mut source = None;
@@ -275,7 +254,7 @@ pub async fn list(state: Arc<RestState>, query: String) -> Result<Response, ApiE
     }
     let (all, _) = rules::load(store)
         .await
-        .map_err(|e| unavailable(store, e))?;
+        .map_err(|e| store_unavailable(store, e))?;
     let mut data: Vec<Rule> = all
         .into_iter()
         .filter(|r| enabled.is_none_or(|e| r.enabled == e))
@@ -373,7 +352,7 @@ pub async fn create(
             },
         ));
     }
-    let store = store_of(&state)?;
+    let store = state.store_for("rules")?;
     rules::upsert(store, &rule, RuleSource::Api, false)
         .await
         .map_err(|e| write_error(store, e))?;
@@ -389,7 +368,7 @@ pub async fn create(
 async fn fetch_rule(store: &Store, id: &str) -> Result<Rule, ApiError> {
     match rules::fetch(store, id)
         .await
-        .map_err(|e| unavailable(store, e))?
+        .map_err(|e| store_unavailable(store, e))?
     {
         Some(Ok(rule)) => Ok(rule),
         Some(Err(bad)) => {
@@ -411,7 +390,7 @@ async fn fetch_rule(store: &Store, id: &str) -> Result<Rule, ApiError> {
         (status = 503, description = "`store_not_configured` or `store_unavailable`", body = ErrorBody),
     ))]
 pub async fn one(state: Arc<RestState>, id: String) -> Result<Response, ApiError> {
-    let store = store_of(&state)?;
+    let store = state.store_for("rules")?;
     let rule = fetch_rule(store, &id).await?;
     Ok(json_response(StatusCode::OK, &RuleAnswer { data: rule }))
 }
@@ -433,7 +412,7 @@ pub async fn one(state: Arc<RestState>, id: String) -> Result<Response, ApiError
         (status = 503, description = "`store_not_configured` or `store_unavailable`", body = ErrorBody),
     ))]
 pub async fn replace(state: Arc<RestState>, id: String, rule: Rule) -> Result<Response, ApiError> {
-    let store = store_of(&state)?;
+    let store = state.store_for("rules")?;
     let current = fetch_rule(store, &id).await?;
     if current.source == Some(RuleSource::Config) {
         return Err(config_rule(&id));
@@ -468,14 +447,14 @@ fn config_rule(id: &str) -> ApiError {
         (status = 503, description = "`store_not_configured` or `store_unavailable`", body = ErrorBody),
     ))]
 pub async fn remove(state: Arc<RestState>, id: String) -> Result<Response, ApiError> {
-    let store = store_of(&state)?;
+    let store = state.store_for("rules")?;
     let current = fetch_rule(store, &id).await?;
     if current.source == Some(RuleSource::Config) {
         return Err(config_rule(&id));
     }
     if rules::has_open_alerts(store, &id)
         .await
-        .map_err(|e| unavailable(store, e))?
+        .map_err(|e| store_unavailable(store, e))?
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -485,7 +464,7 @@ pub async fn remove(state: Arc<RestState>, id: String) -> Result<Response, ApiEr
     }
     rules::delete(store, &id)
         .await
-        .map_err(|e| unavailable(store, e))?;
+        .map_err(|e| store_unavailable(store, e))?;
     let mut response = Response::new(Vec::<u8>::new().into());
     *response.status_mut() = StatusCode::NO_CONTENT;
     Ok(response)
@@ -512,7 +491,7 @@ pub async fn mute(
     id: String,
     body: MuteRequest,
 ) -> Result<Response, ApiError> {
-    let store = store_of(&state)?;
+    let store = state.store_for("rules")?;
     let until = parse_rfc3339_ms(&body.until)
         .map(format_rfc3339_ms)
         .ok_or_else(|| {
@@ -523,7 +502,7 @@ pub async fn mute(
         })?;
     if rules::set_mute(store, &id, Some(&until))
         .await
-        .map_err(|e| unavailable(store, e))?
+        .map_err(|e| store_unavailable(store, e))?
         == 0
     {
         return Err(not_found(&id));
@@ -544,10 +523,10 @@ pub async fn mute(
         (status = 503, description = "`store_not_configured` or `store_unavailable`", body = ErrorBody),
     ))]
 pub async fn unmute(state: Arc<RestState>, id: String) -> Result<Response, ApiError> {
-    let store = store_of(&state)?;
+    let store = state.store_for("rules")?;
     if rules::set_mute(store, &id, None)
         .await
-        .map_err(|e| unavailable(store, e))?
+        .map_err(|e| store_unavailable(store, e))?
         == 0
     {
         return Err(not_found(&id));
