@@ -3,6 +3,7 @@
 
 pub mod http_helpers;
 pub mod proxy;
+pub mod receiver;
 pub mod redis_helpers;
 
 use std::collections::BTreeMap;

@@ -39,10 +39,14 @@ inventory::submit! {
     PluginDescriptor::sink::<EmailConfig>("email", "Emails alert notices over SMTP (plain text and HTML), from a durable outbox")
 }
 
-fn transport(url: &str, timeout: std::time::Duration) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+fn transport(
+    url: &str,
+    timeout: std::time::Duration,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
     // lettre's messages about a URL never repeat it.
-    let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-        .map_err(|e| format!("not a usable SMTP URL ({e}): use smtp://, smtp://…?tls=required or smtps://"))?;
+    let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| {
+        format!("not a usable SMTP URL ({e}): use smtp://, smtp://…?tls=required or smtps://")
+    })?;
     Ok(builder.timeout(Some(timeout)).build())
 }
 
@@ -139,7 +143,10 @@ pub fn plain(alert: &Alert) -> String {
     if let Some(runbook) = &f.runbook_url {
         text.push_str(&format!("Runbook: {runbook}\n"));
     }
-    text.push_str(&format!("\nAlert {} (notice {})\n", alert.id, alert.notice_id));
+    text.push_str(&format!(
+        "\nAlert {} (notice {})\n",
+        alert.id, alert.notice_id
+    ));
     text
 }
 
@@ -165,12 +172,7 @@ pub fn html(alert: &Alert) -> String {
     let runbook = f
         .runbook_url
         .as_deref()
-        .map(|u| {
-            format!(
-                "<p><a href=\"{}\">Runbook</a></p>",
-                html_escape(u)
-            )
-        })
+        .map(|u| format!("<p><a href=\"{}\">Runbook</a></p>", html_escape(u)))
         .unwrap_or_default();
     format!(
         "<!doctype html><html><body><h2>{}</h2><p>{}</p><table>{}</table>{runbook}<p><small>Alert {} (notice {})</small></p></body></html>",
@@ -235,7 +237,10 @@ mod tests {
             "[prod] [CRITICAL] agent success rate (scaffold): scaffold succeeds <80% of tasks"
         );
         let p = plain(&a);
-        assert!(p.contains("Value: agents[scaffold].success_rate_percent = 71.5 (< 80)"), "{p}");
+        assert!(
+            p.contains("Value: agents[scaffold].success_rate_percent = 71.5 (< 80)"),
+            "{p}"
+        );
         assert!(p.contains("Runbook: https://runbooks.example.com/agents"));
         let h = html(&a);
         assert!(h.contains("scaffold succeeds &lt;80% of tasks"), "{h}");

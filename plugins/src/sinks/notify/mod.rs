@@ -260,9 +260,10 @@ pub async fn build(
             "delivery_retries",
             "Delivery attempts that failed and are made again later.",
         ),
-        pending: cx
-            .stats
-            .gauge("outbox_pending", "Notices waiting in the outbox for delivery."),
+        pending: cx.stats.gauge(
+            "outbox_pending",
+            "Notices waiting in the outbox for delivery.",
+        ),
     };
     let settings = WorkerSettings {
         name: cx.name.clone(),

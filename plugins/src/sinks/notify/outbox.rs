@@ -200,11 +200,12 @@ impl Outbox {
         let mut inserted = Vec::new();
         let mut skipped = 0;
         for row in rows {
-            let body = serde_json::to_string(row.alert.as_ref()).map_err(|e| OutboxError::Body {
-                path: self.path.clone(),
-                notice_id: row.alert.notice_id.clone(),
-                message: e.to_string(),
-            })?;
+            let body =
+                serde_json::to_string(row.alert.as_ref()).map_err(|e| OutboxError::Body {
+                    path: self.path.clone(),
+                    notice_id: row.alert.notice_id.clone(),
+                    message: e.to_string(),
+                })?;
             let seq = *last_seq + 1;
             let done_at = (row.state != RowState::Pending).then_some(now);
             let result = sqlx::query(

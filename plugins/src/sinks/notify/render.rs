@@ -168,7 +168,10 @@ pub(crate) mod tests {
         let f = Facts::of(&a);
         assert_eq!(f.emoji, ":red_circle:");
         assert_eq!(f.title, "agent success rate (scaffold)");
-        assert_eq!(f.value, "agents[scaffold].success_rate_percent = 71.5 (< 80)");
+        assert_eq!(
+            f.value,
+            "agents[scaffold].success_rate_percent = 71.5 (< 80)"
+        );
         assert_eq!(f.by, None);
         let r = Alert {
             status: AlertStatus::Resolved,

@@ -47,7 +47,7 @@ fn rank(severity: Severity) -> u8 {
 impl Routing {
     /// Where `alert` goes, at wall-clock `now_ms`.
     pub fn route(&self, alert: &Alert, now_ms: i64) -> Route {
-        let named = self.all_alerts || alert.channels.iter().any(|c| *c == self.name);
+        let named = self.all_alerts || alert.channels.contains(&self.name);
         let wanted = match alert.status {
             AlertStatus::Triggered => true,
             AlertStatus::Resolved => self.send_resolved,

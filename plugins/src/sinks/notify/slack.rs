@@ -145,11 +145,12 @@ pub fn payload(notices: &[Arc<Alert>], dashboard_url: Option<&str>) -> Value {
 #[async_trait]
 impl Channel for SlackChannel {
     async fn deliver(&self, notices: &[Arc<Alert>]) -> Result<(), DeliveryError> {
-        let body = serde_json::to_vec(&payload(notices, self.dashboard_url.as_deref())).map_err(
-            |e| DeliveryError::Refused {
-                reason: format!("cannot encode the message: {e}"),
-            },
-        )?;
+        let body =
+            serde_json::to_vec(&payload(notices, self.dashboard_url.as_deref())).map_err(|e| {
+                DeliveryError::Refused {
+                    reason: format!("cannot encode the message: {e}"),
+                }
+            })?;
         http::post_json(&self.client, self.url.expose(), HeaderMap::new(), body).await
     }
 
@@ -167,12 +168,21 @@ mod tests {
     fn one_notice_is_one_section_with_the_facts() {
         let p = payload(&[Arc::new(sample())], Some("https://fp.example/"));
         let text = p["text"].as_str().unwrap();
-        assert!(text.contains("[CRITICAL] Triggered: agent success rate (scaffold)"), "{text}");
+        assert!(
+            text.contains("[CRITICAL] Triggered: agent success rate (scaffold)"),
+            "{text}"
+        );
         let blocks = p["blocks"].as_array().unwrap();
         assert_eq!(blocks.len(), 2);
         let section = blocks[0]["text"]["text"].as_str().unwrap();
-        assert!(section.starts_with(":red_circle: *agent success rate (scaffold)*"), "{section}");
-        assert!(section.contains("succeeds &lt;80% of tasks"), "escaped: {section}");
+        assert!(
+            section.starts_with(":red_circle: *agent success rate (scaffold)*"),
+            "{section}"
+        );
+        assert!(
+            section.contains("succeeds &lt;80% of tasks"),
+            "escaped: {section}"
+        );
         assert!(section.contains("= 71.5 (&lt; 80)"), "{section}");
         assert!(section.contains("since 2026-11-30T10:00:01.000Z"));
         assert!(section.contains("<https://runbooks.example.com/agents|Runbook>"));
@@ -198,6 +208,9 @@ mod tests {
         // Header, twenty sections, "and 5 more".
         assert_eq!(blocks.len(), 22);
         assert_eq!(blocks[21]["elements"][0]["text"], "and 5 more");
-        assert!(blocks[20]["text"]["text"].as_str().unwrap().contains("agent-19"));
+        assert!(blocks[20]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("agent-19"));
     }
 }

@@ -96,10 +96,7 @@ fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
         .decode(encoded)
         .map_err(|_| "after whsec_ must come the key in standard base64".to_owned())?;
     if !(16..=64).contains(&key.len()) {
-        return Err(format!(
-            "the key must be 16 to 64 bytes, not {}",
-            key.len()
-        ));
+        return Err(format!("the key must be 16 to 64 bytes, not {}", key.len()));
     }
     Ok(key)
 }
@@ -286,11 +283,10 @@ pub fn alertmanager(alert: &Alert, receiver: &str) -> serde_json::Value {
 impl Channel for WebhookChannel {
     async fn deliver(&self, notices: &[Arc<Alert>]) -> Result<(), DeliveryError> {
         for alert in notices {
-            let body = body(alert, self.format, &self.receiver).map_err(|e| {
-                DeliveryError::Refused {
+            let body =
+                body(alert, self.format, &self.receiver).map_err(|e| DeliveryError::Refused {
                     reason: format!("cannot encode the notice: {e}"),
-                }
-            })?;
+                })?;
             let mut headers = self.headers.clone();
             let timestamp = super::outbox::now_ms() / 1000;
             let header = |v: &str| {

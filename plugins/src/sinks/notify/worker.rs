@@ -371,15 +371,21 @@ impl Worker {
         }
         match self.outbox.record(&self.outcomes).await {
             Ok(()) => self.outcomes.clear(),
-            Err(e) => tracing::warn!(component = %self.settings.name, "cannot record deliveries: {e}"),
+            Err(e) => {
+                tracing::warn!(component = %self.settings.name, "cannot record deliveries: {e}")
+            }
         }
     }
 
     async fn prune(&mut self) {
         match self.outbox.prune().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(component = %self.settings.name, deleted = n, "deleted finished outbox rows"),
-            Err(e) => tracing::warn!(component = %self.settings.name, "cannot prune the outbox: {e}"),
+            Ok(n) => {
+                tracing::info!(component = %self.settings.name, deleted = n, "deleted finished outbox rows")
+            }
+            Err(e) => {
+                tracing::warn!(component = %self.settings.name, "cannot prune the outbox: {e}")
+            }
         }
     }
 
