@@ -461,3 +461,81 @@ when_full = "drop_newest"
         "{e}"
     );
 }
+
+/// A pipeline feeding alerts to `sink` (TOML of one `[sinks.n]` table).
+fn notify_pipeline(sink: &str) -> String {
+    format!(
+        "[sources.in]\ntype = \"demo\"\n\n[processors.m]\ntype = \"aggregate\"\ninputs = [\"in\"]\n\n\
+         [processors.alerts]\ntype = \"alert_rules\"\ninputs = [\"m\"]\n\n{sink}"
+    )
+}
+
+#[test]
+fn notification_sink_problems_are_placed_and_never_show_the_secret() {
+    // Line 12 onwards: the sink's table.
+    let d = only_error(&notify_pipeline(
+        "[sinks.n]\ntype = \"webhook\"\ninputs = [\"alerts\"]\nurl = \"ftp://hooks.example.com/T0/s3cretpath\"\n",
+    ));
+    assert_eq!(at(&d), (15, 1), "{d}");
+    assert!(
+        d.message.contains("`url`") && d.message.contains("http"),
+        "{d}"
+    );
+    assert!(!d.to_string().contains("s3cretpath"), "{d}");
+
+    let d = only_error(&notify_pipeline(
+        "[sinks.n]\ntype = \"webhook\"\ninputs = [\"alerts\"]\nurl = \"https://h.example/x\"\nsecret = \"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+    ));
+    assert_eq!(at(&d), (16, 1), "{d}");
+    assert!(d.message.contains("whsec_"), "{d}");
+    assert!(!d.to_string().contains("MfKQ9r8G"), "{d}");
+
+    let d = only_error(&notify_pipeline(
+        "[sinks.n]\ntype = \"slack\"\ninputs = [\"alerts\"]\nwebhook_url = \"hooks.slack.com/services/T0/B0/XXXXSECRET\"\n",
+    ));
+    assert_eq!(at(&d), (15, 1), "{d}");
+    assert!(!d.to_string().contains("XXXXSECRET"), "{d}");
+
+    let d = only_error(&notify_pipeline(
+        "[sinks.n]\ntype = \"email\"\ninputs = [\"alerts\"]\nsmtp_url = \"smtps://u:pw-SECRET@mail.example.com\"\nfrom = \"Flowpulse <fp@example.com>\"\nto = [\"ok@example.com\", \"not an address\"]\n",
+    ));
+    assert!(
+        d.message.contains("`to[1]`") && d.message.contains("not an address"),
+        "{d}"
+    );
+    assert!(!d.to_string().contains("pw-SECRET"), "{d}");
+
+    let d = only_error(&notify_pipeline(
+        "[sinks.n]\ntype = \"email\"\ninputs = [\"alerts\"]\nsmtp_url = \"imap://u:pw-SECRET@mail.example.com\"\nfrom = \"fp@example.com\"\nto = [\"ok@example.com\"]\n",
+    ));
+    assert!(
+        d.message.contains("`smtp_url`") && d.message.contains("smtp://"),
+        "{d}"
+    );
+    assert!(!d.to_string().contains("pw-SECRET"), "{d}");
+
+    let d = only_error(&notify_pipeline(
+        "[sinks.n]\ntype = \"webhook\"\ninputs = [\"alerts\"]\nurl = \"https://h.example/x\"\nheaders = { \"Webhook-Id\" = \"mine\" }\n",
+    ));
+    assert!(d.message.contains("headers.Webhook-Id"), "{d}");
+
+    let d = only_error(&notify_pipeline(
+        "[sinks.n]\ntype = \"webhook\"\ninputs = [\"alerts\"]\nurl = \"https://h.example/x\"\nretry_initial = \"10s\"\nretry_max = \"1s\"\n",
+    ));
+    assert!(d.message.contains("`retry_max`"), "{d}");
+}
+
+#[test]
+fn rules_may_name_notification_sinks_as_channels_and_nothing_else() {
+    let text = notify_pipeline(
+        "[[processors.alerts.rules]]\nname = \"r\"\nseverity = \"info\"\n\
+         condition = { metric = \"overview.total_workflows\", operator = \">\", value = 1 }\n\
+         channels = [\"ops\", \"pager\"]\n\n\
+         [sinks.ops]\ntype = \"slack\"\ninputs = [\"alerts\"]\nwebhook_url = \"https://hooks.slack.com/services/T/B/X\"\n",
+    );
+    let d = only_error(&text);
+    assert!(
+        d.message.contains("pager") && d.message.contains("ops"),
+        "names the unknown channel and lists the known ones: {d}"
+    );
+}
