@@ -235,10 +235,7 @@ impl Worker {
         let now = now_ms();
         let max_age = self.settings.max_age.as_millis() as i64;
         while let Some(alert_id) = self.ready.pop_front() {
-            loop {
-                let Some(queue) = self.queues.get_mut(&alert_id) else {
-                    break;
-                };
+            while let Some(queue) = self.queues.get_mut(&alert_id) {
                 match queue.front() {
                     Some(head) if now - head.created_at >= max_age => {
                         if let Some(row) = queue.pop_front() {
