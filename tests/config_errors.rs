@@ -539,3 +539,24 @@ fn rules_may_name_notification_sinks_as_channels_and_nothing_else() {
         "names the unknown channel and lists the known ones: {d}"
     );
 }
+
+#[test]
+fn the_three_notification_examples_differ_only_in_the_sink() {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!(
+            "{}/examples/notify-{name}.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    // From the first table to the notification sink's.
+    let pipeline = |text: &str| {
+        let start = text.find("[pipeline]").unwrap();
+        let end = text.find("[sinks.oncall]").unwrap();
+        text[start..end].to_owned()
+    };
+    let slack = read("slack");
+    for other in ["webhook", "email"] {
+        assert_eq!(pipeline(&read(other)), pipeline(&slack), "{other}");
+    }
+}

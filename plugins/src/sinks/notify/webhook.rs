@@ -56,8 +56,10 @@ pub enum Secrets {
 }
 
 impl Secrets {
+    /// The secrets given; an empty string (an unset `${VAR:-}`) is none.
     fn list(&self) -> Vec<&Secret> {
         match self {
+            Secrets::One(s) if s.expose().is_empty() => Vec::new(),
             Secrets::One(s) => vec![s],
             Secrets::Many(list) => list.iter().collect(),
         }
@@ -71,7 +73,7 @@ notify_sink_config! {
         pub url: SecretUrl,
         /// Signing secret(s), `whsec_` + base64 of 16–64 bytes (Standard
         /// Webhooks). A list during a rotation: one signature each.
-        /// Absent: unsigned (a warning at start).
+        /// Absent or empty: unsigned (a warning at start).
         #[serde(default)]
         pub secret: Option<Secrets>,
         /// Extra request headers (values never logged).
@@ -126,7 +128,7 @@ impl SinkConfig for WebhookConfig {
         }
         if let Some(secrets) = &self.secret {
             let list = secrets.list();
-            if list.is_empty() {
+            if list.is_empty() && matches!(secrets, Secrets::Many(_)) {
                 errors.push(FieldError::new(
                     "secret",
                     "an empty list: give at least one secret, or leave it out to send unsigned",
@@ -168,18 +170,18 @@ impl SinkConfig for WebhookConfig {
 
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Sink>, BuildError> {
         let shared = self.shared();
-        let keys = match &self.secret {
-            Some(secrets) => secrets
-                .list()
-                .iter()
-                .map(|s| signing_key(s.expose()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| BuildError(format!("secret: {e}")))?,
-            None => {
-                tracing::warn!(component = %cx.name, "no `secret`: webhook bodies are sent unsigned, and receivers cannot tell them from forgeries");
-                Vec::new()
-            }
-        };
+        let keys = self
+            .secret
+            .as_ref()
+            .map(Secrets::list)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| signing_key(s.expose()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BuildError(format!("secret: {e}")))?;
+        if keys.is_empty() {
+            tracing::warn!(component = %cx.name, "no `secret`: webhook bodies are sent unsigned, and receivers cannot tell them from forgeries");
+        }
         let mut headers = HeaderMap::new();
         for (name, value) in &self.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
