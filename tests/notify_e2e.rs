@@ -348,7 +348,13 @@ store = "main"
 token = "{TOKEN}"
 "#,
         db = db.display(),
-        rules = rules(&[("over 10", "warning", 10, "\"hook\", \"dead\"")]),
+        rules = format!(
+            "{}[[processors.alerts.rules]]\nname = \"outbox backing up\"\nseverity = \"warning\"\n\
+             condition = {{ metric = \"self.outbox_pending\", operator = \">\", value = 0 }}\n\n\
+             [[processors.alerts.rules]]\nname = \"deliveries failing\"\nseverity = \"critical\"\n\
+             condition = {{ metric = \"self.failed_deliveries\", operator = \">\", value = 0 }}\n\n",
+            rules(&[("over 10", "warning", 10, "\"hook\", \"dead\"")])
+        ),
     );
     let config = write_config(dir.path(), "", "200ms", &sinks);
     let server = start(dir.path(), &config);
@@ -365,7 +371,13 @@ token = "{TOKEN}"
             .json()
             .await
             .unwrap();
-        if let Some(id) = alerts["data"][0]["id"].as_str() {
+        let first = alerts["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["rule_name"] == "over 10")
+            .and_then(|a| a["id"].as_str());
+        if let Some(id) = first {
             break id.to_owned();
         }
         assert!(Instant::now() < deadline, "no alert stored");
@@ -411,6 +423,26 @@ token = "{TOKEN}"
         })
         .unwrap_or_else(|| panic!("no failed deliveries in /metrics:\n{metrics}"));
     assert!(!failed_line.ends_with(" 0"), "{failed_line}");
+
+    // Rules watch the outbox and the failures.
+    let alerts: Value = http
+        .get(server.url("/api/v1/monitoring/alerts?limit=100"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fired: BTreeSet<&str> = alerts["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["rule_name"].as_str())
+        .collect();
+    assert!(
+        fired.contains("outbox backing up") && fired.contains("deliveries failing"),
+        "{fired:?}"
+    );
 
     let receiver = Receiver::start_on(port, |_| Answer::Status(200)).await;
     let statuses = |hits: &[Hit]| -> Vec<String> {
