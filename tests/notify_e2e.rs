@@ -152,6 +152,15 @@ address = "127.0.0.1:0"
     wait_status(&server, "hook", "deliveries_failed", |n| n == 1).await;
     wait_status(&server, "hook", "notices_delivered", |n| n == 1).await;
     wait_status(&server, "hook", "outbox_pending", |n| n == 0).await;
+    let shown = status(&server).await["components"]["hook"].to_string();
+    assert!(
+        shown.contains("HTTP 400"),
+        "the refusal is in /status: {shown}"
+    );
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("/hooks/"),
+        "{shown}"
+    );
     let log = server.log_lines().join("\n");
     assert!(
         log.contains("HTTP 400"),
@@ -309,6 +318,13 @@ async fn a_receiver_down_for_many_retry_periods_gets_everything_in_order_and_old
     let port = reserve_port();
     let dead = reserve_port();
     let db = dir.path().join("alerts.db");
+    let watchdogs = format!(
+            "{}[[processors.alerts.rules]]\nname = \"outbox backing up\"\nseverity = \"warning\"\n\
+             condition = {{ metric = \"self.outbox_pending\", operator = \">\", value = 0 }}\n\n\
+             [[processors.alerts.rules]]\nname = \"deliveries failing\"\nseverity = \"critical\"\n\
+             condition = {{ metric = \"self.failed_deliveries\", operator = \">\", value = 0 }}\n\n",
+            rules(&[("over 10", "warning", 10, "\"hook\", \"dead\"")])
+        );
     let sinks = format!(
         r#"[stores.main]
 url = "sqlite://{db}"
@@ -348,13 +364,7 @@ store = "main"
 token = "{TOKEN}"
 "#,
         db = db.display(),
-        rules = format!(
-            "{}[[processors.alerts.rules]]\nname = \"outbox backing up\"\nseverity = \"warning\"\n\
-             condition = {{ metric = \"self.outbox_pending\", operator = \">\", value = 0 }}\n\n\
-             [[processors.alerts.rules]]\nname = \"deliveries failing\"\nseverity = \"critical\"\n\
-             condition = {{ metric = \"self.failed_deliveries\", operator = \">\", value = 0 }}\n\n",
-            rules(&[("over 10", "warning", 10, "\"hook\", \"dead\"")])
-        ),
+        rules = watchdogs,
     );
     let config = write_config(dir.path(), "", "200ms", &sinks);
     let server = start(dir.path(), &config);

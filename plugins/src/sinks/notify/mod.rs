@@ -264,6 +264,7 @@ pub async fn build(
             "outbox_pending",
             "Notices waiting in the outbox for delivery.",
         ),
+        component: Arc::clone(&cx.stats),
     };
     let settings = WorkerSettings {
         name: cx.name.clone(),

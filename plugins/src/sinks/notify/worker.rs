@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowpulse_core::alert::Alert;
-use flowpulse_core::telemetry::{Counter, Gauge};
+use flowpulse_core::telemetry::{ComponentStats, Counter, Gauge};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -34,6 +34,8 @@ pub struct WorkerStats {
     pub retries: Arc<Counter>,
     /// Rows waiting for delivery.
     pub pending: Arc<Gauge>,
+    /// The component's own stats: a notice given up on is its error.
+    pub component: Arc<ComponentStats>,
 }
 
 /// How the worker delivers.
@@ -354,6 +356,9 @@ impl Worker {
         );
         self.stats.failed.inc();
         self.stats.pending.add(-1);
+        self.stats
+            .component
+            .error(format!("notice {} not delivered: {reason}", row.notice_id));
         let now = now_ms();
         self.outcomes.push(Outcome {
             notice_id: row.notice_id,
@@ -419,7 +424,6 @@ async fn sleep_until(at: Option<Instant>) {
 mod tests {
     use super::*;
     use async_trait::async_trait;
-    use flowpulse_core::telemetry::ComponentStats;
     use proptest::prelude::*;
     use std::sync::Mutex;
 
@@ -491,8 +495,9 @@ mod tests {
     }
 
     fn stats() -> WorkerStats {
-        let s = ComponentStats::default();
+        let s = Arc::new(ComponentStats::default());
         WorkerStats {
+            component: Arc::clone(&s),
             delivered: s.counter("notices_delivered", "x"),
             failed: s.counter("deliveries_failed", "x"),
             retries: s.counter("delivery_retries", "x"),
