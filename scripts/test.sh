@@ -49,8 +49,24 @@ ensure_postgres() {
   return 1
 }
 
+# The dashboard's browser test (tests/dashboard.rs) drives Debian's Chromium
+# through chromedriver.
+ensure_chromium() {
+  command -v chromedriver >/dev/null 2>&1 && { command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; } && return 0
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "test.sh: installing chromium and chromium-driver for the dashboard's browser test"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null && return 0
+    echo "test.sh: apt-get could not install chromium chromium-driver" >&2
+  else
+    echo "test.sh: the dashboard's browser test needs Chromium and ChromeDriver." >&2
+    echo "         Install them (Debian/Ubuntu, as root: apt-get install chromium chromium-driver)." >&2
+  fi
+  return 1
+}
+
 ensure_redis
 ensure_postgres
+ensure_chromium
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -34,6 +34,10 @@ pub struct RestConfig {
     /// `["https://ops.example.com"]`. Default: none (same origin only).
     #[serde(default)]
     pub cors_origins: Vec<String>,
+    /// Serve the dashboard at `/` (and its files at `/assets/…`). Default
+    /// false.
+    #[serde(default)]
+    pub dashboard: bool,
     /// Serve Prometheus text at `/metrics`. Default true.
     #[serde(default = "default_true")]
     pub prometheus: bool,

@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod prometheus;
 pub mod routes;
 pub mod rules;

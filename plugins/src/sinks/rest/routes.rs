@@ -110,6 +110,9 @@ pub fn routes(config: &RestConfig) -> Vec<Route> {
     if config.prometheus {
         routes.push(Route::new(Method::GET, "/metrics"));
     }
+    if config.dashboard {
+        routes.extend(super::dashboard::routes());
+    }
     routes.extend(super::alerts::routes());
     routes.extend(super::rules::routes());
     routes
@@ -188,6 +191,9 @@ pub fn filter(state: Arc<RestState>, config: &RestConfig) -> BoxedFilter<(Respon
             .and(with_state)
             .and_then(|state: Arc<RestState>| guarded(metrics_text(state)));
         all = all.or(metrics).unify().boxed();
+    }
+    if config.dashboard {
+        all = all.or(super::dashboard::filter()).unify().boxed();
     }
     all
 }

@@ -1,0 +1,320 @@
+// The dashboard: reads the metrics, their history and the open alerts at
+// load, then follows the WebSocket (REST polling while it is down). Updates
+// are rendered at most once per animation frame, in place; everything kept
+// is capped (one hour of chart points, 500 events, 100 resolved alerts).
+
+import * as api from "./api.js";
+import * as fmt from "./format.js";
+import * as panels from "./panels.js";
+import { LineChart } from "./charts.js";
+import { Live } from "./live.js";
+
+const M = "/api/v1/monitoring";
+const HOUR_MS = 3_600_000;
+const MAX_EVENTS = 500;
+const MAX_RESOLVED = 100;
+
+const state = {
+  doc: null,
+  receivedAt: null,
+  history: [], // {timestamp, t, finished, errors, latency_*}
+  open: new Map(), // alert id → Alert (triggered, acknowledged)
+  resolved: [], // newest first
+  events: [], // newest first
+  eventsDropped: 0,
+  eventsPaused: false,
+  healthy: null,
+};
+
+const $ = (id) => document.getElementById(id);
+
+// ---- rendering, at most once per frame ----------------------------------
+
+const dirty = new Set();
+let frame = null;
+const renderTimes = [];
+
+function schedule(...parts) {
+  for (const p of parts) dirty.add(p);
+  if (frame === null) frame = requestAnimationFrame(render);
+}
+
+function render() {
+  frame = null;
+  const started = performance.now();
+  const parts = new Set(dirty);
+  dirty.clear();
+  try {
+    if (parts.has("metrics") && state.doc) {
+      panels.cards(state.doc);
+      panels.agents($("agents"), state.doc.agents || [], Date.parse(state.doc.as_of || state.doc.last_update) || Date.now());
+      panels.types($("types"), state.doc.workflows_by_type || []);
+    }
+    if (parts.has("charts")) drawCharts();
+    if (parts.has("alerts")) drawAlerts();
+    if (parts.has("events")) drawEvents();
+    if (parts.has("banner")) drawBanner();
+  } catch (e) {
+    console.warn("flowpulse: a render failed and was skipped", e);
+  }
+  renderTimes.push(performance.now() - started);
+  if (renderTimes.length > 1000) renderTimes.splice(0, renderTimes.length - 1000);
+}
+
+/** For tests and benchmarks: the render times so far (ms). */
+window.flowpulseRenderTimes = () => renderTimes.slice();
+
+const charts = {
+  throughput: new LineChart($("chart-throughput"), ["finished"], (v) => fmt.count(v)),
+  errors: new LineChart($("chart-errors"), ["error rate"], (v) => fmt.percent(v)),
+  latency: new LineChart($("chart-latency"), ["p50", "p95", "p99"], (v) => fmt.duration(v)),
+};
+
+function drawCharts() {
+  const h = state.history;
+  charts.throughput.draw(h.map((p) => ({ t: p.t, values: [p.finished] })));
+  charts.errors.draw(h.map((p) => ({ t: p.t, values: [p.finished > 0 ? (100 * p.errors) / p.finished : 0] })));
+  charts.latency.draw(h.map((p) => ({ t: p.t, values: [p.latency_p50_ms, p.latency_p95_ms, p.latency_p99_ms] })));
+}
+
+const rank = { critical: 0, warning: 1, info: 2 };
+
+function drawAlerts() {
+  const open = [...state.open.values()].sort(
+    (a, b) => rank[a.severity] - rank[b.severity] || (a.created_at < b.created_at ? 1 : -1),
+  );
+  panels.alerts($("alerts"), open, alertActions);
+  panels.alerts($("resolved"), state.resolved, alertActions);
+  $("alerts-empty").hidden = open.length > 0;
+  schedule("banner");
+}
+
+function drawEvents() {
+  const list = $("events");
+  // Newest first; rows are reused from the bottom, never rebuilt wholesale.
+  const rows = list.children;
+  for (let i = 0; i < state.events.length; i++) {
+    const text = panels.eventLine(state.events[i]);
+    if (i < rows.length) {
+      if (rows[i].textContent !== text) rows[i].textContent = text;
+    } else {
+      const li = document.createElement("li");
+      li.textContent = text;
+      list.appendChild(li);
+    }
+  }
+  while (rows.length > state.events.length) list.lastChild.remove();
+  $("events-dropped").textContent = `${fmt.count(state.eventsDropped)} dropped`;
+}
+
+function drawBanner() {
+  const counts = { critical: 0, warning: 0, info: 0 };
+  for (const a of state.open.values()) counts[a.severity] = (counts[a.severity] || 0) + 1;
+  $("open-critical").textContent = counts.critical;
+  $("open-warning").textContent = counts.warning;
+  $("open-info").textContent = counts.info;
+  const health = $("health");
+  health.dataset.ok = state.healthy === null ? "unknown" : String(state.healthy);
+  health.textContent = state.healthy === null ? "health unknown" : state.healthy ? "healthy" : "degraded";
+}
+
+// ---- data ----------------------------------------------------------------
+
+function addHistory(points) {
+  for (const p of points) {
+    const t = Date.parse(p.timestamp);
+    if (Number.isNaN(t)) continue;
+    const point = { ...p, t };
+    const last = state.history[state.history.length - 1];
+    if (!last || t > last.t) state.history.push(point);
+    else {
+      // Same timestamp: replace; older: put in place.
+      const i = state.history.findIndex((q) => q.t >= t);
+      if (state.history[i].t === t) state.history[i] = point;
+      else state.history.splice(i, 0, point);
+    }
+  }
+  const newest = state.history.length ? state.history[state.history.length - 1].t : 0;
+  const keepFrom = state.history.findIndex((p) => p.t > newest - HOUR_MS);
+  if (keepFrom > 0) state.history.splice(0, keepFrom);
+}
+
+function onMetrics(doc) {
+  if (!doc || typeof doc.overview !== "object") {
+    console.warn("flowpulse: a metrics document without an overview was skipped");
+    return;
+  }
+  state.doc = doc;
+  state.receivedAt = Date.now();
+  if (Array.isArray(doc.history) && doc.history.length) {
+    addHistory([doc.history[doc.history.length - 1]]);
+    schedule("charts");
+  }
+  schedule("metrics", "banner");
+}
+
+function onAlert(alert) {
+  if (alert.status === "resolved") {
+    state.open.delete(alert.id);
+    state.resolved = [alert, ...state.resolved.filter((a) => a.id !== alert.id)].slice(0, MAX_RESOLVED);
+  } else {
+    const known = state.open.get(alert.id);
+    // A notice older than what is shown (a resend) changes nothing.
+    const stale = known && (known.repeat > alert.repeat ||
+      (known.repeat === alert.repeat && known.status === "acknowledged" && alert.status === "triggered"));
+    if (!stale) state.open.set(alert.id, alert);
+  }
+  schedule("alerts");
+}
+
+function onEvents(events, dropped) {
+  if (state.eventsPaused) {
+    state.eventsDropped += events.length + dropped;
+    schedule("events");
+    return;
+  }
+  state.eventsDropped += dropped;
+  for (const e of events) state.events.unshift(e);
+  if (state.events.length > MAX_EVENTS) state.events.length = MAX_EVENTS;
+  schedule("events");
+}
+
+async function loadAlerts() {
+  try {
+    const answer = await api.get(`${M}/alerts?status=triggered,acknowledged&limit=500`);
+    state.open = new Map(answer.data.map((a) => [a.id, a]));
+    schedule("alerts");
+  } catch (e) {
+    if (e.code !== "store_not_configured") showError(e);
+  }
+}
+
+async function loadHistory() {
+  try {
+    const answer = await api.get(`${M}/metrics/history`);
+    addHistory(answer.data.points || []);
+    schedule("charts");
+  } catch (e) {
+    if (e.code !== "metrics_unavailable") showError(e);
+  }
+}
+
+async function loadRealtime() {
+  try {
+    const answer = await api.get(`${M}/metrics/realtime`);
+    onMetrics(answer.data);
+  } catch (e) {
+    if (e.code !== "metrics_unavailable") showError(e);
+  }
+}
+
+async function loadHealth() {
+  try {
+    const r = await fetch(`${M}/health`, { cache: "no-store" });
+    const body = await r.json();
+    state.healthy = body.healthy === true;
+    if (!$("pipeline").textContent) {
+      const status = await api.get(`${M}/status`).catch(() => null);
+      if (status && status.pipeline) $("pipeline").textContent = status.pipeline;
+    }
+  } catch {
+    state.healthy = false;
+  }
+  schedule("banner");
+}
+
+function showError(e) {
+  $("banner-error").textContent = e.message;
+}
+
+const alertActions = {
+  async acknowledge(alert, comment, until) {
+    const body = {};
+    if (comment) body.comment = comment;
+    if (until) body.until = until;
+    const answer = await api.post(`${M}/alerts/${encodeURIComponent(alert.id)}/acknowledge`, body);
+    onAlert(answer.data);
+  },
+  async resolve(alert) {
+    const answer = await api.post(`${M}/alerts/${encodeURIComponent(alert.id)}/resolve`, {});
+    onAlert(answer.data);
+  },
+  async history(alert) {
+    const answer = await api.get(`${M}/alerts/${encodeURIComponent(alert.id)}`);
+    return answer.data.history || [];
+  },
+};
+
+// ---- controls ------------------------------------------------------------
+
+function setupControls(live) {
+  const panel = $("events-panel");
+  panel.addEventListener("toggle", () => live.setEvents(panel.open));
+  const pause = $("events-pause");
+  pause.addEventListener("click", () => {
+    state.eventsPaused = !state.eventsPaused;
+    pause.setAttribute("aria-pressed", String(state.eventsPaused));
+    pause.textContent = state.eventsPaused ? "Resume" : "Pause";
+  });
+
+  $("control").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const id = $("control-id").value.trim();
+    const answer = $("control-answer");
+    if (!id) return;
+    const body = { action: $("control-action").value };
+    const reason = $("control-reason").value.trim();
+    if (reason) body.reason = reason;
+    answer.className = "";
+    answer.textContent = "sending…";
+    try {
+      const r = await api.post(`/api/v1/workflows/${encodeURIComponent(id)}/control`, body, {
+        "Idempotency-Key": crypto.randomUUID(),
+      });
+      answer.textContent = `${r.data.status}: ${r.data.message}`;
+    } catch (e) {
+      answer.className = "error";
+      answer.textContent = e.message;
+    }
+  });
+
+  const theme = $("theme");
+  const themes = ["system", "light", "dark"];
+  const apply = (t) => {
+    if (t === "system") document.documentElement.removeAttribute("data-theme");
+    else document.documentElement.dataset.theme = t;
+    theme.textContent = `Theme: ${t}`;
+    theme.setAttribute("aria-label", t === "system" ? "Theme: follows the system" : `Theme: ${t}`);
+  };
+  let current = localStorage.getItem("flowpulse-theme") || "system";
+  apply(current);
+  theme.addEventListener("click", () => {
+    current = themes[(themes.indexOf(current) + 1) % themes.length];
+    localStorage.setItem("flowpulse-theme", current);
+    apply(current);
+  });
+}
+
+function tickAge() {
+  const age = $("age");
+  age.textContent = state.receivedAt === null ? "no update yet" : `updated ${fmt.ago(Date.now() - state.receivedAt)}`;
+}
+
+// ---- start ---------------------------------------------------------------
+
+const live = new Live({
+  onMetrics,
+  onAlert,
+  onEvents,
+  onPollAlerts: loadAlerts,
+  onState(s) {
+    const pill = $("connection");
+    pill.dataset.state = s;
+    pill.textContent = s;
+  },
+});
+window.flowpulseConnection = () => live.state;
+setupControls(live);
+Promise.all([loadRealtime(), loadHistory(), loadAlerts(), loadHealth()]).finally(() => live.start());
+setInterval(tickAge, 1000);
+setInterval(loadHealth, 10_000);
