@@ -562,6 +562,12 @@ events_interval = "100ms"
         |v| v.as_u64().is_some_and(|n| n >= 2),
     )
     .await;
+    c.find(Locator::Css("#resolved-panel summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     c.find(Locator::Css(&format!("[data-key=\"{id}\"] button.resolve")))
         .await
         .unwrap()
@@ -747,6 +753,46 @@ events_interval = "100ms"
         reached.len() as u64,
         total,
         "every control is reachable with Tab; missed: {missed}; focus went {sequence:?}"
+    );
+
+    // ---- the charts' point store against a sorted-map oracle ----
+    let checked = c
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+            import('/assets/charts.js').then(({ Series }) => {
+              let seed = 7;
+              const rnd = (n) => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n; };
+              for (let round = 0; round < 200; round++) {
+                const s = new Series(2, 1 + rnd(4));
+                const oracle = new Map();
+                for (let k = 0; k < 60; k++) {
+                  const t = rnd(50);
+                  if (rnd(10) === 0) {
+                    const cut = rnd(50);
+                    s.dropBefore(cut);
+                    for (const key of [...oracle.keys()]) if (key < cut) oracle.delete(key);
+                  } else {
+                    s.upsert(t, [t * 2, k]);
+                    oracle.set(t, [t * 2, k]);
+                  }
+                }
+                const want = [...oracle.entries()].sort((a, b) => a[0] - b[0]);
+                const got = [];
+                for (let i = 0; i < s.len; i++) got.push([s.tAt(i), [s.value(i, 0), s.value(i, 1)]]);
+                if (JSON.stringify(got) !== JSON.stringify(want)) {
+                  done('round ' + round + ': ' + JSON.stringify(got) + ' != ' + JSON.stringify(want));
+                  return;
+                }
+              }
+              done('ok');
+            });"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        checked, "ok",
+        "chart points: any order, replacements and cuts"
     );
 
     // ---- no request outside the origin, no error from the page's scripts ----

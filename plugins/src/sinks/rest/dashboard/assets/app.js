@@ -6,7 +6,7 @@
 import * as api from "./api.js";
 import * as fmt from "./format.js";
 import * as panels from "./panels.js";
-import { LineChart } from "./charts.js";
+import { LineChart, Series } from "./charts.js";
 import { Live } from "./live.js";
 
 const M = "/api/v1/monitoring";
@@ -17,7 +17,8 @@ const MAX_RESOLVED = 100;
 const state = {
   doc: null,
   receivedAt: null,
-  history: [], // {timestamp, t, finished, errors, latency_*}
+  // finished, errors, p50, p95, p99 by event time
+  history: new Series(5),
   open: new Map(), // alert id → Alert (triggered, acknowledged)
   resolved: [], // newest first
   events: [], // newest first
@@ -70,11 +71,17 @@ const charts = {
   latency: new LineChart($("chart-latency"), ["p50", "p95", "p99"], (v) => fmt.duration(v)),
 };
 
+const column = (c) => (s, i) => s.value(i, c);
+const errorRate = (s, i) => {
+  const finished = s.value(i, 0);
+  return finished > 0 ? (100 * s.value(i, 1)) / finished : 0;
+};
+
 function drawCharts() {
   const h = state.history;
-  charts.throughput.draw(h.map((p) => ({ t: p.t, values: [p.finished] })));
-  charts.errors.draw(h.map((p) => ({ t: p.t, values: [p.finished > 0 ? (100 * p.errors) / p.finished : 0] })));
-  charts.latency.draw(h.map((p) => ({ t: p.t, values: [p.latency_p50_ms, p.latency_p95_ms, p.latency_p99_ms] })));
+  charts.throughput.draw(h, [column(0)]);
+  charts.errors.draw(h, [errorRate]);
+  charts.latency.draw(h, [column(2), column(3), column(4)]);
 }
 
 const rank = { critical: 0, warning: 1, info: 2 };
@@ -84,7 +91,8 @@ function drawAlerts() {
     (a, b) => rank[a.severity] - rank[b.severity] || (a.created_at < b.created_at ? 1 : -1),
   );
   panels.alerts($("alerts"), open, alertActions);
-  panels.alerts($("resolved"), state.resolved, alertActions);
+  // Resolved ones are drawn only while their panel is open.
+  panels.alerts($("resolved"), $("resolved-panel").open ? state.resolved : [], alertActions);
   $("alerts-empty").hidden = open.length > 0;
   schedule("banner");
 }
@@ -124,19 +132,9 @@ function addHistory(points) {
   for (const p of points) {
     const t = Date.parse(p.timestamp);
     if (Number.isNaN(t)) continue;
-    const point = { ...p, t };
-    const last = state.history[state.history.length - 1];
-    if (!last || t > last.t) state.history.push(point);
-    else {
-      // Same timestamp: replace; older: put in place.
-      const i = state.history.findIndex((q) => q.t >= t);
-      if (state.history[i].t === t) state.history[i] = point;
-      else state.history.splice(i, 0, point);
-    }
+    state.history.upsert(t, [p.finished, p.errors, p.latency_p50_ms, p.latency_p95_ms, p.latency_p99_ms]);
   }
-  const newest = state.history.length ? state.history[state.history.length - 1].t : 0;
-  const keepFrom = state.history.findIndex((p) => p.t > newest - HOUR_MS);
-  if (keepFrom > 0) state.history.splice(0, keepFrom);
+  if (state.history.len) state.history.dropBefore(state.history.tAt(state.history.len - 1) - HOUR_MS);
 }
 
 function onMetrics(doc) {
@@ -248,6 +246,7 @@ const alertActions = {
 // ---- controls ------------------------------------------------------------
 
 function setupControls(live) {
+  $("resolved-panel").addEventListener("toggle", () => schedule("alerts"));
   const panel = $("events-panel");
   panel.addEventListener("toggle", () => live.setEvents(panel.open));
   const pause = $("events-pause");
