@@ -263,7 +263,9 @@ events_interval = "10ms"
     );
     let _ = c.close().await;
     let _ = driver.kill();
+    let _ = driver.wait();
     let _ = flowpulse.kill();
+    let _ = flowpulse.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
