@@ -457,3 +457,93 @@ store = "main"
     assert_eq!(realtime.status(), 200);
     assert!(server.stop().success());
 }
+
+#[tokio::test]
+async fn a_stored_rule_edited_by_hand_into_an_invalid_one_is_skipped_and_shown() {
+    let database = format!("flowpulse_test_handedit_{}", std::process::id());
+    let _cleanup = DropDatabase(database.clone());
+    let base = server_url();
+    let server_part = base.rsplit_once('/').map_or(base.as_str(), |(s, _)| s);
+    let dir = tempfile::tempdir().unwrap();
+    let token = "hand-edit-test-token-0123456789";
+    let sinks = format!(
+        r#"[stores.main]
+url = "{server_part}/{database}"
+
+[processors.alerts]
+type = "alert_rules"
+inputs = ["metrics"]
+store = "main"
+
+[sinks.alert_db]
+type = "alert_store"
+inputs = ["alerts"]
+store = "main"
+
+[sinks.api]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+store = "main"
+token = "{token}"
+"#
+    );
+    let config = write_config(dir.path(), "", "200ms", &sinks);
+    let server = start(dir.path(), &config);
+    let http = reqwest::Client::new();
+    // 503 until the store is ready (its database is created at start).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let created = http
+            .post(server.url("/api/v1/monitoring/rules"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({
+                "name": "made over the API",
+                "severity": "info",
+                "condition": {"metric": "overview.total_workflows", "operator": ">", "value": 1_000_000},
+                "channels": ["dashboard"]
+            }))
+            .send()
+            .await
+            .unwrap();
+        if created.status() == 201 {
+            break;
+        }
+        assert_eq!(created.status(), 503);
+        assert!(Instant::now() < deadline, "the store never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Someone edits the row to name a channel no sink has.
+    psql(
+        &database,
+        "UPDATE alert_rules SET channels = '[\"pager-that-was-removed\"]' WHERE name = 'made over the API'",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status: Value = reqwest::get(server.url("/api/v1/monitoring/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let alerts = &status["components"]["alerts"];
+        if alerts["invalid_stored_rules"] == 1 {
+            let error = alerts["last_error"].as_str().unwrap_or("");
+            assert!(
+                error.contains("made over the API") && error.contains("pager-that-was-removed"),
+                "{alerts}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never skipped: {alerts}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = server.log_lines().join("\n");
+    assert_eq!(
+        log.matches("skipping a stored rule that no longer validates")
+            .count(),
+        1,
+        "logged once"
+    );
+    assert!(server.stop().success());
+}

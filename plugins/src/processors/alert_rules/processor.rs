@@ -102,6 +102,7 @@ impl ProcessorConfig for AlertRulesConfig {
                 "Stored rules skipped because they no longer validate.",
             ),
             store_timeout: self.store_timeout,
+            known_channels: AlertRulesConfig::known_channels_of(&cx.topology),
             rules,
             state: RulesState::default(),
             telemetry: cx.telemetry.clone(),
@@ -248,6 +249,9 @@ struct AlertRulesProcessor {
     /// Stored rules already logged as invalid.
     invalid_logged: std::collections::HashSet<String>,
     invalid_rules: Arc<flowpulse_core::telemetry::Gauge>,
+    /// The channels a rule may name (notification sinks, `dashboard`): a
+    /// stored rule naming another is skipped.
+    known_channels: Vec<String>,
     adopted: Arc<flowpulse_core::telemetry::Counter>,
     store_timeout: Duration,
     rules: Vec<CompiledRule>,
@@ -386,12 +390,22 @@ impl AlertRulesProcessor {
                 compiled.push(known);
                 continue;
             }
-            match CompiledRule::new(rule) {
+            // The same checks as the API's: a row edited by hand to name a
+            // sink that is gone, say, is skipped rather than half-applied.
+            let problems = rule.problems(&self.known_channels);
+            let checked = match problems.first() {
+                Some(p) => Err(format!("`{}`: {}", p.field, p.message)),
+                None => CompiledRule::new(rule).map_err(|e| e.to_string()),
+            };
+            match checked {
                 Ok(rule) => compiled.push(rule),
                 Err(e) => {
                     invalid += 1;
                     if self.invalid_logged.insert(id) {
                         tracing::warn!(rule = %name, "skipping a stored rule that no longer validates: {e}");
+                        self.stats.error(format!(
+                            "stored rule \"{name}\" skipped: it no longer validates: {e}"
+                        ));
                     }
                 }
             }
@@ -543,6 +557,7 @@ mod tests {
             stats: Arc::default(),
             stored_rules: None,
             invalid_logged: Default::default(),
+            known_channels: vec!["dashboard".into()],
             adopted: Arc::default(),
             invalid_rules: Arc::default(),
             store_timeout: Duration::from_secs(2),
