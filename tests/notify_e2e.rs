@@ -748,3 +748,162 @@ address = "127.0.0.1:0"
         "all_alerts with min_severity = critical: the critical one only"
     );
 }
+
+#[tokio::test]
+async fn a_muted_rule_and_send_resolved_false_hold_back_what_they_should() {
+    let hook = Receiver::start(|_| Answer::Status(200)).await;
+    let quiet = Receiver::start(|_| Answer::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("alerts.db");
+    let sinks = format!(
+        r#"[stores.main]
+url = "sqlite://{db}"
+
+[processors.alerts]
+type = "alert_rules"
+inputs = ["metrics"]
+store = "main"
+
+{rules}
+[sinks.alert_db]
+type = "alert_store"
+inputs = ["alerts"]
+store = "main"
+
+[sinks.hook]
+type = "webhook"
+inputs = ["alerts"]
+url = "{hook}"
+
+[sinks.quiet]
+type = "webhook"
+inputs = ["alerts"]
+url = "{quiet}"
+send_resolved = false
+
+[sinks.api]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+store = "main"
+token = "{TOKEN}"
+"#,
+        db = db.display(),
+        rules = rules(&[
+            ("resolve me", "warning", 5, "\"hook\", \"quiet\""),
+            // Fires a few seconds in, after the test has muted it.
+            ("muted one", "critical", 150, "\"hook\", \"quiet\""),
+        ]),
+        hook = hook.url("/hook"),
+        quiet = quiet.url("/quiet"),
+    );
+    let config = write_config(dir.path(), "", "200ms", &sinks);
+    let server = start(dir.path(), &config);
+    let http = reqwest::Client::new();
+    // Mute "muted one" (a config rule: its id is read from the API).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let muted_id = loop {
+        let answer = http
+            .get(server.url("/api/v1/monitoring/rules"))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == 200 {
+            let rules: Value = answer.json().await.unwrap();
+            if let Some(id) = rules["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["name"] == "muted one")
+                .and_then(|r| r["id"].as_str())
+            {
+                break id.to_owned();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the config's rules never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let muted = http
+        .post(server.url(&format!("/api/v1/monitoring/rules/{muted_id}/mute")))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"until": "2100-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(muted.status(), 200);
+
+    // "resolve me" fires and reaches both; a person resolves it.
+    let fired = |hits: &[Hit], rule: &str, status: &str| {
+        hits.iter().any(|h| {
+            let a = &h.json()["alerts"][0];
+            a["rule_name"] == rule && a["status"] == status
+        })
+    };
+    hook.wait_for(Duration::from_secs(30), |h| {
+        fired(h, "resolve me", "triggered")
+    })
+    .await;
+    quiet
+        .wait_for(Duration::from_secs(10), |h| {
+            fired(h, "resolve me", "triggered")
+        })
+        .await;
+    let id = hook.hits()[0].json()["alerts"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resolved = http
+        .post(server.url(&format!("/api/v1/monitoring/alerts/{id}/resolve")))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resolved.status(), 200);
+    hook.wait_for(Duration::from_secs(15), |h| {
+        fired(h, "resolve me", "resolved")
+    })
+    .await;
+
+    // "muted one" fires, muted: stored and shown, sent to no one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alerts: Value = http
+            .get(server.url("/api/v1/monitoring/alerts?limit=100"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let found = alerts["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["rule_name"] == "muted one")
+            .cloned();
+        if let Some(alert) = found {
+            assert_eq!(alert["muted"], true, "{alert}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the muted rule never fired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_status(&server, "hook", "notices_skipped", |n| n >= 1).await;
+    wait_status(&server, "quiet", "notices_skipped", |n| n >= 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(server);
+    for (name, receiver) in [("hook", &hook), ("quiet", &quiet)] {
+        assert!(
+            !receiver.hits().iter().any(|h| rule_of(h) == "muted one"),
+            "{name} got a muted rule's notice"
+        );
+    }
+    assert!(
+        !fired(&quiet.hits(), "resolve me", "resolved"),
+        "send_resolved = false holds the resolved notice back"
+    );
+}
