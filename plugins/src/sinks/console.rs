@@ -11,7 +11,7 @@ use flowpulse_core::record::{Batch, Record, RecordKinds};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use super::util::{encode_json_line, now_rfc3339};
+use super::util::{encode_json_line, notice_id, now_rfc3339, RecentNotices};
 
 /// How the console shows records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -48,6 +48,7 @@ impl SinkConfig for ConsoleSinkConfig {
             format: self.format,
             out: tokio::io::stdout(),
             buf: Vec::new(),
+            recent: RecentNotices::default(),
         }))
     }
 }
@@ -56,6 +57,7 @@ struct ConsoleSink {
     format: ConsoleFormat,
     out: tokio::io::Stdout,
     buf: Vec<u8>,
+    recent: RecentNotices,
 }
 
 /// One line describing a metrics document.
@@ -108,7 +110,15 @@ impl Sink for ConsoleSink {
     async fn write(&mut self, batch: &Batch) -> Result<(), ComponentError> {
         self.buf.clear();
         let timestamp = now_rfc3339();
+        let mut notices = Vec::new();
         for record in batch.records() {
+            // A notice sent again (a failed delivery elsewhere) is shown once.
+            if let Some(id) = notice_id(record) {
+                if self.recent.contains(id) {
+                    continue;
+                }
+                notices.push(id);
+            }
             match self.format {
                 ConsoleFormat::Json => encode_json_line(record, &timestamp, &mut self.buf)
                     .map_err(|e| {
@@ -124,6 +134,10 @@ impl Sink for ConsoleSink {
             ComponentError::Transient(format!("cannot write to standard output: {e}"))
         };
         self.out.write_all(&self.buf).await.map_err(io)?;
-        self.out.flush().await.map_err(io)
+        self.out.flush().await.map_err(io)?;
+        for id in notices {
+            self.recent.first_sighting(id);
+        }
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ use flowpulse_core::record::{Batch, RecordKinds};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use super::util::{encode_json_line, now_rfc3339};
+use super::util::{encode_json_line, notice_id, now_rfc3339, RecentNotices};
 
 /// `[sinks.NAME] type = "file"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +55,7 @@ impl SinkConfig for FileSinkConfig {
             config: self.clone(),
             file,
             buf: Vec::with_capacity(1 << 16),
+            recent: RecentNotices::default(),
         }))
     }
 }
@@ -63,6 +64,7 @@ struct FileSink {
     config: FileSinkConfig,
     file: tokio::fs::File,
     buf: Vec<u8>,
+    recent: RecentNotices,
 }
 
 #[async_trait]
@@ -73,7 +75,15 @@ impl Sink for FileSink {
         }
         self.buf.clear();
         let timestamp = now_rfc3339();
+        let mut notices = Vec::new();
         for record in batch.records() {
+            // A notice sent again (a failed delivery elsewhere) is written once.
+            if let Some(id) = notice_id(record) {
+                if self.recent.contains(id) {
+                    continue;
+                }
+                notices.push(id);
+            }
             encode_json_line(record, &timestamp, &mut self.buf)
                 .map_err(|e| ComponentError::Transient(format!("cannot encode a record: {e}")))?;
         }
@@ -87,6 +97,10 @@ impl Sink for FileSink {
         if self.config.fsync {
             self.file.sync_data().await.map_err(io)?;
         }
+        // Remembered once written: a failed write takes the resend.
+        for id in notices {
+            self.recent.first_sighting(id);
+        }
         Ok(())
     }
 
@@ -94,5 +108,48 @@ impl Sink for FileSink {
         self.file.sync_all().await.map_err(|e| {
             ComponentError::Transient(format!("cannot sync {}: {e}", self.config.path.display()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::notify::render::tests::sample;
+    use flowpulse_core::record::Record;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_notice_sent_again_is_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut sink = FileSink {
+            config: FileSinkConfig {
+                path: path.clone(),
+                fsync: false,
+                delay_per_batch: Duration::ZERO,
+            },
+            file: tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await
+                .unwrap(),
+            buf: Vec::new(),
+            recent: RecentNotices::default(),
+        };
+        let notice = Record::Alert(Arc::new(sample()));
+        let other = Record::Alert(Arc::new(flowpulse_core::alert::Alert {
+            notice_id: "another".into(),
+            ..sample()
+        }));
+        sink.write(&Batch::new(vec![notice.clone()], vec![]))
+            .await
+            .unwrap();
+        sink.write(&Batch::new(vec![notice, other], vec![]))
+            .await
+            .unwrap();
+        let lines = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(lines.lines().count(), 2, "{lines}");
+        assert!(lines.lines().nth(1).unwrap().contains("\"another\""));
     }
 }

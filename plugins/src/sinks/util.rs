@@ -59,3 +59,44 @@ pub fn encode_json_line(
     buf.push(b'\n');
     Ok(())
 }
+
+/// The last notice ids seen, at most [`RECENT_NOTICES`]: a notice sent
+/// again (after a failed delivery elsewhere, say) is shown once.
+#[derive(Debug, Default)]
+pub struct RecentNotices {
+    order: std::collections::VecDeque<String>,
+    seen: std::collections::HashSet<String>,
+}
+
+/// How many notice ids are remembered to drop notices sent again.
+pub const RECENT_NOTICES: usize = 10_000;
+
+impl RecentNotices {
+    /// Whether `id` was seen (an empty id never was).
+    pub fn contains(&self, id: &str) -> bool {
+        self.seen.contains(id)
+    }
+
+    /// Whether `id` is new (and remembers it).
+    pub fn first_sighting(&mut self, id: &str) -> bool {
+        if id.is_empty() || self.seen.contains(id) {
+            return id.is_empty();
+        }
+        if self.order.len() == RECENT_NOTICES {
+            if let Some(oldest) = self.order.pop_front() {
+                self.seen.remove(&oldest);
+            }
+        }
+        self.order.push_back(id.to_owned());
+        self.seen.insert(id.to_owned());
+        true
+    }
+}
+
+/// The notice id of `record` if it is an alert notice.
+pub fn notice_id(record: &Record) -> Option<&str> {
+    match record {
+        Record::Alert(alert) if !alert.notice_id.is_empty() => Some(&alert.notice_id),
+        _ => None,
+    }
+}

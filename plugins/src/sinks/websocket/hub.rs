@@ -280,33 +280,6 @@ impl EventSample {
     }
 }
 
-/// The last notice ids seen, at most [`RECENT_NOTICES`].
-#[derive(Debug, Default)]
-struct RecentNotices {
-    order: std::collections::VecDeque<String>,
-    seen: std::collections::HashSet<String>,
-}
-
-/// How many notice ids are remembered to drop notices sent again.
-const RECENT_NOTICES: usize = 10_000;
-
-impl RecentNotices {
-    /// Whether `id` is new (and remembers it).
-    fn first_sighting(&mut self, id: &str) -> bool {
-        if id.is_empty() || self.seen.contains(id) {
-            return id.is_empty();
-        }
-        if self.order.len() == RECENT_NOTICES {
-            if let Some(oldest) = self.order.pop_front() {
-                self.seen.remove(&oldest);
-            }
-        }
-        self.order.push_back(id.to_owned());
-        self.seen.insert(id.to_owned());
-        true
-    }
-}
-
 /// Telemetry of an endpoint.
 #[derive(Debug, Clone)]
 pub struct HubStats {
@@ -333,7 +306,7 @@ pub struct Hub {
     pub capacity: usize,
     /// Notice ids sent lately: a notice sent again (after a failed delivery
     /// or a restart) is not shown twice.
-    recent_notices: Mutex<RecentNotices>,
+    recent_notices: Mutex<crate::sinks::util::RecentNotices>,
     /// Telemetry.
     pub stats: HubStats,
 }
@@ -499,7 +472,7 @@ mod tests {
 
     #[test]
     fn a_notice_sent_again_is_not_shown_twice() {
-        let mut recent = RecentNotices::default();
+        let mut recent = crate::sinks::util::RecentNotices::default();
         assert!(recent.first_sighting("n1"));
         assert!(!recent.first_sighting("n1"));
         assert!(recent.first_sighting("n2"));
