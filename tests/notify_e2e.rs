@@ -603,7 +603,7 @@ type = "email"
 inputs = ["alerts"]
 smtp_url = "smtp://{addr}"
 from = "Flowpulse <flowpulse@example.com>"
-to = ["oncall@example.com", "lead@example.com"]
+to = ["oncall@example.com", "gone@example.com", "lead@example.com"]
 subject_prefix = "[test] "
 retry_initial = "100ms"
 retry_max = "500ms"
@@ -618,21 +618,45 @@ address = "127.0.0.1:0"
     let config = write_config(dir.path(), "", "200ms", &sinks);
     let server = start(dir.path(), &config);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mail = loop {
-        if let Some(mail) = smtp.mails.lock().unwrap().first().cloned() {
-            break mail;
+    // One SMTP session per recipient (a refused address keeps no one else
+    // from the email).
+    let mails = loop {
+        let mails = smtp.mails.lock().unwrap().clone();
+        if mails.len() >= 2 {
+            break mails;
         }
-        assert!(Instant::now() < deadline, "no email arrived");
+        assert!(
+            Instant::now() < deadline,
+            "the emails did not arrive: {mails:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let log = server.log_lines().join("\n");
     drop(server);
+    assert!(
+        log.contains("a recipient was refused") && log.contains("gone@example.com"),
+        "the refused recipient is logged"
+    );
+    assert!(
+        !log.contains("not delivered, given up"),
+        "the others got it"
+    );
     assert_eq!(
         *smtp.refused.lock().unwrap(),
         1,
         "the 451 was answered once"
     );
+    let mut to: Vec<String> = mails.iter().flat_map(|m| m.to.clone()).collect();
+    to.sort();
+    assert_eq!(to, ["<lead@example.com>", "<oncall@example.com>"]);
+    let mail = &mails[0];
     assert_eq!(mail.from, "<flowpulse@example.com>");
-    assert_eq!(mail.to, ["<oncall@example.com>", "<lead@example.com>"]);
+    assert!(
+        mail.data
+            .contains("To: oncall@example.com, gone@example.com, lead@example.com"),
+        "both are named in the header: {}",
+        mail.data
+    );
     let data = unquote(&mail.data.replace("\r\n ", " "));
     let subject = data
         .lines()

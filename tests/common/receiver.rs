@@ -199,7 +199,8 @@ pub struct Mail {
 
 /// A minimal SMTP server (RFC 5321's plain-text subset lettre speaks
 /// without TLS), in process on a free loopback port. It answers `451` to
-/// the first `temp_failures` messages' `DATA`, then takes them.
+/// the first `temp_failures` messages' `DATA`, then takes them, and `550`
+/// to a recipient whose address starts with `gone@`.
 pub struct SmtpServer {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -268,6 +269,11 @@ async fn session(
             to.clear();
             write.write_all(b"250 OK\r\n").await?;
         } else if upper.starts_with("RCPT TO:") {
+            // An address that is gone, as relays answer for one.
+            if upper.contains("GONE@") {
+                write.write_all(b"550 no such user\r\n").await?;
+                continue;
+            }
             to.push(line[8..].trim().to_owned());
             write.write_all(b"250 OK\r\n").await?;
         } else if upper == "DATA" {

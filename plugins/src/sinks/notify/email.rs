@@ -9,6 +9,7 @@ use flowpulse_core::plugin::{
     BuildContext, BuildError, FieldError, PluginDescriptor, Sink, SinkConfig, ValidateContext,
 };
 use flowpulse_core::record::RecordKinds;
+use lettre::address::Envelope;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
@@ -104,6 +105,7 @@ impl SinkConfig for EmailConfig {
                 .map(|t| mailbox("to", t))
                 .collect::<Result<_, _>>()?,
             subject_prefix: self.subject_prefix.clone(),
+            timeout: shared.timeout,
         };
         super::build(cx, &shared, Arc::new(channel)).await
     }
@@ -111,6 +113,7 @@ impl SinkConfig for EmailConfig {
 
 struct EmailChannel {
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    timeout: std::time::Duration,
     from: Mailbox,
     to: Vec<Mailbox>,
     subject_prefix: String,
@@ -194,6 +197,8 @@ fn capitalize(text: &str) -> String {
 
 #[async_trait]
 impl Channel for EmailChannel {
+    /// One message, one SMTP session per recipient: a recipient the relay
+    /// refuses (an address gone) does not keep the others from theirs.
     async fn deliver(&self, notices: &[Arc<Alert>]) -> Result<(), DeliveryError> {
         for alert in notices {
             let mut builder = Message::builder()
@@ -207,20 +212,53 @@ impl Channel for EmailChannel {
                 .map_err(|e| DeliveryError::Refused {
                     reason: format!("cannot build the email: {e}"),
                 })?;
-            self.transport.send(message).await.map_err(|e| {
-                let reason = format!("SMTP: {e}");
-                if e.is_permanent() {
-                    DeliveryError::Refused { reason }
-                } else {
-                    // 4xx replies, timeouts, connection errors: later.
-                    DeliveryError::Retry {
-                        reason,
-                        after: None,
+            let bytes = message.formatted();
+            let mut delivered = 0;
+            let mut refused = Vec::new();
+            for to in &self.to {
+                let envelope = Envelope::new(Some(self.from.email.clone()), vec![to.email.clone()])
+                    .map_err(|e| DeliveryError::Refused {
+                        reason: format!("cannot address the email: {e}"),
+                    })?;
+                // lettre bounds only the connect; the session is bounded here.
+                let sent =
+                    tokio::time::timeout(self.timeout, self.transport.send_raw(&envelope, &bytes))
+                        .await;
+                match sent {
+                    Ok(Ok(_)) => delivered += 1,
+                    Ok(Err(e)) if e.is_permanent() => refused.push(format!("{to}: SMTP: {e}")),
+                    // 4xx replies, connection and TLS errors: later.
+                    Ok(Err(e)) => {
+                        return Err(DeliveryError::Retry {
+                            reason: format!("SMTP: {e}"),
+                            after: None,
+                        })
+                    }
+                    Err(_) => {
+                        return Err(DeliveryError::Retry {
+                            reason: format!(
+                                "SMTP: no answer within {}",
+                                humantime::format_duration(self.timeout)
+                            ),
+                            after: None,
+                        })
                     }
                 }
-            })?;
+            }
+            if delivered == 0 && !refused.is_empty() {
+                return Err(DeliveryError::Refused {
+                    reason: refused.join("; "),
+                });
+            }
+            for r in &refused {
+                tracing::warn!(notice_id = %alert.notice_id, "a recipient was refused, the others got the email: {r}");
+            }
         }
         Ok(())
+    }
+
+    fn requests_per_attempt(&self) -> u32 {
+        self.to.len().max(1) as u32
     }
 }
 

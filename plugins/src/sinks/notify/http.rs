@@ -11,10 +11,14 @@ use super::retry::{parse_retry_after, DeliveryError};
 /// The longest excerpt of a refusing answer kept in the outbox and logs.
 const EXCERPT: usize = 200;
 
-/// A client for one sink: its `timeout` on every attempt, no proxies from
-/// the environment surprises (reqwest's defaults otherwise).
+/// A client for one sink: its `timeout` on every attempt, and redirects
+/// not followed (a 3xx is refused: a POST turned into a GET would count as
+/// delivered, and a 307 would carry the body and secret headers to another
+/// host). Proxies come from the environment (`HTTPS_PROXY`, `NO_PROXY`), as
+/// usual.
 pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout)
         .user_agent(concat!("flowpulse/", env!("CARGO_PKG_VERSION")))

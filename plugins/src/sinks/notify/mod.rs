@@ -50,6 +50,12 @@ pub trait Channel: Send + Sync + 'static {
     fn coalesce(&self) -> Option<Duration> {
         None
     }
+
+    /// Requests one attempt makes, each bounded by the sink's `timeout`
+    /// (an email to three recipients: three SMTP sessions). Default 1.
+    fn requests_per_attempt(&self) -> u32 {
+        1
+    }
 }
 
 /// Declares a notification sink's config: the sink's own fields, then the
@@ -274,6 +280,12 @@ pub async fn build(
         },
         max_age: shared.max_age,
         max_in_flight: shared.max_in_flight,
+        // The channel's own timeout bounds one request; this bounds the
+        // whole attempt (an SMTP session, a coalesced message).
+        attempt_timeout: shared
+            .timeout
+            .saturating_mul(channel.requests_per_attempt() + 1)
+            + Duration::from_secs(1),
     };
     let worker = Worker::new(Arc::clone(&outbox), channel, settings, stats, pending);
     let (tx, rx) = mpsc::unbounded_channel();
@@ -319,15 +331,26 @@ impl Sink for NotifySink {
                 Record::Alert(alert) => Some(alert),
                 _ => None,
             })
-            .filter_map(|alert| match self.routing.route(alert, now) {
+            .map(|alert| {
+                // The outbox keys rows by notice id: one made by a plugin
+                // that left it empty is filled in, not merged with others.
+                if alert.notice_id.is_empty() {
+                    let mut filled = alert.as_ref().clone();
+                    filled.notice_id = filled.notice_id();
+                    Arc::new(filled)
+                } else {
+                    Arc::clone(alert)
+                }
+            })
+            .filter_map(|alert| match self.routing.route(&alert, now) {
                 Route::Pass => None,
                 Route::Skip(reason) => Some(NewRow {
-                    alert: Arc::clone(alert),
+                    alert: Arc::clone(&alert),
                     state: RowState::Skipped,
                     reason: Some(reason.to_owned()),
                 }),
                 Route::Deliver => Some(NewRow {
-                    alert: Arc::clone(alert),
+                    alert,
                     state: RowState::Pending,
                     reason: None,
                 }),

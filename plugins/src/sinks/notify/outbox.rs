@@ -258,14 +258,26 @@ impl Outbox {
         .await
         .map_err(|e| self.db(e))?;
         let mut pending = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
         for row in rows {
             let notice_id: String = row.try_get(0).map_err(|e| self.db(e))?;
             let body: String = row.try_get(3).map_err(|e| self.db(e))?;
-            let alert: Alert = serde_json::from_str(&body).map_err(|e| OutboxError::Body {
-                path: self.path.clone(),
-                notice_id: notice_id.clone(),
-                message: e.to_string(),
-            })?;
+            // A row no longer readable (edited by hand, written by a newer
+            // version) is failed with the reason; the others still go out.
+            let alert: Alert = match serde_json::from_str(&body) {
+                Ok(alert) => alert,
+                Err(e) => {
+                    unreadable.push(Outcome {
+                        notice_id,
+                        state: RowState::Failed,
+                        attempts: 0,
+                        next_attempt_at: now_ms(),
+                        last_error: Some(format!("the stored notice is not readable: {e}")),
+                        done_at: Some(now_ms()),
+                    });
+                    continue;
+                }
+            };
             pending.push(Pending {
                 notice_id,
                 alert_id: row.try_get(1).map_err(|e| self.db(e))?,
@@ -280,6 +292,10 @@ impl Outbox {
                 last_error: row.try_get(7).map_err(|e| self.db(e))?,
             });
         }
+        for bad in &unreadable {
+            tracing::warn!(outbox = %self.path, notice_id = %bad.notice_id, "{}", bad.last_error.as_deref().unwrap_or(""));
+        }
+        self.record(&unreadable).await?;
         Ok(pending)
     }
 

@@ -47,10 +47,12 @@ impl Backoff {
     /// How long to wait before attempt `attempts + 1`, after `attempts`
     /// failed ones: uniformly random up to `initial · 2^(attempts-1)`,
     /// capped at `max` ("full jitter"), unless the receiver said how long
-    /// (`retry_after`, capped at `max` too).
+    /// (`retry_after`, at least `initial` and at most `max`).
     pub fn delay(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
+        // `Retry-After: 0` (or a date past) would retry in a tight loop:
+        // never sooner than `initial`.
         if let Some(after) = retry_after {
-            return after.min(self.max);
+            return after.max(self.initial).min(self.max);
         }
         let exponent = attempts.saturating_sub(1).min(32);
         let ceiling = self
@@ -114,6 +116,11 @@ mod tests {
         assert_eq!(
             b.delay(1, Some(Duration::from_millis(1500))),
             Duration::from_millis(1500)
+        );
+        assert_eq!(
+            b.delay(1, Some(Duration::ZERO)),
+            Duration::from_millis(100),
+            "Retry-After: 0 waits retry_initial"
         );
         assert_eq!(
             b.delay(1, Some(Duration::from_secs(3600))),

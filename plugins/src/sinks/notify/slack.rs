@@ -103,7 +103,18 @@ fn section(facts: &Facts) -> Value {
     if let Some(runbook) = &facts.runbook_url {
         text.push_str(&format!("\n{}", link(runbook, "Runbook")));
     }
-    json!({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+    json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&text, SECTION_MAX)}})
+}
+
+/// Slack refuses a section over 3,000 characters (and with it every notice
+/// coalesced in the message): a long message template is cut.
+const SECTION_MAX: usize = 2_900;
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 /// The incoming-webhook payload for `notices` (in order): `text` for
@@ -190,6 +201,18 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("https://fp.example/"));
+    }
+
+    #[test]
+    fn a_long_message_is_cut_to_what_slack_takes() {
+        let long = Alert {
+            message: "é".repeat(5000),
+            ..sample()
+        };
+        let p = payload(&[Arc::new(long)], None);
+        let text = p["blocks"][0]["text"]["text"].as_str().unwrap();
+        assert_eq!(text.chars().count(), SECTION_MAX + 1);
+        assert!(text.ends_with('…'));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use flowpulse_core::alert::Alert;
 use flowpulse_core::telemetry::{ComponentStats, Counter, Gauge};
+use futures::FutureExt as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -19,6 +20,9 @@ use super::Channel;
 
 /// How often finished rows past their keeping time are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60 * 60);
+
+/// How soon outcomes the outbox refused are written again.
+const WRITE_BACK_RETRY: Duration = Duration::from_secs(1);
 
 /// The longest a shutdown waits for attempts in flight; those still
 /// running then stay pending and are sent again after the restart.
@@ -48,6 +52,8 @@ pub struct WorkerSettings {
     pub max_age: Duration,
     /// Attempts at once (alerts in flight).
     pub max_in_flight: usize,
+    /// The longest one attempt may take, whatever the channel does.
+    pub attempt_timeout: Duration,
 }
 
 /// Messages sent, and what they carried.
@@ -136,10 +142,10 @@ impl Worker {
     /// Runs until `rx` closes (the sink's flush), then waits a little for
     /// attempts in flight and writes every outcome back.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Vec<Pending>>) {
-        let mut last_prune = Instant::now() - PRUNE_EVERY;
+        let mut last_prune: Option<Instant> = None;
         loop {
-            if last_prune.elapsed() >= PRUNE_EVERY {
-                last_prune = Instant::now();
+            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(Instant::now());
                 self.prune().await;
             }
             self.promote_due();
@@ -188,14 +194,16 @@ impl Worker {
         let delayed = self.delayed.peek().map(|Reverse((at, _))| {
             Instant::now() + Duration::from_millis((at - now_ms()).max(0) as u64)
         });
+        // While a message is out, its end wakes the loop instead.
         let coalesced = match (self.channel.coalesce(), self.last_sent) {
-            (Some(interval), Some(last)) if !self.ready.is_empty() => Some(last + interval),
+            (Some(interval), Some(last)) if !self.ready.is_empty() && self.tasks.is_empty() => {
+                Some(last + interval)
+            }
             _ => None,
         };
-        match (delayed, coalesced) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // Outcomes the outbox refused are written again soon.
+        let write_back = (!self.outcomes.is_empty()).then(|| Instant::now() + WRITE_BACK_RETRY);
+        [delayed, coalesced, write_back].into_iter().flatten().min()
     }
 
     /// Starts what may start: one attempt per ready alert up to
@@ -267,9 +275,24 @@ impl Worker {
             self.in_flight.insert(row.alert_id.clone());
         }
         let channel = Arc::clone(&self.channel);
+        let limit = self.settings.attempt_timeout;
         self.tasks.spawn(async move {
             let alerts: Vec<Arc<Alert>> = rows.iter().map(|r| Arc::clone(&r.alert)).collect();
-            let result = channel.deliver(&alerts).await;
+            // Whatever a channel does, an attempt ends: a receiver that
+            // stalls mid-answer, or a bug that panics, is a failed attempt
+            // to retry, never an alert stuck in flight.
+            let attempt = std::panic::AssertUnwindSafe(channel.deliver(&alerts)).catch_unwind();
+            let result = match tokio::time::timeout(limit, attempt).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(DeliveryError::Retry {
+                    reason: "the delivery failed unexpectedly (a bug; see the log)".into(),
+                    after: None,
+                }),
+                Err(_) => Err(DeliveryError::Retry {
+                    reason: format!("no answer within {}", humantime::format_duration(limit)),
+                    after: None,
+                }),
+            };
             (rows, result)
         });
     }
@@ -550,6 +573,7 @@ mod tests {
                     backoff: Backoff { initial: Duration::from_millis(1), max: Duration::from_millis(4) },
                     max_age: Duration::from_secs(3600),
                     max_in_flight,
+                    attempt_timeout: Duration::from_secs(5),
                 };
                 let stats = stats();
                 let (delivered, failed, pending) =
@@ -598,6 +622,107 @@ mod tests {
                 assert_eq!(counts.get("failed").copied().unwrap_or(0) as u64, refused);
             });
         }
+    }
+
+    /// A channel whose first attempt hangs or panics, then succeeds.
+    struct Misbehaving {
+        panic: bool,
+        calls: Mutex<u32>,
+    }
+
+    #[async_trait]
+    impl Channel for Misbehaving {
+        async fn deliver(&self, _notices: &[Arc<Alert>]) -> Result<(), DeliveryError> {
+            let call = {
+                let mut calls = self.calls.lock().unwrap();
+                *calls += 1;
+                *calls
+            };
+            if call == 1 {
+                if self.panic {
+                    panic!("a bug in a channel");
+                }
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_hangs_or_panics_is_retried_not_stuck() {
+        for panic in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.db")).await.unwrap());
+            let stats = stats();
+            let (delivered, retries) = (Arc::clone(&stats.delivered), Arc::clone(&stats.retries));
+            let settings = WorkerSettings {
+                name: "test".into(),
+                backoff: Backoff {
+                    initial: Duration::from_millis(1),
+                    max: Duration::from_millis(2),
+                },
+                max_age: Duration::from_secs(3600),
+                max_in_flight: 4,
+                attempt_timeout: Duration::from_millis(200),
+            };
+            let channel = Arc::new(Misbehaving {
+                panic,
+                calls: Mutex::new(0),
+            });
+            let worker = Worker::new(Arc::clone(&outbox), channel, settings, stats, Vec::new());
+            let (tx, rx) = mpsc::unbounded_channel();
+            let handle = tokio::spawn(worker.run(rx));
+            let mut last_seq = 0;
+            let (rows, _) = outbox
+                .insert(vec![NewRowFor::pending(&Arc::new(sample()))], &mut last_seq)
+                .await
+                .unwrap();
+            tx.send(rows).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while delivered.get() < 1 {
+                assert!(Instant::now() < deadline, "stuck (panic: {panic})");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(retries.get(), 1, "panic: {panic}");
+            drop(tx);
+            handle.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_stored_row_is_failed_and_the_others_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let outbox = Outbox::open(&path).await.unwrap();
+        let good = Arc::new(sample());
+        let bad = Arc::new(Alert {
+            notice_id: "bad".into(),
+            id: "other".into(),
+            ..sample()
+        });
+        let mut last_seq = 0;
+        outbox
+            .insert(
+                vec![NewRowFor::pending(&good), NewRowFor::pending(&bad)],
+                &mut last_seq,
+            )
+            .await
+            .unwrap();
+        outbox.close().await;
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE notification_outbox SET body = '{not json' WHERE notice_id = 'bad'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let outbox = Outbox::open(&path).await.unwrap();
+        let pending = outbox.pending().await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].notice_id, good.notice_id);
+        let counts: HashMap<String, i64> = outbox.counts().await.unwrap().into_iter().collect();
+        assert_eq!(counts.get("failed"), Some(&1));
     }
 
     /// Rows for the test's inserts.
