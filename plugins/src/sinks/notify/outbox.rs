@@ -60,6 +60,9 @@ pub struct Pending {
     pub created_at: i64,
     /// The latest failure, if any.
     pub last_error: Option<String>,
+    /// Sent in a message of its own: a coalesced message holding it was
+    /// refused, so the one the receiver refuses is found.
+    pub alone: bool,
 }
 
 /// A notice to insert: pending, or skipped with a reason.
@@ -241,6 +244,7 @@ impl Outbox {
                     next_attempt_at: now,
                     created_at: now,
                     last_error: None,
+                    alone: false,
                 });
             }
         }
@@ -290,6 +294,7 @@ impl Outbox {
                 next_attempt_at: row.try_get(5).map_err(|e| self.db(e))?,
                 created_at: row.try_get(6).map_err(|e| self.db(e))?,
                 last_error: row.try_get(7).map_err(|e| self.db(e))?,
+                alone: false,
             });
         }
         for bad in &unreadable {

@@ -216,11 +216,30 @@ impl Worker {
                 return;
             }
             let mut rows: Vec<Pending> = Vec::new();
+            let mut not_taken = Vec::new();
             while let Some(alert_id) = self.pop_ready() {
-                if let Some(queue) = self.queues.get_mut(&alert_id) {
-                    rows.extend(queue.drain(..));
+                let Some(queue) = self.queues.get_mut(&alert_id) else {
+                    continue;
+                };
+                if queue.front().is_some_and(|r| r.alone) {
+                    // Sent by itself, the next message; the others wait.
+                    if rows.is_empty() && not_taken.is_empty() {
+                        rows.extend(queue.pop_front());
+                        self.spawn_coalesced_alone(rows);
+                        // Its alert is in flight; every other stays ready.
+                        return;
+                    }
+                    not_taken.push(alert_id);
+                    continue;
+                }
+                let until = queue.iter().position(|r| r.alone).unwrap_or(queue.len());
+                rows.extend(queue.drain(..until));
+                if !queue.is_empty() {
+                    // Its notices after a lone one wait for that one.
+                    not_taken.push(alert_id);
                 }
             }
+            self.ready.extend(not_taken);
             rows.sort_by_key(|r| r.seq);
             if !rows.is_empty() {
                 self.last_sent = Some(Instant::now());
@@ -265,6 +284,12 @@ impl Worker {
             }
         }
         None
+    }
+
+    /// One notice that must go alone, in a coalescing channel's slot.
+    fn spawn_coalesced_alone(&mut self, rows: Vec<Pending>) {
+        self.last_sent = Some(Instant::now());
+        self.spawn(rows);
     }
 
     fn spawn(&mut self, rows: Vec<Pending>) {
@@ -317,6 +342,18 @@ impl Worker {
                         last_error: None,
                         done_at: Some(now),
                     });
+                }
+            }
+            // A coalesced message refused: each notice is tried alone, so
+            // one the receiver cannot take fails without the others.
+            Err(DeliveryError::Refused { reason }) if rows.len() > 1 => {
+                for mut row in rows.into_iter().rev() {
+                    row.alone = true;
+                    row.last_error = Some(reason.clone());
+                    self.queues
+                        .entry(row.alert_id.clone())
+                        .or_default()
+                        .push_front(row);
                 }
             }
             Err(DeliveryError::Refused { reason }) => {
@@ -556,9 +593,7 @@ mod tests {
                     a.repeat = *r;
                     *r += 1;
                     a.notice_id = a.notice_id();
-                    // A coalesced message refused fails every notice in
-                    // it; the oracle keeps refusals to one-notice messages.
-                    (Arc::new(a), *fail, *refuse && !coalesce)
+                    (Arc::new(a), *fail, *refuse)
                 }).collect();
                 let channel = Arc::new(Scripted {
                     failures: alerts.iter().map(|(a, f, r)| (a.notice_id.clone(), (*f, *r))).collect(),
