@@ -273,6 +273,7 @@ async fn serves_the_page_with_its_headers(server: &Running) {
     assert_eq!(h["content-security-policy"], "default-src 'self'");
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["x-frame-options"], "DENY");
     assert_eq!(h["cache-control"], "no-cache");
     let body = page.text().await.unwrap();
     assert!(

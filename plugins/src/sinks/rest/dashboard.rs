@@ -150,5 +150,7 @@ fn serve(name: &str, if_none_match: Option<&str>) -> Response {
     set(header::CONTENT_SECURITY_POLICY, "default-src 'self'");
     set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(header::REFERRER_POLICY, "no-referrer");
+    // The page has buttons that change things: no other site may frame it.
+    set(header::X_FRAME_OPTIONS, "DENY");
     response
 }

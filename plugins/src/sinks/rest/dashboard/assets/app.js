@@ -45,19 +45,26 @@ function render() {
   const started = performance.now();
   const parts = new Set(dirty);
   dirty.clear();
-  try {
-    if (parts.has("metrics") && state.doc) {
-      panels.cards(state.doc);
-      panels.agents($("agents"), state.doc.agents || [], Date.parse(state.doc.as_of || state.doc.last_update) || Date.now());
-      panels.types($("types"), state.doc.workflows_by_type || []);
+  // Each panel on its own: one that cannot draw leaves the others be.
+  const part = (name, draw) => {
+    if (!parts.has(name)) return;
+    try {
+      draw();
+    } catch (e) {
+      console.warn(`flowpulse: the ${name} panel could not be drawn`, e);
     }
-    if (parts.has("charts")) drawCharts();
-    if (parts.has("alerts")) drawAlerts();
-    if (parts.has("events")) drawEvents();
-    if (parts.has("banner")) drawBanner();
-  } catch (e) {
-    console.warn("flowpulse: a render failed and was skipped", e);
-  }
+  };
+  part("metrics", () => {
+    if (!state.doc) return;
+    panels.cards(state.doc);
+    const list = (v) => (Array.isArray(v) ? v.filter((x) => x && typeof x === "object") : []);
+    panels.agents($("agents"), list(state.doc.agents), Date.parse(state.doc.as_of || state.doc.last_update) || Date.now());
+    panels.types($("types"), list(state.doc.workflows_by_type));
+  });
+  part("charts", drawCharts);
+  part("alerts", drawAlerts);
+  part("events", drawEvents);
+  part("banner", drawBanner);
   renderTimes.push(performance.now() - started);
   if (renderTimes.length > 1000) renderTimes.splice(0, renderTimes.length - 1000);
 }
@@ -88,7 +95,9 @@ const rank = { critical: 0, warning: 1, info: 2 };
 
 function drawAlerts() {
   const open = [...state.open.values()].sort(
-    (a, b) => rank[a.severity] - rank[b.severity] || (a.created_at < b.created_at ? 1 : -1),
+    (a, b) =>
+      (rank[a.severity] ?? 3) - (rank[b.severity] ?? 3) ||
+      (a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : a.id < b.id ? -1 : 1),
   );
   panels.alerts($("alerts"), open, alertActions);
   // Resolved ones are drawn only while their panel is open.
@@ -138,10 +147,13 @@ function addHistory(points) {
 }
 
 function onMetrics(doc) {
-  if (!doc || typeof doc.overview !== "object") {
+  if (!doc || typeof doc.overview !== "object" || doc.overview === null) {
     console.warn("flowpulse: a metrics document without an overview was skipped");
     return;
   }
+  // A poll answer older than what a frame already showed changes nothing.
+  if (state.doc && doc.last_update && state.doc.last_update && doc.last_update < state.doc.last_update) return;
+  $("banner-error").textContent = "";
   state.doc = doc;
   state.receivedAt = Date.now();
   if (Array.isArray(doc.history) && doc.history.length) {
@@ -151,10 +163,25 @@ function onMetrics(doc) {
   schedule("metrics", "banner");
 }
 
+/** Ids of alerts seen resolved (capped): resolved is final. */
+const resolvedIds = new Set();
+/** When each alert's newest notice arrived (for merging a snapshot). */
+const noticedAt = new Map();
+
 function onAlert(alert) {
+  if (!alert || typeof alert.id !== "string" || typeof alert.status !== "string") {
+    console.warn("flowpulse: an alert without an id or status was skipped");
+    return;
+  }
+  noticedAt.set(alert.id, performance.now());
   if (alert.status === "resolved") {
     state.open.delete(alert.id);
+    resolvedIds.add(alert.id);
+    if (resolvedIds.size > 1000) resolvedIds.delete(resolvedIds.values().next().value);
     state.resolved = [alert, ...state.resolved.filter((a) => a.id !== alert.id)].slice(0, MAX_RESOLVED);
+  } else if (resolvedIds.has(alert.id)) {
+    // A late copy of an older notice: the alert is resolved for good.
+    return;
   } else {
     const known = state.open.get(alert.id);
     // A notice older than what is shown (a resend) changes nothing.
@@ -166,6 +193,7 @@ function onAlert(alert) {
 }
 
 function onEvents(events, dropped) {
+  events = events.filter((e) => e && typeof e === "object");
   if (state.eventsPaused) {
     state.eventsDropped += events.length + dropped;
     schedule("events");
@@ -177,10 +205,25 @@ function onEvents(events, dropped) {
   schedule("events");
 }
 
+/**
+ * Reads the open alerts again and merges them: a notice that arrived while
+ * the read was under way is newer than the snapshot and wins.
+ */
 async function loadAlerts() {
+  const asked = performance.now();
   try {
     const answer = await api.get(`${M}/alerts?status=triggered,acknowledged&limit=500`);
-    state.open = new Map(answer.data.map((a) => [a.id, a]));
+    const open = new Map();
+    for (const a of answer.data) {
+      if (!resolvedIds.has(a.id)) open.set(a.id, a);
+    }
+    for (const [id, a] of state.open) {
+      if ((noticedAt.get(id) || 0) > asked) open.set(id, a);
+    }
+    for (const id of [...open.keys()]) {
+      if (resolvedIds.has(id)) open.delete(id);
+    }
+    state.open = open;
     schedule("alerts");
   } catch (e) {
     if (e.code !== "store_not_configured") showError(e);
@@ -206,9 +249,12 @@ async function loadRealtime() {
   }
 }
 
+let healthInFlight = false;
 async function loadHealth() {
+  if (healthInFlight) return;
+  healthInFlight = true;
   try {
-    const r = await fetch(`${M}/health`, { cache: "no-store" });
+    const r = await fetch(`${M}/health`, { cache: "no-store", signal: AbortSignal.timeout(10_000) });
     const body = await r.json();
     state.healthy = body.healthy === true;
     if (!$("pipeline").textContent) {
@@ -217,6 +263,8 @@ async function loadHealth() {
     }
   } catch {
     state.healthy = false;
+  } finally {
+    healthInFlight = false;
   }
   schedule("banner");
 }
@@ -260,7 +308,9 @@ function setupControls(live) {
     event.preventDefault();
     const id = $("control-id").value.trim();
     const answer = $("control-answer");
-    if (!id) return;
+    const send = $("control-send");
+    if (!id || send.disabled) return;
+    send.disabled = true;
     const body = { action: $("control-action").value };
     const reason = $("control-reason").value.trim();
     if (reason) body.reason = reason;
@@ -268,12 +318,14 @@ function setupControls(live) {
     answer.textContent = "sending…";
     try {
       const r = await api.post(`/api/v1/workflows/${encodeURIComponent(id)}/control`, body, {
-        "Idempotency-Key": crypto.randomUUID(),
+        "Idempotency-Key": api.uuid(),
       });
       answer.textContent = `${r.data.status}: ${r.data.message}`;
     } catch (e) {
       answer.className = "error";
       answer.textContent = e.message;
+    } finally {
+      send.disabled = false;
     }
   });
 
@@ -306,6 +358,11 @@ const live = new Live({
   onAlert,
   onEvents,
   onPollAlerts: loadAlerts,
+  // A socket (re)opened: alerts and history of the time without one.
+  onOpen() {
+    loadAlerts();
+    loadHistory();
+  },
   onState(s) {
     const pill = $("connection");
     pill.dataset.state = s;
@@ -314,6 +371,8 @@ const live = new Live({
 });
 window.flowpulseConnection = () => live.state;
 setupControls(live);
-Promise.all([loadRealtime(), loadHistory(), loadAlerts(), loadHealth()]).finally(() => live.start());
+// The first reads, then the WebSocket (each read gives up after 10 s).
+Promise.all([loadRealtime(), loadHistory(), loadAlerts()]).finally(() => live.start());
+loadHealth();
 setInterval(tickAge, 1000);
 setInterval(loadHealth, 10_000);

@@ -6,7 +6,7 @@
   var errors = [];
   window.flowpulseErrors = errors;
   function show(text) {
-    errors.push(text);
+    if (errors.length < 50) errors.push(text);
     var banner = document.getElementById("banner-error");
     if (banner) banner.textContent = "The page hit an error: " + text;
   }

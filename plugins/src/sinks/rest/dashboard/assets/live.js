@@ -23,6 +23,32 @@ export class Live {
     this.pollEveryMs = 5000;
     this.events = false;
     this.state = "offline";
+    this.polling = false;
+    this.watchdog = null;
+    // A token just entered: try the WebSocket again at once.
+    window.addEventListener("flowpulse-token", () => {
+      if (this.state !== "live") {
+        this.retryMs = MIN_RETRY_MS;
+        if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
+        this.connect();
+      }
+    });
+  }
+
+  /**
+   * A connection can die without a close (a laptop asleep, a NAT dropping
+   * it): no frame for three update intervals (at least 45 s) counts as lost.
+   */
+  feedWatchdog() {
+    if (this.watchdog !== null) clearTimeout(this.watchdog);
+    const ws = this.ws;
+    this.watchdog = setTimeout(() => {
+      this.watchdog = null;
+      if (this.ws === ws && ws) {
+        console.warn("flowpulse: no frame for a while; reconnecting");
+        this.lost();
+      }
+    }, Math.max(45_000, 3 * this.pollEveryMs));
   }
 
   start() {
@@ -67,9 +93,15 @@ export class Live {
       this.retryMs = MIN_RETRY_MS;
       this.stopPolling();
       this.setState("live");
+      this.feedWatchdog();
       if (this.events) this.send({ type: "subscribe", channels: ["events"] });
+      // What happened while no socket was open is read again.
+      if (this.h.onOpen) this.h.onOpen();
     };
-    ws.onmessage = (message) => this.frame(message.data);
+    ws.onmessage = (message) => {
+      this.feedWatchdog();
+      this.frame(message.data);
+    };
     ws.onclose = () => {
       if (this.ws === ws) this.lost();
     };
@@ -82,6 +114,10 @@ export class Live {
   drop() {
     const ws = this.ws;
     this.ws = null;
+    if (this.watchdog !== null) {
+      clearTimeout(this.watchdog);
+      this.watchdog = null;
+    }
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       try {
@@ -95,7 +131,7 @@ export class Live {
   /** The socket is gone: poll meanwhile, and try again later. */
   lost() {
     this.drop();
-    if (this.state === "live" || this.state === "offline") this.setState("reconnecting");
+    if (this.state === "live") this.setState("reconnecting");
     this.startPolling();
     if (this.reconnectTimer === null) {
       const jittered = this.retryMs / 2 + Math.random() * (this.retryMs / 2);
@@ -115,7 +151,10 @@ export class Live {
     try {
       switch (f.type) {
         case "metrics:update":
-          if (f.data && f.data.overview) this.h.onMetrics(f.data);
+          if (f.data && f.data.overview && typeof f.data.overview === "object") {
+            if (f.data.next_update_in_ms > 0) this.pollEveryMs = Math.max(1000, f.data.next_update_in_ms);
+            this.h.onMetrics(f.data);
+          }
           else console.warn("flowpulse: a metrics frame without a document was skipped");
           break;
         case "alert:triggered":
@@ -138,10 +177,13 @@ export class Live {
   }
 
   startPolling() {
-    if (this.pollTimer !== null) return;
+    // One poll at a time: a tick waiting on a slow answer (or on the token
+    // dialog) is not joined by more.
+    if (this.pollTimer !== null || this.polling) return;
     const tick = async () => {
       this.pollTimer = null;
       if (this.ws && this.ws.readyState === WebSocket.OPEN) return;
+      this.polling = true;
       try {
         const answer = await get("/api/v1/monitoring/metrics/realtime");
         if (answer && answer.data) {
@@ -153,6 +195,7 @@ export class Live {
       } catch (e) {
         if (!(this.ws && this.ws.readyState === WebSocket.OPEN)) this.setState("offline");
       }
+      this.polling = false;
       if (!(this.ws && this.ws.readyState === WebSocket.OPEN) && this.pollTimer === null) {
         this.pollTimer = setTimeout(tick, this.pollEveryMs);
       }
