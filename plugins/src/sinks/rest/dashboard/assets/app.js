@@ -173,7 +173,9 @@ function onAlert(alert) {
     console.warn("flowpulse: an alert without an id or status was skipped");
     return;
   }
+  noticedAt.delete(alert.id);
   noticedAt.set(alert.id, performance.now());
+  if (noticedAt.size > 1000) noticedAt.delete(noticedAt.keys().next().value);
   if (alert.status === "resolved") {
     state.open.delete(alert.id);
     resolvedIds.add(alert.id);
@@ -224,6 +226,10 @@ async function loadAlerts() {
       if (resolvedIds.has(id)) open.delete(id);
     }
     state.open = open;
+    // Notices older than this snapshot are in it: forget their times.
+    for (const [id, at] of noticedAt) {
+      if (at <= asked) noticedAt.delete(id);
+    }
     schedule("alerts");
   } catch (e) {
     if (e.code !== "store_not_configured") showError(e);
