@@ -311,6 +311,63 @@ async fn serves_the_page_with_its_headers(server: &Running) {
     assert_eq!(post.status(), 405);
 }
 
+/// Workflow counts of a file of in-order flat events, worked out here
+/// (the first outcome decides; paused if the newest pause/resume is a pause).
+#[derive(Debug, Default)]
+struct Known {
+    total: u64,
+    completed: u64,
+    failed: u64,
+    cancelled: u64,
+    paused: u64,
+}
+
+fn counts_of(lines: &[String]) -> Known {
+    use std::collections::HashMap;
+    #[derive(Default)]
+    struct Wf {
+        created: bool,
+        outcome: Option<String>,
+        paused: bool,
+    }
+    let mut workflows: HashMap<String, Wf> = HashMap::new();
+    for line in lines {
+        let e: Value = serde_json::from_str(line).unwrap();
+        let (Some(kind), Some(id)) = (e["type"].as_str(), e["workflow_id"].as_str()) else {
+            continue;
+        };
+        let wf = workflows.entry(id.to_owned()).or_default();
+        match kind {
+            "workflow.created" => wf.created = true,
+            "workflow.completed" | "workflow.failed" | "workflow.cancelled" => {
+                wf.created = true;
+                wf.outcome.get_or_insert_with(|| kind.to_owned());
+            }
+            "workflow.paused" => {
+                wf.created = true;
+                wf.paused = true;
+            }
+            "workflow.resumed" => {
+                wf.created = true;
+                wf.paused = false;
+            }
+            _ => {}
+        }
+    }
+    let mut known = Known::default();
+    for wf in workflows.values().filter(|w| w.created) {
+        known.total += 1;
+        match wf.outcome.as_deref() {
+            Some("workflow.completed") => known.completed += 1,
+            Some("workflow.failed") => known.failed += 1,
+            Some(_) => known.cancelled += 1,
+            None if wf.paused => known.paused += 1,
+            None => {}
+        }
+    }
+    known
+}
+
 /// Waits until every card equals the REST document.
 async fn cards_match_rest(c: &Client, server: &Running) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -430,7 +487,40 @@ events_interval = "100ms"
         |v| v == "live",
     )
     .await;
+    // The document holds the exact counts of the file once it is read…
+    let known = counts_of(first);
+    let expected = json!({
+        "total_workflows": known.total,
+        "completed_workflows": known.completed,
+        "failed_workflows": known.failed,
+        "cancelled_workflows": known.cancelled,
+        "paused_workflows": known.paused,
+        "running_workflows": known.total - known.completed - known.failed - known.cancelled - known.paused,
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o =
+            rest(&server, "/api/v1/monitoring/metrics/realtime").await["data"]["overview"].clone();
+        if expected
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| &o[k] == v)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the counts never equalled the file's: {o} != {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // …and the cards show the document.
     let doc = cards_match_rest(&c, &server).await;
+    assert_eq!(
+        doc["overview"]["total_workflows"],
+        expected["total_workflows"]
+    );
     let agents: Vec<String> = doc["agents"]
         .as_array()
         .unwrap()
