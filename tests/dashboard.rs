@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -136,10 +137,13 @@ impl Driver {
             .find(|b| Command::new(b).arg("--version").output().is_ok())
             .expect("chromedriver is not installed: apt-get install chromium chromium-driver (scripts/test.sh does it)");
         let port = common::redis_helpers::free_port();
+        // A process group of its own: dropping the driver kills Chromium
+        // too, even when the test fails before closing the session.
         let child = Command::new(binary)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("start chromedriver");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -182,6 +186,9 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

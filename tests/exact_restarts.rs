@@ -78,12 +78,14 @@ fn position_value(position: &str) -> u128 {
     }
 }
 
-/// Waits until `ready()` holds, failing after `limit` with `what`.
+/// Waits until `ready()` holds, failing after `limit` with `what`. Checks
+/// every 50 ms: a check may start a process (`flowpulse state show`), and
+/// a hundred a second would starve the pipeline under test on two cores.
 fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

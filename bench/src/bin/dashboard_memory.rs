@@ -13,6 +13,7 @@
 //! floor; 250 ms / 60 would be 4 ms). The page has its events panel open.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -137,6 +138,7 @@ events_interval = "10ms"
     let port = free_port();
     let mut driver = Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -262,6 +264,10 @@ events_interval = "10ms"
         updates
     );
     let _ = c.close().await;
+    // Chromium too: it is in chromedriver's process group.
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", driver.id())])
+        .status();
     let _ = driver.kill();
     let _ = driver.wait();
     let _ = flowpulse.kill();
