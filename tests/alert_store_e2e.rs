@@ -13,8 +13,7 @@ use common::proxy::Proxy;
 use serde_json::Value;
 
 fn server_url() -> String {
-    std::env::var("FLOWPULSE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    common::proxy::database_url()
 }
 
 /// Runs SQL on the test's own database through psql; the rows, trimmed.
@@ -50,16 +49,7 @@ async fn health(url: &str) -> Value {
 async fn notices_made_during_a_database_outage_are_stored_once_when_it_returns() {
     let database = format!("flowpulse_test_outage_{}", std::process::id());
     let _cleanup = DropDatabase(database.clone());
-    // The shared server's host:port, from the test database URL.
-    let base = server_url();
-    let upstream = base
-        .rsplit_once('@')
-        .map_or(base.as_str(), |(_, rest)| rest)
-        .split('/')
-        .next()
-        .unwrap_or("127.0.0.1:5432")
-        .replace("localhost", "127.0.0.1");
-    let proxy = Proxy::start(upstream.parse().expect("host:port of the test database")).await;
+    let proxy = Proxy::start(common::proxy::database_addr()).await;
     let dir = tempfile::tempdir().unwrap();
     // Rules that fire one after another as workflows accumulate: some fire
     // while the database is up, more while it is down.

@@ -476,16 +476,8 @@ token = "{TOKEN}"
 
 #[tokio::test]
 async fn notifications_flow_while_the_alert_database_is_cut() {
-    let base = std::env::var("FLOWPULSE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let upstream = base
-        .rsplit_once('@')
-        .map_or(base.as_str(), |(_, rest)| rest)
-        .split('/')
-        .next()
-        .unwrap_or("127.0.0.1:5432")
-        .replace("localhost", "127.0.0.1");
-    let proxy = common::proxy::Proxy::start(upstream.parse().unwrap()).await;
+    let base = common::proxy::database_url();
+    let proxy = common::proxy::Proxy::start(common::proxy::database_addr()).await;
     let database = format!("flowpulse_test_notify_cut_{}", std::process::id());
     let receiver = Receiver::start(|_| Answer::Status(200)).await;
     let dir = tempfile::tempdir().unwrap();

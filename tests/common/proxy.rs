@@ -72,3 +72,23 @@ impl Drop for Proxy {
         self.accept.abort();
     }
 }
+
+/// The test PostgreSQL server's URL (`FLOWPULSE_TEST_DATABASE_URL`, else the
+/// local one), its database part included.
+pub fn database_url() -> String {
+    std::env::var("FLOWPULSE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The test PostgreSQL server's `host:port`, for a proxy in front of it.
+pub fn database_addr() -> SocketAddr {
+    let base = database_url();
+    base.rsplit_once('@')
+        .map_or(base.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:5432")
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .expect("host:port of the test database")
+}

@@ -268,10 +268,7 @@ impl Worker {
                 match queue.front() {
                     Some(head) if now - head.created_at >= max_age => {
                         if let Some(row) = queue.pop_front() {
-                            let reason = match &row.last_error {
-                                Some(e) => format!("not delivered within max_age; last error: {e}"),
-                                None => "not delivered within max_age".to_owned(),
-                            };
+                            let reason = expired(&row);
                             self.give_up(row, reason);
                         }
                     }
@@ -375,10 +372,8 @@ impl Worker {
                     row.attempts += 1;
                     row.last_error = Some(reason.clone());
                     if now - row.created_at >= max_age {
-                        self.give_up(
-                            row,
-                            format!("not delivered within max_age; last error: {reason}"),
-                        );
+                        let reason = expired(&row);
+                        self.give_up(row, reason);
                         continue;
                     }
                     self.stats.retries.inc();
@@ -470,6 +465,14 @@ impl Worker {
         self.tasks.abort_all();
         self.write_back().await;
         self.outbox.close().await;
+    }
+}
+
+/// Why a row past `max_age` is given up, with its last error.
+fn expired(row: &Pending) -> String {
+    match &row.last_error {
+        Some(e) => format!("not delivered within max_age; last error: {e}"),
+        None => "not delivered within max_age".to_owned(),
     }
 }
 
