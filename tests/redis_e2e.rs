@@ -298,3 +298,36 @@ fn rediss_urls_connect_over_tls() {
     let doc = doc.expect("metrics written over TLS");
     assert!(matches_expectation(&doc, &expect), "{}", doc["overview"]);
 }
+
+/// A checkpoint larger than one write command (here ~2.5 MB, about ten
+/// commands) is staged in pieces and renamed into place: what loads is
+/// exactly what was saved, pieces joined across command borders, and no
+/// staging key is left. A small one then replaces it whole.
+#[tokio::test]
+async fn a_large_checkpoint_is_written_in_pieces_and_replaced_whole() {
+    let url = redis_url();
+    let key = format!("{}:checkpoint", prefix(&url, "chunked-save"));
+    let store = flowpulse_plugins::checkpoint::open(&url).await.unwrap();
+    let header = vec![7u8; 1000];
+    let body: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+    let tail = b"end".to_vec();
+    store.save(&key, b"old").await.unwrap();
+    store
+        .save_joined(&key, &[&header, &body, &tail])
+        .await
+        .unwrap();
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(loaded.len(), header.len() + body.len() + tail.len());
+    assert!(loaded == [header, body, tail].concat(), "bytes differ");
+    let staging: bool = redis::cmd("EXISTS")
+        .arg(format!("{key}:writing"))
+        .query(&mut connection(&url))
+        .unwrap();
+    assert!(!staging, "the staging key was left behind");
+    store.save(&key, b"small").await.unwrap();
+    assert_eq!(
+        store.load(&key).await.unwrap().as_deref(),
+        Some(&b"small"[..])
+    );
+    store.delete(&key).await.unwrap();
+}

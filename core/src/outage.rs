@@ -42,6 +42,8 @@ pub struct Outage {
     delay: Duration,
     /// Told of the outage, so `/health` and `/status` show it.
     stats: Option<Arc<ComponentStats>>,
+    /// Whether its start and end are logged.
+    logged: bool,
 }
 
 impl Outage {
@@ -52,7 +54,16 @@ impl Outage {
             since: None,
             delay: FIRST_DELAY,
             stats: None,
+            logged: true,
         }
+    }
+
+    /// Neither start nor end is logged: for a helper task of a component
+    /// whose main loop already logs the same server's outage, so an outage
+    /// is still one line per component.
+    pub fn unlogged(mut self) -> Outage {
+        self.logged = false;
+        self
     }
 
     /// Also sets the component's outage in its telemetry
@@ -76,12 +87,14 @@ impl Outage {
         if self.since.is_none() {
             self.since = Some(Instant::now());
             self.delay = FIRST_DELAY;
-            tracing::warn!(
-                component,
-                "cannot reach {} ({error}); is {} running? retrying with backoff",
-                redact_url(url),
-                self.what
-            );
+            if self.logged {
+                tracing::warn!(
+                    component,
+                    "cannot reach {} ({error}); is {} running? retrying with backoff",
+                    redact_url(url),
+                    self.what
+                );
+            }
         } else {
             self.delay = (self.delay * 2).min(MAX_DELAY);
         }
@@ -94,12 +107,14 @@ impl Outage {
             if let Some(stats) = &self.stats {
                 stats.set_outage(None);
             }
-            tracing::info!(
-                component,
-                "reconnected to {} after {:.1}s",
-                redact_url(url),
-                since.elapsed().as_secs_f64()
-            );
+            if self.logged {
+                tracing::info!(
+                    component,
+                    "reconnected to {} after {:.1}s",
+                    redact_url(url),
+                    since.elapsed().as_secs_f64()
+                );
+            }
         }
     }
 

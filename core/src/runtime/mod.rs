@@ -327,6 +327,15 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// Settles the keeper's checkpoint write once it finishes (never, without
+/// a keeper or a write under way).
+async fn written(keeper: &mut Option<StateKeeper>, stats: &ComponentStats) {
+    match keeper.as_mut() {
+        Some(keeper) => keeper.write_finished(stats).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn run_processor(
     name: String,
     mut processor: Box<dyn Processor>,
@@ -380,6 +389,7 @@ async fn run_processor(
                 None => break,
             },
             _ = next_tick(&mut ticks) => processor.tick(&mut out).await,
+            _ = written(&mut keeper, &stats) => Ok(()),
             _ = next_tick(&mut checkpoints) => {
                 if let (Some(keeper), Some(state)) = (keeper.as_mut(), processor.state()) {
                     keeper.checkpoint(state, false, &stats).await;

@@ -251,6 +251,31 @@ impl StateKeeper {
         }
     }
 
+    /// Waits for the checkpoint write under way to finish and settles it,
+    /// so the batches it covers are released as soon as it is durable
+    /// rather than at the next batch or tick (a drained input has nothing
+    /// pending moments after its last entry). Never finishes without a
+    /// write under way. Cancel-safe: settling happens in the poll that sees
+    /// the write finish.
+    pub async fn write_finished(&mut self, stats: &ComponentStats) {
+        let Some(c) = self.checkpoint.as_mut() else {
+            return std::future::pending().await;
+        };
+        let Some(writing) = c.writing.as_mut() else {
+            return std::future::pending().await;
+        };
+        let outcome = (&mut writing.task).await;
+        if let Some(writing) = c.writing.take() {
+            c.settle(
+                writing.covers,
+                writing.positions,
+                writing.started,
+                outcome,
+                stats,
+            );
+        }
+    }
+
     /// Writes a checkpoint if one is due (or `force`d) and something is
     /// held. The write runs beside the processor, which goes on folding; the
     /// handles it covers are released once it is durable (`force` also waits
@@ -565,6 +590,33 @@ mod tests {
             .await;
         assert_eq!(receipt.await, BatchStatus::Delivered);
         assert!(store.load("k").await.unwrap().is_some());
+    }
+
+    /// A write started without waiting (the input paused) releases its
+    /// batches once it is durable, with no further batch or tick to notice:
+    /// a drained input has nothing pending moments after its last entry.
+    #[tokio::test]
+    async fn a_write_in_flight_releases_its_batches_as_soon_as_it_is_durable() {
+        let store = Arc::new(MemoryStore::default());
+        let mut state = Counter::default();
+        let mut keeper = keeper_on(&store, &mut state).await;
+        let stats = ComponentStats::default();
+        let never = tokio::time::timeout(Duration::from_millis(50), keeper.write_finished(&stats));
+        assert!(never.await.is_err(), "finished with no write under way");
+        let (batch, mut receipt) = source_batch(&[1, 2]);
+        fold(&mut keeper, &mut state, batch);
+        keeper.checkpoint_now(&mut state, &stats).await;
+        assert!(
+            futures::poll!(&mut receipt).is_pending(),
+            "released before the write ended"
+        );
+        tokio::time::timeout(Duration::from_secs(5), keeper.write_finished(&stats))
+            .await
+            .expect("the write finished");
+        assert_eq!(
+            futures::poll!(&mut receipt),
+            std::task::Poll::Ready(BatchStatus::Delivered)
+        );
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@
 //! then reads new ones. Each batch carries its entries' ids as positions, so
 //! the processor's checkpoint knows what it has folded.
 
+mod acker;
 mod lease;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::redis_util::{self, array, connect, int, string, StreamEntry};
+use acker::{AckTarget, Acker};
 
 /// `[sources.NAME] type = "redis_stream"`.
 #[derive(Clone, Deserialize)]
@@ -285,39 +287,23 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// Takes settled batches, adding the ids of those delivered.
-    fn settled(&mut self, delivered: &mut Vec<String>) {
-        while let Some(Some((ids, status))) = self.acks.next().now_or_never() {
-            for id in &ids {
-                self.ids.remove(&entry_key(id));
-            }
-            if status == BatchStatus::Delivered {
-                delivered.extend(ids);
-            }
+    /// Takes a settled batch: the ids of its entries are no longer in
+    /// flight, and are acknowledged if it was delivered.
+    fn settle(&mut self, ids: Vec<String>, status: BatchStatus, acker: &Acker) {
+        for id in &ids {
+            self.ids.remove(&entry_key(id));
+        }
+        if status == BatchStatus::Delivered {
+            acker.ack(ids);
         }
     }
-}
 
-/// Most entry ids in one XACK.
-const ACK_CHUNK: usize = 2_000;
-
-/// Acknowledges `ids` in one round trip. A checkpoint releases a whole
-/// interval of entries at once: they go in XACKs of a bounded size, not one
-/// command of hundreds of thousands of ids whose buffers grow by copying.
-async fn ack_entries(
-    conn: &mut MultiplexedConnection,
-    config: &RedisStreamConfig,
-    ids: &[String],
-) -> redis::RedisResult<()> {
-    let mut pipe = redis::pipe();
-    for chunk in ids.chunks(ACK_CHUNK) {
-        pipe.cmd("XACK")
-            .arg(&config.stream)
-            .arg(&config.group)
-            .arg(chunk)
-            .ignore();
+    /// Takes every batch settled by now.
+    fn settled(&mut self, acker: &Acker) {
+        while let Some(Some((ids, status))) = self.acks.next().now_or_never() {
+            self.settle(ids, status, acker);
+        }
     }
-    pipe.query_async(conn).await
 }
 
 /// The running source's connections and bookkeeping.
@@ -326,8 +312,7 @@ struct Reader<'a> {
     name: String,
     stats: std::sync::Arc<ComponentStats>,
     commands: MultiplexedConnection,
-    /// Entries taken by the pipeline, waiting for XACK.
-    to_ack: Vec<String>,
+    acker: &'a Acker,
 }
 
 /// A failed step: reconnect and go on where it stopped.
@@ -353,15 +338,6 @@ impl Reader<'_> {
         }
     }
 
-    async fn flush_acks(&mut self) -> Result<(), StepError> {
-        if self.to_ack.is_empty() {
-            return Ok(());
-        }
-        ack_entries(&mut self.commands, &self.source.config, &self.to_ack).await?;
-        self.to_ack.clear();
-        Ok(())
-    }
-
     /// Moves an entry to the dead-letter stream with the reason, then acks it.
     async fn dead_letter(
         &mut self,
@@ -385,7 +361,7 @@ impl Reader<'_> {
             .arg("delivery_count")
             .arg(deliveries);
         cmd.query_async::<String>(&mut self.commands).await?;
-        self.to_ack.push(entry.id.clone());
+        self.acker.ack(vec![entry.id.clone()]);
         Ok(())
     }
 
@@ -404,6 +380,7 @@ impl Reader<'_> {
         self.stats.received(entries.len());
         let mut records = Vec::with_capacity(entries.len());
         let mut ids = Vec::with_capacity(entries.len());
+        let mut ignored = Vec::new();
         for entry in entries {
             let count = deliveries(&entry.id);
             if count > self.cfg().max_deliveries {
@@ -422,7 +399,7 @@ impl Reader<'_> {
                 }
                 Ok(Decoded::Ignored(_)) => {
                     self.stats.ignored(1);
-                    self.to_ack.push(entry.id);
+                    ignored.push(entry.id);
                 }
                 Err(e) => {
                     let message = format!("entry {}: {e}", entry.id);
@@ -438,6 +415,7 @@ impl Reader<'_> {
                 }
             }
         }
+        self.acker.ack(ignored);
         if !records.is_empty() {
             let (handle, receipt) = AckHandle::new();
             // Each id parsed once: tracked in flight, and the batch's positions.
@@ -542,7 +520,7 @@ impl Reader<'_> {
                 .filter(|id| !found.contains(id.as_str()))
                 .cloned()
                 .collect();
-            self.to_ack.extend(gone);
+            self.acker.ack(gone);
             recovered += entries.len();
             let counts: std::collections::HashMap<String, u64> = pending.into_iter().collect();
             self.process(
@@ -682,7 +660,7 @@ fn spawn_reads(
     shutdown: flowpulse_core::plugin::Shutdown,
     stats: &Arc<ComponentStats>,
 ) -> tokio::sync::mpsc::Receiver<Vec<StreamEntry>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
     let client = source.client.clone();
     let config = source.config.clone();
     let consumer = source.consumer.clone();
@@ -781,7 +759,16 @@ impl Source for RedisStreamSource {
         let mut outage = redis_util::outage(&stats);
         let mut track = InFlight::default();
         let reads_stop = shutdown.child_token();
-        let mut to_ack: Vec<String> = Vec::new();
+        let acker = Acker::start(
+            AckTarget {
+                client: self.client.clone(),
+                url: config.url.clone(),
+                stream: config.stream.clone(),
+                group: config.group.clone(),
+                component: name.clone(),
+            },
+            &stats,
+        );
         let mut recovered = false;
         let mut last_claim = Instant::now();
         let mut last_lag = Instant::now() - Duration::from_secs(60);
@@ -812,7 +799,7 @@ impl Source for RedisStreamSource {
                 name: name.clone(),
                 stats: stats.clone(),
                 commands,
-                to_ack: std::mem::take(&mut to_ack),
+                acker: &acker,
             };
             let step: Result<(), StepError> = async {
                 reader.create_group().await?;
@@ -843,8 +830,7 @@ impl Source for RedisStreamSource {
                     if lease_lost.is_cancelled() {
                         return Ok(());
                     }
-                    track.settled(&mut reader.to_ack);
-                    reader.flush_acks().await?;
+                    track.settled(&acker);
                     if last_lag.elapsed() >= Duration::from_secs(5) {
                         reader.report_lag().await?;
                         last_lag = Instant::now();
@@ -864,6 +850,12 @@ impl Source for RedisStreamSource {
                         biased;
                         _ = shutdown.cancelled() => return Ok(()),
                         _ = lease_lost.cancelled() => return Ok(()),
+                        // Acknowledged as soon as settled (a checkpoint
+                        // released it), not when the next entries arrive.
+                        Some((ids, status)) = track.acks.next(), if !track.acks.is_empty() => {
+                            track.settle(ids, status, &acker);
+                            continue;
+                        }
                         entries = entries_rx.recv() => match entries {
                             Some(entries) => entries,
                             None => return Ok(()),
@@ -875,7 +867,6 @@ impl Source for RedisStreamSource {
                 }
             }
             .await;
-            to_ack = std::mem::take(&mut reader.to_ack);
             match step {
                 Ok(()) => break 'connect,
                 Err(e) => {
@@ -902,37 +893,16 @@ impl Source for RedisStreamSource {
         if lease_lost.is_cancelled() {
             // Another reader owns the group now: what is in flight here is
             // its to re-read, not ours to acknowledge.
+            acker.abandon();
             return Err(ComponentError::Fatal(format!(
                 "lost the reader lease of group \"{}\" on {} to another reader; stopped reading",
                 config.group, config.stream
             )));
         }
         while let Some((ids, status)) = track.acks.next().await {
-            if status == BatchStatus::Delivered {
-                to_ack.extend(ids);
-            }
+            track.settle(ids, status, &acker);
         }
-        if !to_ack.is_empty() {
-            let mut attempt = 0;
-            loop {
-                let result: redis::RedisResult<()> = async {
-                    let mut conn = connect(&self.client, Duration::from_secs(5)).await?;
-                    ack_entries(&mut conn, config, &to_ack).await
-                }
-                .await;
-                match result {
-                    Ok(_) => break,
-                    Err(e) if attempt < 5 => {
-                        attempt += 1;
-                        tokio::time::sleep(outage.failed(&name, &config.url, &e)).await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(source = %name, "could not ack {} entries at shutdown ({e}); they will be re-read and skipped as already folded", to_ack.len());
-                        break;
-                    }
-                }
-            }
-        }
+        acker.finish().await;
         if let Some(lease) = held_lease {
             lease.release().await;
         }
