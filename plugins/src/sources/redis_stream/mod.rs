@@ -660,6 +660,8 @@ fn spawn_reads(
     shutdown: flowpulse_core::plugin::Shutdown,
     stats: &Arc<ComponentStats>,
 ) -> tokio::sync::mpsc::Receiver<Vec<StreamEntry>> {
+    // Some 25 ms of processing ahead: enough to ride out Redis busy with a
+    // checkpoint piece or an XACK without the pipeline running dry.
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let client = source.client.clone();
     let config = source.config.clone();
