@@ -371,7 +371,6 @@ async fn run_processor(
                             let (batch, admitted) = keeper.admit(batch, &stats);
                             let result = processor.process(batch, &mut out).await;
                             keeper.settle(admitted, result.is_ok());
-                            keeper.poll_write(&stats);
                             result
                         }
                         None => {

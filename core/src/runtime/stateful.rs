@@ -6,7 +6,6 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use tracing::{debug, info, warn};
 
 use crate::ack::AckHandle;
@@ -229,28 +228,6 @@ impl StateKeeper {
         }
     }
 
-    /// Settles a checkpoint write that has finished, if any, without
-    /// waiting.
-    pub fn poll_write(&mut self, stats: &ComponentStats) {
-        if let Some(c) = self.checkpoint.as_mut() {
-            if c.writing.as_ref().is_some_and(|w| w.task.is_finished()) {
-                if let Some(mut writing) = c.writing.take() {
-                    match (&mut writing.task).now_or_never() {
-                        Some(outcome) => c.settle(
-                            writing.covers,
-                            writing.positions,
-                            writing.started,
-                            outcome,
-                            stats,
-                        ),
-                        // Finished, but this task's budget ran out: next time.
-                        None => c.writing = Some(writing),
-                    }
-                }
-            }
-        }
-    }
-
     /// Waits for the checkpoint write under way to finish and settles it,
     /// so the batches it covers are released as soon as it is durable
     /// rather than at the next batch or tick (a drained input has nothing
@@ -266,13 +243,7 @@ impl StateKeeper {
         };
         let outcome = (&mut writing.task).await;
         if let Some(writing) = c.writing.take() {
-            c.settle(
-                writing.covers,
-                writing.positions,
-                writing.started,
-                outcome,
-                stats,
-            );
+            c.settle(writing, outcome, stats);
         }
     }
 
@@ -305,19 +276,13 @@ impl StateKeeper {
         let Some(c) = self.checkpoint.as_mut() else {
             return;
         };
-        if let Some(writing) = c.writing.take() {
+        if let Some(mut writing) = c.writing.take() {
             if !wait && !writing.task.is_finished() {
                 c.writing = Some(writing);
                 return;
             }
-            let outcome = writing.task.await;
-            c.settle(
-                writing.covers,
-                writing.positions,
-                writing.started,
-                outcome,
-                stats,
-            );
+            let outcome = (&mut writing.task).await;
+            c.settle(writing, outcome, stats);
         }
         // Scheduled from the start of the last write, with a little slack, so
         // a tick arriving a hair early does not double the real period.
@@ -364,15 +329,9 @@ impl StateKeeper {
             started,
         });
         if wait {
-            if let Some(writing) = c.writing.take() {
-                let outcome = writing.task.await;
-                c.settle(
-                    writing.covers,
-                    writing.positions,
-                    writing.started,
-                    outcome,
-                    stats,
-                );
+            if let Some(mut writing) = c.writing.take() {
+                let outcome = (&mut writing.task).await;
+                c.settle(writing, outcome, stats);
             }
         }
     }
@@ -401,12 +360,16 @@ impl Checkpointer {
     /// released (the sources acknowledge them).
     fn settle(
         &mut self,
-        covers: u64,
-        positions: PositionMap,
-        started: Instant,
+        writing: Writing,
         outcome: Result<WriteOutcome, tokio::task::JoinError>,
         stats: &ComponentStats,
     ) {
+        let Writing {
+            covers,
+            positions,
+            started,
+            ..
+        } = writing;
         let outcome = outcome.unwrap_or_else(|e| WriteOutcome {
             result: Err(checkpoint::StoreError::Unavailable(format!(
                 "the write stopped: {e}"
