@@ -321,8 +321,13 @@ impl AggregateState {
         let mut hash_next = |keys: &mut Vec<EventKeys>, dedup: &Dedup| {
             if let Some(ahead) = strings.next() {
                 prefetch(ahead.workflow_id.as_ptr());
-                if let Some(id) = &ahead.id {
-                    prefetch(id.as_ptr());
+                // The names are interned by the second pass: fetched now,
+                // they wait in a nearer cache until then.
+                for s in [&ahead.id, &ahead.agent_type, &ahead.workflow_type]
+                    .into_iter()
+                    .flatten()
+                {
+                    prefetch(s.as_ptr());
                 }
             }
             if let Some(event) = hashed.next() {

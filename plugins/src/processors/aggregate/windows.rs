@@ -77,10 +77,12 @@ impl Bucket {
 pub struct BucketRing {
     width_ms: i64,
     slots: Vec<Option<Bucket>>,
-    /// The last bucket used (index, slot): events come in time order, so
-    /// most find their bucket here without a division.
+    /// The two buckets used last (index, slot), most recent first. Stage
+    /// events land in the current second while workflow events land where
+    /// the watermark is, a few seconds back: with two remembered, both find
+    /// their bucket here without a division.
     #[serde(skip)]
-    last: Option<(i64, usize)>,
+    recent: [Option<(i64, usize)>; 2],
 }
 
 impl BucketRing {
@@ -89,7 +91,7 @@ impl BucketRing {
         BucketRing {
             width_ms: width_ms.max(1),
             slots: vec![None; len.max(1)],
-            last: None,
+            recent: [None; 2],
         }
     }
 
@@ -105,19 +107,23 @@ impl BucketRing {
 
     /// The bucket for `ts_ms`, or `None` if it is older than the ring keeps.
     pub fn bucket_mut(&mut self, ts_ms: i64) -> Option<&mut Bucket> {
-        if let Some((index, slot)) = self.last {
+        for i in 0..self.recent.len() {
+            let Some((index, slot)) = self.recent[i] else {
+                continue;
+            };
             let start = index * self.width_ms;
             let hit = ts_ms >= start
                 && ts_ms < start + self.width_ms
                 && self.slots[slot].as_ref().is_some_and(|b| b.index == index);
             if hit {
+                self.recent.swap(0, i);
                 return self.slots[slot].as_mut();
             }
         }
         let index = self.index_of(ts_ms);
         let len = self.slots.len() as i64;
         let position = index.rem_euclid(len) as usize;
-        self.last = Some((index, position));
+        self.recent = [Some((index, position)), self.recent[0]];
         let slot = &mut self.slots[position];
         match slot {
             Some(bucket) if bucket.index == index => {}
