@@ -184,6 +184,19 @@ impl AggregateState {
         }
     }
 
+    /// Prefetches a workflow's slot: both cache lines of it, since a slot is
+    /// wider than 64 bytes and most straddle two.
+    #[inline(always)]
+    pub(super) fn prefetch_slot(&self, slot: u32) {
+        let start = self.slots.as_ptr().wrapping_add(slot as usize);
+        prefetch(start);
+        prefetch(
+            start
+                .cast::<u8>()
+                .wrapping_add(std::mem::size_of::<Option<Workflow>>() - 1),
+        );
+    }
+
     /// Finished workflows whose `forget_after` is older than `horizon` leave
     /// memory: a late event of one is then more than the dedup window late.
     pub(super) fn forget_finished(&mut self, horizon: i64) {
@@ -194,7 +207,7 @@ impl AggregateState {
             // As in `apply_until`: the slot of a workflow further ahead, and
             // the table bucket of a nearer one, whose slot is cached by now.
             if let Some(&(_, far, _)) = self.finished.get(FORGET_AHEAD * 2) {
-                prefetch(self.slots.as_ptr().wrapping_add(far as usize));
+                self.prefetch_slot(far);
             }
             if let Some(&(_, near, _)) = self.finished.get(FORGET_AHEAD) {
                 if let Some(Some(w)) = self.slots.get(near as usize) {

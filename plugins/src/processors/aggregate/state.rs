@@ -436,7 +436,7 @@ impl AggregateState {
                 prefetch(far);
             }
             if let Some(near) = self.pending.in_order.get(AHEAD) {
-                prefetch(self.slots.as_ptr().wrapping_add(near.slot as usize));
+                self.prefetch_slot(near.slot);
             }
             self.apply(event, None);
         }
