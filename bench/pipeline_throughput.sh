@@ -4,7 +4,7 @@
 # pipeline (its runs alternate with the 0-hop ones). All in one run on one
 # seeded workload (10,000 workflows in flight, 5% duplicates), as ratios.
 #
-#   [RATE=events per second of event time] bench/pipeline_throughput.sh [EVENTS]   (default 2,000,000; RATE 1000)
+#   [RATE=events per second of event time] [PAIRS=aggregate runs, default 7] bench/pipeline_throughput.sh [EVENTS]   (default 2,000,000; RATE 1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-2000000}
@@ -56,16 +56,23 @@ baseline_rate() {
   done | best
 }
 
-# The aggregate's ratio: 0 hops and aggregate runs alternate (best of 5
-# each), so a drift of the machine's speed during the run hits both alike.
+# The aggregate's ratio: 0 hops and aggregate runs alternate (PAIRS pairs,
+# default 7), so a drift of the machine's speed during the run hits both alike.
 config 0
 config agg
-for _ in 1 2 3 4 5; do
+pairs=${PAIRS:-7}
+for _ in $(seq "$pairs"); do
   echo "0 $(run_rate 0)"
   echo "agg $(run_rate agg)"
 done > "$work/alternating"
 alt0=$(awk '$1 == "0" { print $2 }' "$work/alternating" | best)
 altagg=$(awk '$1 == "agg" { print $2 }' "$work/alternating" | best)
+# Each aggregate run against the 0-hop run just before it: when the
+# machine's speed swings between runs (it does here, by up to 2×), the
+# median of these paired ratios moves far less than a ratio of two bests,
+# where one lucky run on either side decides.
+paired=$(awk '$1 == "0" { zero = $2 } $1 == "agg" { printf "%.3f\n", $2 / zero }' "$work/alternating" | sort -g)
+median=$(echo "$paired" | awk '{ r[NR] = $1 } END { print (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')
 
 base=$(baseline_rate)
 p0=$(pipeline_rate 0)
@@ -78,6 +85,7 @@ echo "file → decode → blackhole (taskset -c 0):   $p0 events/s  ratio to bar
 echo "  + 1 passthrough:                          $p1 events/s  ratio to 0 hops: $(ratio "$p1" "$p0")"
 echo "  + 2 passthrough:                          $p2 events/s  ratio to 0 hops: $(ratio "$p2" "$p0")"
 echo "  + 4 passthrough:                          $p4 events/s  ratio to 0 hops: $(ratio "$p4" "$p0")"
-echo "alternating, best of 5 each:"
+echo "alternating, $pairs pairs, best of each:"
 echo "  file → decode → blackhole:                $alt0 events/s"
 echo "  file → decode → aggregate → blackhole:    $altagg events/s  ratio: $(ratio "$altagg" "$alt0")"
+echo "  paired ratios (aggregate / 0 hops):       $(echo $paired)  median: $median"
