@@ -195,3 +195,46 @@ impl Totals {
         self.durations.as_ref().map_or(0.0, |s| s.quantile(q))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    proptest! {
+        /// Against a plain map of position → (index, count): lookups in any
+        /// order (alternating between two buckets, as stage and workflow
+        /// events do; wrapping the ring; older than it keeps) find the same
+        /// bucket, or none, as computing every position afresh would.
+        #[test]
+        fn finds_the_bucket_a_fresh_computation_would(
+            width in 1i64..3_000,
+            len in 1usize..20,
+            times in prop::collection::vec(-5_000i64..60_000, 1..400),
+        ) {
+            let mut ring = BucketRing::new(width, len);
+            let mut oracle: HashMap<i64, (i64, u64)> = HashMap::new();
+            for ts in times {
+                let index = ts.div_euclid(width);
+                let position = index.rem_euclid(len as i64);
+                let expected = match oracle.get_mut(&position) {
+                    Some((held, count)) if *held == index => {
+                        *count += 1;
+                        Some(*count)
+                    }
+                    Some((held, _)) if *held > index => None,
+                    _ => {
+                        oracle.insert(position, (index, 1));
+                        Some(1)
+                    }
+                };
+                let found = ring.bucket_mut(ts).map(|bucket| {
+                    bucket.stages_ok += 1;
+                    (bucket.index, bucket.stages_ok)
+                });
+                prop_assert_eq!(found, expected.map(|count| (index, count)), "ts {}", ts);
+            }
+        }
+    }
+}
