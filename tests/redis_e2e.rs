@@ -324,10 +324,71 @@ async fn a_large_checkpoint_is_written_in_pieces_and_replaced_whole() {
         .query(&mut connection(&url))
         .unwrap();
     assert!(!staging, "the staging key was left behind");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query(&mut connection(&url))
+        .unwrap();
+    assert_eq!(ttl, -1, "the checkpoint kept the stage's expiry");
     store.save(&key, b"small").await.unwrap();
     assert_eq!(
         store.load(&key).await.unwrap().as_deref(),
         Some(&b"small"[..])
     );
     store.delete(&key).await.unwrap();
+}
+
+/// A crash between staging a large value and renaming it leaves the stage
+/// behind, named for a part id that may never be written again: it must
+/// expire, and listings (which `sweep` and `state reset` use) must not take
+/// it for a checkpoint. The value is 40 MB, 160 staged chunks, so the write
+/// is still staging when the test sees the stage and aborts it.
+#[tokio::test]
+async fn an_abandoned_stage_expires_and_is_not_listed() {
+    let url = redis_url();
+    let key = format!("{}:checkpoint:part:7", prefix(&url, "abandoned-stage"));
+    let stage = format!("{key}:writing");
+    let store = flowpulse_plugins::checkpoint::open(&url).await.unwrap();
+    store.save(&key, b"old").await.unwrap();
+    let mut conn = connection(&url);
+    let writer = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move {
+            let body = vec![5u8; 40 << 20];
+            store.save_joined(&key, &[&body]).await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let staged: bool = redis::cmd("EXISTS").arg(&stage).query(&mut conn).unwrap();
+        if staged {
+            break;
+        }
+        assert!(
+            !writer.is_finished(),
+            "the write finished before a stage was seen"
+        );
+        assert!(Instant::now() < deadline, "no stage appeared");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    writer.abort();
+    let _ = writer.await;
+    let ttl: i64 = redis::cmd("PTTL").arg(&stage).query(&mut conn).unwrap();
+    assert!(ttl > 0, "an abandoned stage never expires (PTTL {ttl})");
+    assert_eq!(
+        store.load(&key).await.unwrap().as_deref(),
+        Some(&b"old"[..]),
+        "an aborted write replaced the checkpoint"
+    );
+    let parts = key.trim_end_matches('7');
+    let listed = store.keys_with_prefix(parts).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![key.clone()],
+        "a stage was listed as a checkpoint"
+    );
+    store.delete(&key).await.unwrap();
+    redis::cmd("DEL")
+        .arg(&stage)
+        .query::<()>(&mut conn)
+        .unwrap();
 }

@@ -72,17 +72,29 @@ fn glob_escape(text: &str) -> String {
 /// (the reads) between them.
 const WRITE_CHUNK: usize = 256 * 1024;
 
-/// Writes `chunk` to `staging`: the first one replaces it, the rest append.
+/// Suffix of the key a large value is staged under before it replaces `KEY`.
+const STAGING_SUFFIX: &str = ":writing";
+
+/// How long a staging key outlives its last write. A crash mid-write leaves
+/// a stage nothing else deletes (a part's stage is named for a part id that
+/// may never be written again), so it must expire; a whole write takes
+/// milliseconds, and every retry starts the stage afresh.
+const STAGING_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// Writes `chunk` to `staging`: the first one replaces it (and sets its
+/// expiry), the rest append (which keeps it).
 async fn send_chunk(
     conn: &mut ConnectionManager,
     staging: &str,
     chunk: &[u8],
     first: bool,
 ) -> Result<(), StoreError> {
-    let command = if first { "SET" } else { "APPEND" };
-    redis::cmd(command)
-        .arg(staging)
-        .arg(chunk)
+    let mut command = redis::cmd(if first { "SET" } else { "APPEND" });
+    command.arg(staging).arg(chunk);
+    if first {
+        command.arg("PX").arg(STAGING_TTL.as_millis() as u64);
+    }
+    command
         .query_async::<redis::Value>(conn)
         .await
         .map(drop)
@@ -105,10 +117,11 @@ impl CheckpointStore for RedisStore {
     }
 
     /// A value up to [`WRITE_CHUNK`] is one SET. A larger one is staged
-    /// under `KEY:writing` (SET, then APPENDs of at most `WRITE_CHUNK`) and
-    /// RENAMEd onto `KEY`, which is atomic: a reader sees the old value or
-    /// the new one, and a crash midway leaves only the staging key, which
-    /// the next write overwrites.
+    /// under `KEY:writing` (SET with an expiry, then APPENDs of at most
+    /// `WRITE_CHUNK`), then RENAMEd onto `KEY` and PERSISTed in one
+    /// transaction: a reader sees the old value or the new one, the
+    /// checkpoint never expires, and a crash midway leaves only a stage
+    /// that expires after [`STAGING_TTL`].
     async fn save_joined(&self, key: &str, pieces: &[&[u8]]) -> Result<(), StoreError> {
         let mut conn = self.0.clone();
         let total: usize = pieces.iter().map(|p| p.len()).sum();
@@ -120,7 +133,7 @@ impl CheckpointStore for RedisStore {
                 .await
                 .map_err(redis_error);
         }
-        let staging = format!("{key}:writing");
+        let staging = format!("{key}{STAGING_SUFFIX}");
         let mut chunk = Vec::with_capacity(WRITE_CHUNK);
         let mut first = true;
         for piece in pieces {
@@ -139,9 +152,17 @@ impl CheckpointStore for RedisStore {
         if !chunk.is_empty() {
             send_chunk(&mut conn, &staging, &chunk, first).await?;
         }
-        redis::cmd("RENAME")
+        // RENAME carries the stage's expiry over to `KEY`; PERSIST in the
+        // same transaction takes it off before anyone can see it.
+        redis::pipe()
+            .atomic()
+            .cmd("RENAME")
             .arg(&staging)
             .arg(key)
+            .ignore()
+            .cmd("PERSIST")
+            .arg(key)
+            .ignore()
             .query_async::<()>(&mut conn)
             .await
             .map_err(redis_error)
@@ -171,7 +192,12 @@ impl CheckpointStore for RedisStore {
                 .query_async(&mut conn)
                 .await
                 .map_err(redis_error)?;
-            keys.extend(batch);
+            // A stage is not a checkpoint: it expires on its own.
+            keys.extend(
+                batch
+                    .into_iter()
+                    .filter(|key| !key.ends_with(STAGING_SUFFIX)),
+            );
             if next == 0 {
                 return Ok(keys);
             }
