@@ -3,8 +3,10 @@
 //! never retracted, paused while its newest pause/resume is a pause; and the
 //! counts, per-type and per-agent statistics those events change.
 
+use std::num::NonZeroU64;
+
 use flowpulse_core::event::EventKind;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::dedup::IdKey;
 use super::reorder::Pending;
@@ -57,8 +59,50 @@ impl Outcome {
     }
 }
 
-/// One workflow the state tracks.
+/// An event time, in 8 bytes whether known or not: an `Option<EventMs>`
+/// is 8 bytes where an `Option<i64>` is 16, and with two of them a
+/// [`Workflow`] fits one cache line. Every time but `i64::MIN` is kept
+/// exactly (no timestamp is that far back: they are parsed from years
+/// 0–9999); that one is kept as `i64::MIN + 1`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct EventMs(NonZeroU64);
+
+/// Flipping it maps `i64::MIN`, and only it, to zero.
+const SIGN: u64 = 1 << 63;
+
+impl EventMs {
+    pub(super) fn new(ms: i64) -> EventMs {
+        EventMs(NonZeroU64::new(ms as u64 ^ SIGN).unwrap_or(NonZeroU64::MIN))
+    }
+
+    pub(super) fn get(self) -> i64 {
+        (self.0.get() ^ SIGN) as i64
+    }
+}
+
+impl std::fmt::Debug for EventMs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+/// Serialized as the plain number, as when it was an `i64`.
+impl Serialize for EventMs {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i64(self.get())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventMs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        i64::deserialize(deserializer).map(EventMs::new)
+    }
+}
+
+/// One workflow the state tracks: one cache line, so reaching it (applying
+/// an event, forgetting it) is one miss, not two.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[repr(align(64))]
 pub(super) struct Workflow {
     /// 128-bit hash of the workflow id (ids are never kept as strings).
     pub key: IdKey,
@@ -69,7 +113,7 @@ pub(super) struct Workflow {
     /// not make a workflow known).
     pub known: bool,
     pub workflow_type: u16,
-    pub created_ms: Option<i64>,
+    pub created_ms: Option<EventMs>,
     #[serde(with = "wire::outcome")]
     pub outcome: Option<Outcome>,
     pub paused: bool,
@@ -80,13 +124,16 @@ pub(super) struct Workflow {
     /// Event time of the outcome. Kept in the snapshot's extras (version 3),
     /// unknown for workflows restored from version 2.
     #[serde(skip)]
-    pub outcome_ms: Option<i64>,
+    pub outcome_ms: Option<EventMs>,
     /// It completed or failed with no `duration_ms` and no creation time
     /// known (an anomaly until a late `created` gives the duration). Kept in
     /// the snapshot's extras.
     #[serde(skip)]
     pub duration_missing: bool,
 }
+
+// A field that makes a slot outgrow its cache line fails here.
+const _: () = assert!(std::mem::size_of::<Option<Workflow>>() == 64);
 
 impl Workflow {
     pub(super) fn phase(&self) -> Phase {
@@ -184,17 +231,10 @@ impl AggregateState {
         }
     }
 
-    /// Prefetches a workflow's slot: both cache lines of it, since a slot is
-    /// wider than 64 bytes and most straddle two.
+    /// Prefetches a workflow's slot (one cache line).
     #[inline(always)]
     pub(super) fn prefetch_slot(&self, slot: u32) {
-        let start = self.slots.as_ptr().wrapping_add(slot as usize);
-        prefetch(start);
-        prefetch(
-            start
-                .cast::<u8>()
-                .wrapping_add(std::mem::size_of::<Option<Workflow>>() - 1),
-        );
+        prefetch(self.slots.as_ptr().wrapping_add(slot as usize));
     }
 
     /// Finished workflows whose `forget_after` is older than `horizon` leave
@@ -317,10 +357,11 @@ impl AggregateState {
                 if workflow.created_ms.is_some() {
                     self.accounting.anomalies += 1;
                 } else {
-                    workflow.created_ms = Some(event.ts);
-                    if let (true, Some(outcome_ms)) =
-                        (workflow.duration_missing, workflow.outcome_ms)
-                    {
+                    workflow.created_ms = Some(EventMs::new(event.ts));
+                    if let (true, Some(outcome_ms)) = (
+                        workflow.duration_missing,
+                        workflow.outcome_ms.map(EventMs::get),
+                    ) {
                         // Late: the outcome came first without a duration.
                         // Now it is known, as if in order: no longer an anomaly.
                         workflow.duration_missing = false;
@@ -335,7 +376,7 @@ impl AggregateState {
                 if workflow.outcome.is_some() {
                     // Before the outcome (arriving late) it changes nothing;
                     // after it, it contradicts the outcome.
-                    if workflow.outcome_ms.is_some_and(|o| event.ts > o) {
+                    if workflow.outcome_ms.is_some_and(|o| event.ts > o.get()) {
                         self.accounting.anomalies += 1;
                     }
                 } else if event.ts >= workflow.pause_changed_ms {
@@ -350,11 +391,13 @@ impl AggregateState {
                 }
                 let outcome = Outcome::of(kind);
                 workflow.outcome = outcome;
-                workflow.outcome_ms = Some(event.ts);
+                workflow.outcome_ms = Some(EventMs::new(event.ts));
                 let type_index = workflow.workflow_type as usize;
-                let duration = event
-                    .duration_ms
-                    .or_else(|| workflow.created_ms.map(|c| (event.ts - c).max(0) as u64));
+                let duration = event.duration_ms.or_else(|| {
+                    workflow
+                        .created_ms
+                        .map(|c| (event.ts - c.get()).max(0) as u64)
+                });
                 workflow.duration_missing =
                     duration.is_none() && outcome != Some(Outcome::Cancelled);
                 // Remembered for the dedup window after it could first be
@@ -451,5 +494,34 @@ impl AggregateState {
             self.remove_slot(*slot, *generation);
         }
         expired.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod event_ms_tests {
+    use proptest::prelude::*;
+
+    use super::EventMs;
+
+    proptest! {
+        #[test]
+        fn every_time_but_the_least_is_kept_exactly(ms in any::<i64>().prop_filter("not MIN", |&m| m != i64::MIN)) {
+            prop_assert_eq!(EventMs::new(ms).get(), ms);
+            let json = serde_json::to_string(&Some(EventMs::new(ms))).unwrap();
+            prop_assert_eq!(&json, &ms.to_string());
+            let back: Option<EventMs> = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(back.map(EventMs::get), Some(ms));
+        }
+    }
+
+    #[test]
+    fn the_least_time_is_kept_as_the_next_and_none_stays_none() {
+        assert_eq!(EventMs::new(i64::MIN).get(), i64::MIN + 1);
+        for ms in [0, -1, 1, i64::MAX, i64::MIN + 1] {
+            assert_eq!(EventMs::new(ms).get(), ms);
+        }
+        assert_eq!(std::mem::size_of::<Option<EventMs>>(), 8);
+        let none: Option<EventMs> = serde_json::from_str("null").unwrap();
+        assert_eq!(none, None);
     }
 }

@@ -13,7 +13,7 @@ use flowpulse_core::event::WorkflowEvent;
 use serde::{Deserialize, Serialize};
 
 use super::dedup::{Dedup, IdKey, Sighting};
-use super::lifecycle::{Counts, Workflow};
+use super::lifecycle::{Counts, EventMs, Workflow};
 use super::names::{Names, UNKNOWN};
 use super::reorder::{Pending, ReorderBuffer};
 use super::table::{prefetch, KeyTable};
@@ -510,7 +510,7 @@ impl AggregateState {
                 .filter_map(|(slot, w)| Some((slot as u32, w.as_ref().filter(|w| !w.removed)?)))
         };
         let outcome_ms = held()
-            .filter_map(|(slot, w)| Some((slot, w.outcome_ms?)))
+            .filter_map(|(slot, w)| Some((slot, w.outcome_ms?.get())))
             .collect();
         let duration_missing = held()
             .filter(|(_, w)| w.duration_missing)
@@ -528,7 +528,7 @@ impl AggregateState {
     ) {
         for &(slot, at) in outcome_ms {
             if let Some(Some(w)) = self.slots.get_mut(slot as usize) {
-                w.outcome_ms = Some(at);
+                w.outcome_ms = Some(EventMs::new(at));
             }
         }
         for &slot in duration_missing {
@@ -549,7 +549,7 @@ impl AggregateState {
             let (outcome_ms, slot, generation) = *entry;
             if let Some(Some(w)) = self.slots.get_mut(slot as usize) {
                 if w.generation == generation && !w.removed {
-                    w.outcome_ms = Some(outcome_ms);
+                    w.outcome_ms = Some(EventMs::new(outcome_ms));
                 }
             }
             entry.0 = outcome_ms + self.limits.max_out_of_order_ms;
