@@ -57,6 +57,13 @@ pub struct AggregateConfig {
     pub history: Duration,
 }
 
+/// The longest `dedup_window`: the dedup tables keep times as 32-bit
+/// offsets, which hold any window up to ~24.8 days exactly.
+const MAX_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 24 * 3600);
+
+// The tables' own bound, in ms, is above it.
+const _: () = assert!(MAX_DEDUP_WINDOW.as_millis() <= super::dedup::MAX_WINDOW_MS as u128);
+
 mod defaults {
     use std::time::Duration;
     pub fn interval() -> Duration {
@@ -123,6 +130,9 @@ impl ProcessorConfig for AggregateConfig {
                 "dedup_window",
                 "must be at least `max_out_of_order`",
             ));
+        }
+        if self.dedup_window > MAX_DEDUP_WINDOW {
+            errors.push(FieldError::new("dedup_window", "must be at most 24 days"));
         }
         if self.max_agents == 0 {
             errors.push(FieldError::new("max_agents", "must be at least 1"));

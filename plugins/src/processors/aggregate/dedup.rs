@@ -15,10 +15,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::table::{prefetch, KeyTable};
+use super::table::{prefetch, Key96, KeyTable};
 
 /// Entries per epoch: 3/4 of 2^16, the most a [`KeyTable`] of 2^16 buckets
-/// holds without doubling (1.5 MB).
+/// holds without doubling (1 MB: 16-byte buckets).
 pub(super) const EPOCH_LEN: usize = (1 << 16) / 4 * 3;
 /// Bloom filter bits per entry.
 const BITS_PER_ENTRY: usize = 32;
@@ -41,7 +41,67 @@ fn new_group() -> Group {
     vec![Line::default(); FILTER_WORDS]
 }
 
-type IdTable = KeyTable<i64>;
+/// Half the span of event time a table's 32-bit stamps cover, ms (~24.8
+/// days): a table's base is this far behind the first (or, restored, the
+/// newest) time it takes.
+const HALF_SPAN_MS: i64 = 1 << 31;
+
+/// The longest dedup window the stamps allow, ms: a time clamped up to its
+/// table's base is still older than every cutoff the window then applies.
+pub const MAX_WINDOW_MS: i64 = HALF_SPAN_MS - 1;
+
+/// Identities and when each was seen, as 32-bit offsets from the table's
+/// base time: with 96-bit keys a bucket is 16 bytes, not 24.
+#[derive(Debug, Clone)]
+struct IdTable {
+    stamps: KeyTable<u32, Key96>,
+    base: i64,
+}
+
+impl IdTable {
+    fn new() -> IdTable {
+        IdTable {
+            stamps: KeyTable::with_capacity(EPOCH_LEN),
+            base: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.stamps.len()
+    }
+
+    /// When `key` was seen.
+    #[inline]
+    fn get(&self, key: IdKey) -> Option<i64> {
+        self.stamps
+            .get(key)
+            .map(|stamp| self.base + i64::from(stamp))
+    }
+
+    /// The stamp of `ts`, clamped into range. A time before the base is
+    /// taken as the base: it is older than [`HALF_SPAN_MS`] before a time
+    /// the table holds, so it is out of any window either way.
+    #[inline]
+    fn stamp(&self, ts: i64) -> u32 {
+        ts.saturating_sub(self.base).clamp(0, i64::from(u32::MAX)) as u32
+    }
+
+    /// Whether `ts` is past the range of the stamps.
+    #[inline]
+    fn too_new(&self, ts: i64) -> bool {
+        ts.saturating_sub(self.base) > i64::from(u32::MAX)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (IdKey, i64)> + '_ {
+        self.stamps
+            .iter()
+            .map(|(key, stamp)| (key, self.base + i64::from(stamp)))
+    }
+
+    fn clear(&mut self) {
+        self.stamps.clear();
+    }
+}
 
 /// A 128-bit identity hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -77,8 +137,7 @@ impl IdKey {
         self.1
     }
 
-    /// A key from its two halves (tests that need colliding keys).
-    #[cfg(test)]
+    /// A key from its two halves.
     pub fn from_parts(low: u64, high: u64) -> IdKey {
         IdKey(low, high)
     }
@@ -140,7 +199,7 @@ pub struct Dedup {
 impl Default for Dedup {
     fn default() -> Self {
         Dedup {
-            hot: KeyTable::with_capacity(EPOCH_LEN),
+            hot: IdTable::new(),
             hot_newest_ms: i64::MIN,
             hot_slot: 0,
             epochs: vec![None],
@@ -209,7 +268,7 @@ impl Dedup {
         for group in &self.filters {
             prefetch(group.as_ptr().wrapping_add(sighting.word as usize));
         }
-        self.hot.prefetch(sighting.key);
+        self.hot.stamps.prefetch(sighting.key);
     }
 
     /// Records an identity seen at `ts`; false if it was already seen at an
@@ -217,6 +276,14 @@ impl Dedup {
     pub fn first(&mut self, sighting: Sighting, ts: i64, cutoff: i64) -> bool {
         let Sighting { key, word, mask } = sighting;
         let word = word as usize;
+        // Before the epochs are looked at, so that a hot table frozen here
+        // (its stamps cannot reach `ts`) is looked at as one.
+        if self.hot.len() == 0 {
+            self.hot.base = ts.saturating_sub(HALF_SPAN_MS);
+        } else if self.hot.too_new(ts) {
+            self.freeze();
+            self.hot.base = ts.saturating_sub(HALF_SPAN_MS);
+        }
         for (g, group) in self.filters.iter().enumerate() {
             let mut hits = matches(&group[word], mask);
             while hits != 0 {
@@ -232,12 +299,14 @@ impl Dedup {
                 }
             }
         }
-        let (seen, found) = self.hot.entry(key, ts);
+        let base = self.hot.base;
+        let stamp = self.hot.stamp(ts);
+        let (seen, found) = self.hot.stamps.entry(key, stamp);
         if found {
-            if *seen >= cutoff {
+            if base + i64::from(*seen) >= cutoff {
                 return false;
             }
-            *seen = ts;
+            *seen = stamp;
         } else {
             self.mark(self.hot_slot, word, mask);
         }
@@ -257,10 +326,7 @@ impl Dedup {
     /// Makes the hot table an epoch (its filter column is already built) and
     /// starts a new one in a free column.
     fn freeze(&mut self) {
-        let next = self
-            .spare
-            .take()
-            .unwrap_or_else(|| KeyTable::with_capacity(EPOCH_LEN));
+        let next = self.spare.take().unwrap_or_else(IdTable::new);
         let entries = std::mem::replace(&mut self.hot, next);
         self.epochs[self.hot_slot] = Some(Epoch {
             newest_ms: self.hot_newest_ms,
@@ -276,13 +342,20 @@ impl Dedup {
         self.oldest_ms = self.oldest_newest();
     }
 
-    /// Adds identities to the hot table (loading a snapshot).
-    fn load_hot(&mut self, entries: impl IntoIterator<Item = (IdKey, i64)>) {
-        for (key, ts) in entries {
+    /// Fills the empty hot table with a snapshot's identities. Its base is
+    /// [`HALF_SPAN_MS`] behind the newest, so all of them fit (older ones
+    /// are clamped, out of any window) and so do the times after them.
+    fn load_hot(&mut self, entries: &[(IdKey, i64)]) {
+        debug_assert_eq!(self.hot.len(), 0, "loaded into a used hot table");
+        if let Some(newest) = entries.iter().map(|&(_, ts)| ts).max() {
+            self.hot.base = newest.saturating_sub(HALF_SPAN_MS);
+        }
+        for &(key, ts) in entries {
             let Sighting { word, mask, .. } = Sighting::of(key);
-            let (seen, found) = self.hot.entry(key, ts);
+            let stamp = self.hot.stamp(ts);
+            let (seen, found) = self.hot.stamps.entry(key, stamp);
             if found {
-                *seen = (*seen).max(ts);
+                *seen = (*seen).max(stamp);
             } else {
                 self.mark(self.hot_slot, word as usize, mask);
             }
@@ -430,11 +503,11 @@ impl Dedup {
                 Some(entries) => entries,
                 None => apart(epoch.order).ok_or(epoch.order)?,
             };
-            dedup.load_hot(entries);
+            dedup.load_hot(&entries);
             dedup.next_order = epoch.order;
             dedup.freeze();
         }
-        dedup.load_hot(form.hot);
+        dedup.load_hot(&form.hot);
         dedup.next_order = form.next_order;
         Ok(dedup)
     }
@@ -458,6 +531,60 @@ mod tests {
                 prop_assert_eq!(dedup.first_sighting(&id, ts as i64, 0), oracle.insert(id));
             }
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Against a plain map of last sightings, with time jumping further
+        /// than the 32-bit stamps reach (so hot tables freeze early) and any
+        /// window the config allows.
+        #[test]
+        fn agrees_with_a_plain_map_across_any_span_of_time(
+            steps in prop::collection::vec(
+                (0u32..300, prop_oneof![4 => 0i64..2_000, 1 => 0i64..(1i64 << 34)]),
+                1..4_000,
+            ),
+            window in 1i64..=MAX_WINDOW_MS,
+        ) {
+            let mut dedup = Dedup::default();
+            let mut oracle = std::collections::HashMap::new();
+            let mut ts = 1_700_000_000_000i64;
+            for (id, step) in steps {
+                ts += step;
+                let cutoff = ts - window;
+                let expected = match oracle.get(&id) {
+                    Some(&seen) if seen >= cutoff => false,
+                    _ => {
+                        oracle.insert(id, ts);
+                        true
+                    }
+                };
+                prop_assert_eq!(dedup.first_sighting(&format!("id-{id}"), ts, cutoff), expected);
+            }
+        }
+    }
+
+    /// Times older than a table's stamps reach (a merged partition's, a
+    /// restored snapshot's) are kept as the base: still out of the window.
+    #[test]
+    fn times_before_a_tables_base_stay_out_of_the_window() {
+        let now = 100 * HALF_SPAN_MS;
+        let window = MAX_WINDOW_MS;
+        let mut dedup = Dedup::default();
+        assert!(dedup.first_sighting("now", now, now - window));
+        let long_ago = now - 3 * HALF_SPAN_MS;
+        assert!(dedup.first_sighting("old", long_ago, i64::MIN));
+        assert!(!dedup.first_sighting("old", now, i64::MIN), "remembered");
+        assert!(
+            dedup.first_sighting("old", now, now - window),
+            "out of the window"
+        );
+        let form = dedup.to_form(&|_| false);
+        let restored = Dedup::from_form(form, |_| None).unwrap();
+        let mut again = restored.clone();
+        assert!(!again.first_sighting("now", now, now - window));
+        assert!(!again.first_sighting("old", now, now - window));
     }
 
     /// A new identity looks into an epoch's table (a cache miss) only on a
