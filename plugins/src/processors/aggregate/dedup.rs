@@ -73,9 +73,13 @@ impl IdTable {
     /// When `key` was seen.
     #[inline]
     fn get(&self, key: IdKey) -> Option<i64> {
-        self.stamps
-            .get(key)
-            .map(|stamp| self.base + i64::from(stamp))
+        self.stamps.get(key).map(|stamp| self.time(stamp))
+    }
+
+    /// The time a stamp stands for.
+    #[inline]
+    fn time(&self, stamp: u32) -> i64 {
+        self.base + i64::from(stamp)
     }
 
     /// The stamp of `ts`, clamped into range. A time before the base is
@@ -95,7 +99,7 @@ impl IdTable {
     fn iter(&self) -> impl Iterator<Item = (IdKey, i64)> + '_ {
         self.stamps
             .iter()
-            .map(|(key, stamp)| (key, self.base + i64::from(stamp)))
+            .map(|(key, stamp)| (key, self.time(stamp)))
     }
 
     fn clear(&mut self) {
@@ -278,10 +282,10 @@ impl Dedup {
         let word = word as usize;
         // Before the epochs are looked at, so that a hot table frozen here
         // (its stamps cannot reach `ts`) is looked at as one.
-        if self.hot.len() == 0 {
-            self.hot.base = ts.saturating_sub(HALF_SPAN_MS);
-        } else if self.hot.too_new(ts) {
+        if self.hot.len() > 0 && self.hot.too_new(ts) {
             self.freeze();
+        }
+        if self.hot.len() == 0 {
             self.hot.base = ts.saturating_sub(HALF_SPAN_MS);
         }
         for (g, group) in self.filters.iter().enumerate() {
