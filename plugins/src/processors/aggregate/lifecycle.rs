@@ -11,7 +11,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::dedup::IdKey;
 use super::reorder::Pending;
 use super::state::AggregateState;
-use super::table::prefetch;
 use super::windows::Sketch;
 use super::wire;
 
@@ -234,7 +233,7 @@ impl AggregateState {
     /// Prefetches a workflow's slot (one cache line).
     #[inline(always)]
     pub(super) fn prefetch_slot(&self, slot: u32) {
-        prefetch(self.slots.as_ptr().wrapping_add(slot as usize));
+        self.slots.prefetch(slot as usize);
     }
 
     /// Finished workflows whose `forget_after` is older than `horizon` leave

@@ -19,6 +19,7 @@ mod names;
 mod processor;
 mod render;
 mod reorder;
+mod slots;
 pub mod snapshot;
 pub mod state;
 mod table;

@@ -13,9 +13,10 @@ use flowpulse_core::event::WorkflowEvent;
 use serde::{Deserialize, Serialize};
 
 use super::dedup::{Dedup, IdKey, Sighting};
-use super::lifecycle::{Counts, EventMs, Workflow};
+use super::lifecycle::{Counts, EventMs};
 use super::names::{Names, UNKNOWN};
 use super::reorder::{Pending, ReorderBuffer};
+use super::slots::Slots;
 use super::table::{prefetch, KeyTable};
 use super::windows::{BucketRing, Sketch};
 
@@ -124,7 +125,7 @@ pub struct AggregateState {
     #[serde(skip)]
     pub(super) dedup: Dedup,
     pub(super) pending: ReorderBuffer,
-    pub(super) slots: Vec<Option<Workflow>>,
+    pub(super) slots: Slots,
     pub(super) free: Vec<u32>,
     /// Workflow key → (slot, generation): folding an event needs no look at
     /// the workflow itself.
@@ -168,7 +169,7 @@ impl AggregateState {
             seq: 0,
             dedup: Dedup::default(),
             pending: ReorderBuffer::default(),
-            slots: Vec::new(),
+            slots: Slots::default(),
             free: Vec::new(),
             by_id: KeyTable::default(),
             keys: Vec::new(),
