@@ -585,8 +585,7 @@ mod tests {
             "out of the window"
         );
         let form = dedup.to_form(&|_| false);
-        let restored = Dedup::from_form(form, |_| None).unwrap();
-        let mut again = restored.clone();
+        let mut again = Dedup::from_form(form, |_| None).unwrap();
         assert!(!again.first_sighting("now", now, now - window));
         assert!(!again.first_sighting("old", now, now - window));
     }

@@ -96,16 +96,6 @@ impl std::ops::IndexMut<usize> for Slots {
     }
 }
 
-impl FromIterator<Slot> for Slots {
-    fn from_iter<I: IntoIterator<Item = Slot>>(iter: I) -> Slots {
-        let mut slots = Slots::default();
-        for slot in iter {
-            slots.push(slot);
-        }
-        slots
-    }
-}
-
 impl Serialize for Slots {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // With its length first, as formats like postcard need it.
