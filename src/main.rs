@@ -12,6 +12,7 @@ use flowpulse_core::runtime::Pipeline;
 use flowpulse_core::topology;
 
 mod generate;
+mod huge_pages;
 mod test_rules;
 
 // A faster allocator: decoding allocates and frees several strings per event.
@@ -127,6 +128,7 @@ fn load(path: Option<&Path>) -> Result<PipelineConfig, LoadError> {
 }
 
 fn main() -> ExitCode {
+    huge_pages::disable_unless_allowed();
     flowpulse_plugins::link();
     let cli = Cli::parse();
     init_logging(cli.log_format);

@@ -193,3 +193,61 @@ notices = ["triggered errors"]
         "{stdout}"
     );
 }
+
+/// Whether a process may use transparent huge pages (its `THP_enabled`
+/// status line, Linux 5.0 and later).
+#[cfg(target_os = "linux")]
+fn thp_enabled(pid: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
+    Some(line.split_whitespace().nth(1)? == "1")
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn run_turns_transparent_huge_pages_off_unless_mimalloc_allow_thp_is_set() {
+    use std::io::BufRead;
+    // The setting is inherited: only a test process that may use huge pages
+    // itself can tell "turned off" from "was never on".
+    if thp_enabled(std::process::id()) != Some(true) {
+        eprintln!("skipped: this process may not use transparent huge pages");
+        return;
+    }
+    for (allow, expected) in [(None, false), (Some("1"), true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("p.toml");
+        std::fs::write(
+            &config,
+            "[sources.in]\ntype = \"stdin\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\n",
+        )
+        .unwrap();
+        let mut command = run_command(dir.path(), &config);
+        command.env_remove("MIMALLOC_ALLOW_THP");
+        if let Some(value) = allow {
+            command.env("MIMALLOC_ALLOW_THP", value);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read once the pipeline runs, long after `main` began.
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let started = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains("pipeline started"));
+        let seen = thp_enabled(child.id());
+        // Its last logs still need a reader.
+        let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+        drop(child.stdin.take());
+        let output = wait_with_timeout(child, Duration::from_secs(30));
+        drain.join().unwrap();
+        assert!(
+            started && output.status.success(),
+            "MIMALLOC_ALLOW_THP={allow:?}"
+        );
+        assert_eq!(seen, Some(expected), "MIMALLOC_ALLOW_THP={allow:?}");
+    }
+}
