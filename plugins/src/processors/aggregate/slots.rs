@@ -28,13 +28,14 @@ pub(super) type Slot = Option<Workflow>;
 pub(super) struct Slots {
     /// Every chunk but the last is full.
     chunks: Vec<Vec<Slot>>,
-    len: usize,
 }
 
 impl Slots {
     /// Slots, used or free.
     pub(super) fn len(&self) -> usize {
-        self.len
+        self.chunks
+            .last()
+            .map_or(0, |last| (self.chunks.len() - 1) * CHUNK + last.len())
     }
 
     /// Appends a slot.
@@ -47,7 +48,6 @@ impl Slots {
                 self.chunks.push(chunk);
             }
         }
-        self.len += 1;
     }
 
     /// The slot at `index`, if there is one.
@@ -100,7 +100,7 @@ impl Serialize for Slots {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // With its length first, as formats like postcard need it.
         use serde::ser::SerializeSeq;
-        let mut seq = serializer.serialize_seq(Some(self.len))?;
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
         for slot in self.iter() {
             seq.serialize_element(slot)?;
         }
