@@ -273,11 +273,39 @@ fn last_document(path: &Path) -> Option<serde_json::Value> {
     Some(value["data"].clone())
 }
 
+/// Lines per append of [`append_paced`], and the pause after each: ~10,000
+/// lines a second, so 50,000 lines take ~5 s to arrive. A file read whole
+/// in one go is read before a check could see a quarter of it checkpointed
+/// (a debug build reads this one in under a second); arriving at this pace,
+/// it is still arriving at every kill, and each restart first catches up on
+/// what arrived while it was down. A checkpoint interval (200 ms) of it is
+/// still ~2,000 lines, twice the dedup window's event time.
+const APPEND_LINES: usize = 500;
+const APPEND_PAUSE: Duration = Duration::from_millis(50);
+
+/// Appends `from`'s lines to `to` at a steady pace, on a thread.
+fn append_paced(from: &Path, to: &Path) -> std::thread::JoinHandle<()> {
+    let text = std::fs::read_to_string(from).unwrap();
+    let mut file = std::fs::File::create(to).unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let lines: Vec<&str> = text.lines().collect();
+        for chunk in lines.chunks(APPEND_LINES) {
+            let mut block = chunk.join("\n");
+            block.push('\n');
+            file.write_all(block.as_bytes()).unwrap();
+            std::thread::sleep(APPEND_PAUSE);
+        }
+    })
+}
+
 /// The same crash during a catch-up, reading a followed file into a file
-/// checkpoint store.
+/// checkpoint store. The file grows while the pipeline reads it (see
+/// [`APPEND_LINES`]), so every kill lands while lines are still coming.
 #[test]
 fn sigkill_while_reading_a_file_loses_and_double_counts_nothing() {
     let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.jsonl");
     let events = dir.path().join("events.jsonl");
     let generated = Command::new(binary())
         .args([
@@ -290,12 +318,13 @@ fn sigkill_while_reading_a_file_loses_and_double_counts_nothing() {
             "0.01",
         ])
         .args(["--in-flight", "300", "--expect", "-o"])
-        .arg(&events)
+        .arg(&source)
         .output()
         .unwrap();
     assert_success(&generated);
     let expect: serde_json::Value = serde_json::from_slice(&generated.stderr).unwrap();
-    let size = std::fs::metadata(&events).unwrap().len() as u128;
+    let size = std::fs::metadata(&source).unwrap().len() as u128;
+    let writer = append_paced(&source, &events);
     let config = dir.path().join("p.toml");
     std::fs::write(
         &config,
@@ -348,6 +377,7 @@ inputs = ["metrics"]
         kill9(child);
         last_position = position_value(&checkpoint_position(dir.path(), &config).unwrap());
     }
+    writer.join().unwrap();
     let child = spawn_logged(dir.path(), &config, "final");
     let metrics = dir.path().join("metrics.jsonl");
     let matched = std::panic::catch_unwind(|| {
