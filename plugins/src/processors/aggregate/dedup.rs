@@ -3,10 +3,10 @@
 //!
 //! Identities are 128-bit hashes. New ones go to a hot table; when it
 //! holds [`EPOCH_LEN`] entries it is frozen into an epoch. Every epoch has a
-//! Bloom filter column; the columns are interleaved eight to a cache line,
-//! so one lookup reads the same word of eight epochs' filters from one line,
-//! and only a filter hit (a duplicate, or a rare false positive) looks into
-//! that epoch's own table. The hot table fills its column as identities
+//! Bloom filter column; the columns are interleaved sixteen to a cache
+//! line, so one lookup reads the same word of sixteen epochs' filters from
+//! one line, and only a filter hit (a duplicate, or a rare false positive)
+//! looks into that epoch's own table. The hot table fills its column as identities
 //! arrive, so freezing it costs nothing. An epoch is dropped whole once all
 //! its identities are older than the window, and its table and column are
 //! reused. Compared with one big hash table this turns a cache miss per
