@@ -16,6 +16,9 @@ trap 'rm -rf "$work"' EXIT
 
 "$bin/flowpulse" generate -n "$events" --seed 7 --in-flight 10000 --duplicates 0.05 --rate "${RATE:-1000}" -o "$work/events.jsonl"
 echo "workload: $events flat events, $(du -h "$work/events.jsonl" | cut -f1)"
+# The kernel writes the new file back to disk over the next half minute:
+# done first, so that the timed runs do not share the machine with it.
+sync
 
 config() { # $1 = number of passthrough processors, or "agg" for one aggregate
   {
