@@ -6,12 +6,13 @@
 //! Bloom filter column; the columns are interleaved sixteen to a cache
 //! line, so one lookup reads the same word of sixteen epochs' filters from
 //! one line, and only a filter hit (a duplicate, or a rare false positive)
-//! looks into that epoch's own table. The hot table fills its column as identities
-//! arrive, so freezing it costs nothing. An epoch is dropped whole once all
-//! its identities are older than the window, and its table and column are
-//! reused. Compared with one big hash table this turns a cache miss per
-//! event into a couple of cache hits, and [`Dedup::prefetch`] lets a batch
-//! fetch those lines for the events ahead while it folds the current one.
+//! looks into that epoch's own table. The hot table fills its column as
+//! identities arrive, so freezing it costs nothing. An epoch is dropped whole
+//! once all its identities are older than the window, and its table and
+//! column are reused. Compared with one big hash table this turns a cache
+//! miss per event into a couple of cache hits, and [`Dedup::prefetch`] lets
+//! a batch fetch those lines for the events ahead while it folds the current
+//! one.
 
 use serde::{Deserialize, Serialize};
 
