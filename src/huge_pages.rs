@@ -5,10 +5,10 @@
 //! even when only a few kilobytes of it are ever used. The `aggregate`
 //! processor fills its tables with random writes, so it touches most of those
 //! regions early. On virtual machines whose host backs guest memory lazily,
-//! that clearing was up to a fifth of a whole 2 M-event run (README,
-//! Performance). With 4 KiB pages, memory is made only where it is written,
-//! and the resident set stays closer to what the state holds. Redis advises
-//! the same.
+//! that clearing was up to a fifth of a whole 2 M-event run
+//! (docs/performance.md). With 4 KiB pages, memory is made only where it is
+//! written, and the resident set stays closer to what the state holds. Redis
+//! advises the same.
 
 /// The variable that keeps huge pages on (mimalloc's own option: `1` allows
 /// them, as mimalloc does by default).
