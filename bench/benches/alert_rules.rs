@@ -12,8 +12,8 @@ use flowpulse_plugins::processors::alert_rules::rule::Rule;
 fn rules() -> Vec<CompiledRule> {
     (0..1000)
         .map(|i| {
-            // Thresholds spread so that about a tenth of the instances fire
-            // and stay firing: the steady state of a busy system.
+            // Thresholds spread so that about half the instances fire and
+            // stay firing: the steady state of a busy system.
             let text = format!(
                 "name = \"rule {i}\"\nseverity = \"warning\"\n\
                  condition = {{ metric = \"agents.*.success_rate_percent\", operator = \"<\", value = {}, duration_ms = 1000 }}",
