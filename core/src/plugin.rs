@@ -180,10 +180,11 @@ pub struct BuildContext {
     /// Cancelled (resolved) once every component is built, just before the
     /// tasks start; see [`BuildContext::started`].
     pub started: CancellationToken,
-    /// For a source: whether a stateful processor reads what it emits
-    /// (directly or through others). Such a source must deliver each
-    /// partition in order, oldest first, as one reader, because the
-    /// processor's checkpoint keeps one position per partition.
+    /// For a source: whether a stateful processor, or a sink that keeps its
+    /// input's order, reads what it emits (directly or through others). Such
+    /// a source must deliver each partition in order, oldest first, as one
+    /// reader, because the processor's checkpoint keeps one position per
+    /// partition (and readers of an ordered sink's log rely on the same).
     pub feeds_stateful: bool,
 }
 
@@ -329,6 +330,13 @@ pub trait SinkConfig: DeserializeOwned + Send + Sync + 'static {
     fn routes_by_channel(&self) -> bool {
         false
     }
+    /// Whether it passes records on in the order they came, to a log that
+    /// readers take as ordered (a `kafka` topic): then its sources deliver
+    /// each partition in order as one reader, as for a stateful processor.
+    /// Default false.
+    fn keeps_input_order(&self) -> bool {
+        false
+    }
     /// Builds the running sink (may do I/O).
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Sink>, BuildError>;
 }
@@ -365,6 +373,11 @@ pub trait ComponentConfig: Send + Sync {
     }
     /// Whether its state is checkpointed without a `[checkpoint]` table.
     fn always_checkpoints(&self) -> bool {
+        false
+    }
+    /// Whether it needs its input in source order (see
+    /// [`SinkConfig::keeps_input_order`]).
+    fn keeps_input_order(&self) -> bool {
         false
     }
     /// The plugin's own typed config, for tools that know its type.
@@ -429,6 +442,9 @@ impl<T: SinkConfig> ComponentConfig for SinkAdapter<T> {
     }
     fn routes_by_channel(&self) -> bool {
         self.0.routes_by_channel()
+    }
+    fn keeps_input_order(&self) -> bool {
+        self.0.keeps_input_order()
     }
     fn validate(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
         self.0.validate(cx)

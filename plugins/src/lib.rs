@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod durable;
 pub mod http;
+pub mod kafka_util;
 pub mod processors;
 pub mod redis_util;
 pub mod sinks;

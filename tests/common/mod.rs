@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod http_helpers;
+pub mod kafka_helpers;
 pub mod proxy;
 pub mod receiver;
 pub mod redis_helpers;

@@ -286,12 +286,13 @@ fn closed_channel() -> mpsc::Receiver<Batch> {
     mpsc::channel(1).1
 }
 
-/// The components whose output reaches a stateful processor.
+/// The components whose output reaches a stateful processor or an
+/// order-keeping sink.
 fn stateful_reach(config: &PipelineConfig) -> std::collections::BTreeSet<String> {
     let mut reach: std::collections::BTreeSet<String> = config
         .components
         .iter()
-        .filter(|c| c.config.fresh_state().is_some())
+        .filter(|c| c.config.fresh_state().is_some() || c.config.keeps_input_order())
         .flat_map(|c| c.inputs.iter().cloned())
         .collect();
     // Upstream of upstream, until nothing new is found (the graph is a DAG).

@@ -36,6 +36,17 @@ impl DeadLetterFile {
         reason: &str,
         raw: &[u8],
     ) -> std::io::Result<()> {
+        self.write_record(&serde_json::json!({
+            "line": line_number,
+            "kind": kind,
+            "reason": reason,
+            "raw": String::from_utf8_lossy(raw),
+        }))
+    }
+
+    /// Appends one dead letter: a JSON object with the input's position,
+    /// `kind`, `reason` and `raw` text.
+    pub fn write_record(&mut self, record: &serde_json::Value) -> std::io::Result<()> {
         if self.file.is_none() {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -46,14 +57,8 @@ impl DeadLetterFile {
                 .open(&self.path)?;
             self.file = Some(std::io::BufWriter::new(file));
         }
-        let record = serde_json::json!({
-            "line": line_number,
-            "kind": kind,
-            "reason": reason,
-            "raw": String::from_utf8_lossy(raw),
-        });
         if let Some(file) = self.file.as_mut() {
-            serde_json::to_writer(&mut *file, &record)?;
+            serde_json::to_writer(&mut *file, record)?;
             file.write_all(b"\n")?;
         }
         Ok(())

@@ -1,0 +1,104 @@
+//! What the `kafka` source and sink share: client settings, the headers that
+//! carry a record's upstream position, and checks of user-given options.
+
+use std::collections::BTreeMap;
+
+use flowpulse_core::plugin::FieldError;
+use rdkafka::ClientConfig;
+
+/// Header naming the partition a record came from upstream
+/// (`SOURCE/PARTITION`, e.g. `events/orchestrator:events`).
+pub const UPSTREAM_HEADER: &str = "flowpulse-upstream";
+
+/// Header holding the record's position in that partition (decimal; a Redis
+/// entry id `ms-seq` is `ms << 64 | seq`).
+pub const POSITION_HEADER: &str = "flowpulse-position";
+
+/// librdkafka properties Flowpulse sets itself for its guarantees; `options`
+/// may not change them.
+pub fn reserved(keys: &[&'static str], options: &BTreeMap<String, String>) -> Vec<FieldError> {
+    options
+        .keys()
+        .filter(|key| keys.contains(&key.as_str()))
+        .map(|key| {
+            FieldError::new(
+                "options",
+                format!(
+                    "`{key}` is set by Flowpulse for its delivery guarantees and cannot be changed"
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Checks a `brokers` list: `host:port`, comma-separated.
+pub fn check_brokers(brokers: &str) -> Option<FieldError> {
+    let bad = brokers.split(',').map(str::trim).find(|b| {
+        b.rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    });
+    match (brokers.trim().is_empty(), bad) {
+        (true, _) => Some(FieldError::new(
+            "brokers",
+            "must name at least one broker, e.g. \"127.0.0.1:9092\"",
+        )),
+        (false, Some(b)) => Some(FieldError::new(
+            "brokers",
+            format!("`{b}` is not host:port (e.g. \"127.0.0.1:9092\")"),
+        )),
+        (false, None) => None,
+    }
+}
+
+/// A client config with `brokers`, then the user's `options`, then `fixed`
+/// (the reserved ones, validated not to clash).
+pub fn client_config(
+    brokers: &str,
+    options: &BTreeMap<String, String>,
+    fixed: &[(&str, String)],
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in options {
+        config.set(key, value);
+    }
+    for (key, value) in fixed {
+        config.set(*key, value);
+    }
+    config
+}
+
+/// The `brokers` list as logs show it (it never holds credentials: those go
+/// in `options`, which are never logged).
+pub fn display_brokers(brokers: &str) -> String {
+    format!("kafka://{brokers}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brokers_must_be_host_and_port() {
+        assert!(check_brokers("127.0.0.1:9092, kafka-2:9093").is_none());
+        let e = check_brokers("127.0.0.1").unwrap();
+        assert!(
+            e.message.contains("`127.0.0.1` is not host:port"),
+            "{}",
+            e.message
+        );
+        assert!(check_brokers("a:99999").is_some());
+        assert!(check_brokers(" ").unwrap().message.contains("at least one"));
+    }
+
+    #[test]
+    fn reserved_options_are_refused_by_name() {
+        let options = BTreeMap::from([
+            ("acks".to_owned(), "1".to_owned()),
+            ("linger.ms".to_owned(), "20".to_owned()),
+        ]);
+        let errors = reserved(&["acks", "enable.idempotence"], &options);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].message.contains("`acks`"));
+    }
+}

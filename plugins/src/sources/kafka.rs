@@ -1,0 +1,486 @@
+//! `kafka`: reads events from a Kafka topic (any Kafka-protocol broker) as a
+//! member of a consumer group.
+//!
+//! Each Kafka partition is read in order. A record written by a `kafka` sink
+//! carries its upstream position (a Redis entry id, say) in headers, and the
+//! source hands that position on as the record's place in a partition named
+//! after the Kafka partition and the upstream one: a stateful processor
+//! downstream then leaves out a record at or below the highest position it
+//! has folded there, so what a restarted bridge sent twice counts once,
+//! however long ago the first copy was read. A record without those headers
+//! is placed by its Kafka offset.
+//!
+//! Offsets are stored for the group only once every record before them is
+//! delivered (for a stateful processor: held in a durable checkpoint), so a
+//! restart resumes at or before what the checkpoint holds, never after it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use flowpulse_core::ack::{AckHandle, AckReceipt, BatchStatus};
+use flowpulse_core::event::{decode_json, Decoded};
+use flowpulse_core::outage::Outage;
+use flowpulse_core::plugin::{
+    BuildContext, BuildError, ComponentError, FieldError, PluginDescriptor, Source, SourceConfig,
+    SourceContext, ValidateContext,
+};
+use flowpulse_core::record::{Batch, Origin, Record};
+use flowpulse_core::telemetry::ComponentStats;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+
+use crate::kafka_util::{self, POSITION_HEADER, UPSTREAM_HEADER};
+use crate::sources::util::{DeadLetterFile, DEFAULT_BATCH_SIZE};
+
+/// Properties the source sets for its guarantees.
+const RESERVED: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+];
+
+/// `[sources.NAME] type = "kafka"`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap brokers, `host:port`, comma-separated.
+    pub brokers: String,
+    /// The topic to read.
+    pub topic: String,
+    /// The consumer group. Default `flowpulse`.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Where a group without stored offsets starts: `earliest` (the default)
+    /// or `latest`.
+    #[serde(default)]
+    pub start: Start,
+    /// Records per batch. Default 1024.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How long a partly filled batch waits for more records, e.g. `"20ms"`
+    /// (the default).
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    pub linger: Duration,
+    /// Finish once no record has arrived for this long (replays, tests).
+    /// Default: never.
+    #[serde(default, with = "humantime_serde")]
+    pub stop_after_idle: Option<Duration>,
+    /// Further librdkafka consumer properties (`session.timeout.ms`,
+    /// `security.protocol`, `sasl.*` …). Never logged.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Where a new group starts reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Start {
+    /// The oldest record the topic keeps.
+    #[default]
+    Earliest,
+    /// Only records written from now on.
+    Latest,
+}
+
+fn default_group() -> String {
+    "flowpulse".into()
+}
+
+fn default_batch_size() -> usize {
+    DEFAULT_BATCH_SIZE
+}
+
+fn default_linger() -> Duration {
+    Duration::from_millis(20)
+}
+
+inventory::submit! {
+    PluginDescriptor::source::<KafkaSourceConfig>("kafka", "Reads events from a Kafka topic in a consumer group; records a bridge sent twice count once")
+}
+
+#[async_trait]
+impl SourceConfig for KafkaSourceConfig {
+    fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        let mut errors: Vec<FieldError> = kafka_util::check_brokers(&self.brokers)
+            .into_iter()
+            .collect();
+        if self.topic.trim().is_empty() {
+            errors.push(FieldError::new("topic", "must not be empty"));
+        }
+        if self.group.trim().is_empty() {
+            errors.push(FieldError::new("group", "must not be empty"));
+        }
+        if self.batch_size == 0 {
+            errors.push(FieldError::new("batch_size", "must be at least 1"));
+        }
+        errors.extend(kafka_util::reserved(RESERVED, &self.options));
+        errors
+    }
+
+    async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
+        let start = match self.start {
+            Start::Earliest => "earliest",
+            Start::Latest => "latest",
+        };
+        let mut config = kafka_util::client_config(
+            &self.brokers,
+            &self.options,
+            &[
+                ("group.id", self.group.clone()),
+                ("enable.auto.offset.store", "false".into()),
+                ("auto.offset.reset", start.into()),
+            ],
+        );
+        // Defaults the user's options may change.
+        for (key, value) in [
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "1000"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+        ] {
+            if !self.options.contains_key(key) {
+                config.set(key, value);
+            }
+        }
+        let consumer: StreamConsumer = config
+            .create()
+            .map_err(|e| BuildError(format!("cannot create the Kafka consumer: {e}")))?;
+        Ok(Box::new(KafkaSource {
+            consumer,
+            config: self.clone(),
+            dead_letters: DeadLetterFile::new(cx.data_dir().join("dead-letters.jsonl")),
+        }))
+    }
+}
+
+struct KafkaSource {
+    consumer: StreamConsumer,
+    config: KafkaSourceConfig,
+    dead_letters: DeadLetterFile,
+}
+
+/// A batch being filled for one origin (one Kafka partition and one
+/// upstream partition).
+struct Filling {
+    records: Vec<Record>,
+    offsets: Vec<u128>,
+    partition: i32,
+    /// The Kafka offset of its oldest record.
+    first_offset: i64,
+    /// The Kafka offset of its newest record.
+    last_offset: i64,
+    since: Instant,
+}
+
+/// Batches sent and not yet settled, per Kafka partition, oldest first.
+#[derive(Default)]
+struct InFlight {
+    partitions: BTreeMap<i32, VecDeque<(i64, AckReceipt)>>,
+    /// Partitions with a failed batch: nothing after it is stored, so a
+    /// restart or a rebalance reads it again.
+    stuck: BTreeMap<i32, i64>,
+    /// The next offset to read, per partition, as last stored for the group.
+    stored: BTreeMap<i32, i64>,
+}
+
+impl InFlight {
+    fn is_empty(&self) -> bool {
+        self.partitions.values().all(VecDeque::is_empty)
+    }
+
+    /// Stores the offset after every batch delivered with all before it.
+    fn settle(
+        &mut self,
+        consumer: &StreamConsumer,
+        topic: &str,
+        name: &str,
+        stats: &ComponentStats,
+    ) {
+        for (&partition, queue) in &mut self.partitions {
+            let mut delivered = None;
+            while let Some((offset, receipt)) = queue.front_mut() {
+                match receipt.try_status() {
+                    None => break,
+                    Some(BatchStatus::Delivered) => {
+                        if !self.stuck.contains_key(&partition) {
+                            delivered = Some(*offset);
+                        }
+                        queue.pop_front();
+                    }
+                    Some(BatchStatus::Failed) => {
+                        let offset = *offset;
+                        queue.pop_front();
+                        if let std::collections::btree_map::Entry::Vacant(entry) =
+                            self.stuck.entry(partition)
+                        {
+                            tracing::warn!(
+                                source = name,
+                                partition,
+                                offset,
+                                "a batch was not delivered; the group's offset stays before it so a restart reads it again"
+                            );
+                            entry.insert(offset);
+                        }
+                    }
+                }
+            }
+            if let Some(offset) = delivered {
+                // The group resumes at the record after the last one delivered.
+                let next = offset + 1;
+                let mut list = TopicPartitionList::new();
+                let stored = list
+                    .add_partition_offset(topic, partition, Offset::Offset(next))
+                    .and_then(|()| consumer.store_offsets(&list));
+                match stored {
+                    Ok(()) => {
+                        self.stored.insert(partition, next);
+                    }
+                    // A partition revoked meanwhile: its new owner reads on
+                    // from what was committed.
+                    Err(e) => stats.error(format!(
+                        "cannot store the offset of partition {partition}: {e}"
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Commits the stored offsets now (at shutdown).
+    fn commit(&self, consumer: &StreamConsumer, topic: &str, name: &str) {
+        let mut list = TopicPartitionList::new();
+        for (&partition, &next) in &self.stored {
+            if list
+                .add_partition_offset(topic, partition, Offset::Offset(next))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if list.count() == 0 {
+            return;
+        }
+        if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
+            tracing::warn!(source = name, "cannot commit the group's offsets at shutdown ({e}); a restart reads the records since the last commit again and skips what the checkpoint holds");
+        }
+    }
+}
+
+/// The origin and position of a message.
+fn place(name: &str, message: &BorrowedMessage<'_>) -> (Origin, u128) {
+    let header = |key: &str| {
+        message.headers().and_then(|headers| {
+            (0..headers.count())
+                .filter_map(|i| headers.try_get(i))
+                .find(|h| h.key == key)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+        })
+    };
+    let partition = format!("{}/{}", message.topic(), message.partition());
+    match (
+        header(UPSTREAM_HEADER),
+        header(POSITION_HEADER).and_then(|p| p.parse::<u128>().ok()),
+    ) {
+        (Some(upstream), Some(position)) => (
+            Origin {
+                source: name.to_owned(),
+                partition: format!("{partition}/{upstream}"),
+            },
+            position,
+        ),
+        _ => (
+            Origin {
+                source: name.to_owned(),
+                partition,
+            },
+            message.offset().max(0) as u128,
+        ),
+    }
+}
+
+/// Decodes a message's payload; counts and dead-letters what is not an event.
+fn decode(
+    dead_letters: &mut DeadLetterFile,
+    name: &str,
+    stats: &ComponentStats,
+    message: &BorrowedMessage<'_>,
+) -> Option<Record> {
+    let payload = message.payload().unwrap_or_default();
+    match decode_json(payload, None) {
+        Ok(Decoded::Event(event)) => Some(Record::Event(event)),
+        Ok(Decoded::Ignored(_)) => {
+            stats.ignored(1);
+            None
+        }
+        Err(e) => {
+            let place = format!(
+                "partition {} offset {}",
+                message.partition(),
+                message.offset()
+            );
+            let text = format!("{place}: {e}");
+            if stats.malformed(e.kind(), &text) {
+                tracing::warn!(
+                    source = name,
+                    kind = e.kind(),
+                    dead_letter = %dead_letters.path().display(),
+                    "malformed input ({text}); further ones of this kind are counted, not logged"
+                );
+            }
+            let letter = serde_json::json!({
+                "topic": message.topic(),
+                "partition": message.partition(),
+                "offset": message.offset(),
+                "kind": e.kind(),
+                "reason": e.to_string(),
+                "raw": String::from_utf8_lossy(payload),
+            });
+            if let Err(io) = dead_letters.write_record(&letter) {
+                stats.error(format!("cannot write dead letter: {io}"));
+            }
+            None
+        }
+    }
+}
+
+/// Sends a filled batch on and remembers its receipt.
+async fn send(
+    cx: &mut SourceContext,
+    origin: Arc<Origin>,
+    filling: Filling,
+    in_flight: &mut InFlight,
+) {
+    let (ack, receipt) = AckHandle::new();
+    tracing::debug!(
+        partition = filling.partition,
+        first = filling.first_offset,
+        last = filling.last_offset,
+        records = filling.records.len(),
+        "batch sent"
+    );
+    let batch = Batch::new(filling.records, vec![ack]).with_positions(origin, filling.offsets);
+    cx.out.send(batch).await;
+    in_flight
+        .partitions
+        .entry(filling.partition)
+        .or_default()
+        .push_back((filling.last_offset, receipt));
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn run(mut self: Box<Self>, mut cx: SourceContext) -> Result<(), ComponentError> {
+        let name = cx.name.clone();
+        let brokers = kafka_util::display_brokers(&self.config.brokers);
+        self.consumer
+            .subscribe(&[&self.config.topic])
+            .map_err(|e| {
+                ComponentError::Fatal(format!("cannot subscribe to {}: {e}", self.config.topic))
+            })?;
+        let stats = Arc::clone(&cx.stats);
+        let mut outage = Outage::new("the Kafka broker").reporting_to(Arc::clone(&stats));
+        let mut filling: HashMap<Arc<Origin>, Filling> = HashMap::new();
+        let mut origins: HashMap<Origin, Arc<Origin>> = HashMap::new();
+        let mut in_flight = InFlight::default();
+        let mut last_record = Instant::now();
+        let mut tick = tokio::time::interval(
+            self.config
+                .linger
+                .clamp(Duration::from_millis(1), Duration::from_millis(100)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let received = tokio::select! {
+                biased;
+                () = cx.shutdown.cancelled() => break,
+                // Before the messages, which a busy topic never runs out of.
+                _ = tick.tick() => None,
+                message = self.consumer.recv() => Some(message),
+            };
+            match received {
+                Some(Ok(message)) => {
+                    outage.recovered(&name, &brokers);
+                    stats.received(1);
+                    last_record = Instant::now();
+                    let (origin, position) = place(&name, &message);
+                    let partition = message.partition();
+                    let offset = message.offset();
+                    let record = decode(&mut self.dead_letters, &name, &stats, &message);
+                    drop(message);
+                    let Some(record) = record else {
+                        // Nothing to deliver; its offset is stored with the next batch's.
+                        continue;
+                    };
+                    let origin = match origins.get(&origin) {
+                        Some(shared) => Arc::clone(shared),
+                        None => {
+                            let shared = Arc::new(origin.clone());
+                            origins.insert(origin, Arc::clone(&shared));
+                            shared
+                        }
+                    };
+                    let batch = filling
+                        .entry(Arc::clone(&origin))
+                        .or_insert_with(|| Filling {
+                            records: Vec::with_capacity(self.config.batch_size),
+                            offsets: Vec::with_capacity(self.config.batch_size),
+                            partition,
+                            first_offset: offset,
+                            last_offset: offset,
+                            since: Instant::now(),
+                        });
+                    batch.records.push(record);
+                    batch.offsets.push(position);
+                    batch.last_offset = offset;
+                    if batch.records.len() >= self.config.batch_size {
+                        if let Some(full) = filling.remove(&origin) {
+                            send(&mut cx, origin, full, &mut in_flight).await;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    let wait = outage.failed(&name, &brokers, &e);
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = cx.shutdown.cancelled() => break,
+                    }
+                }
+                None => {
+                    let due: Vec<Arc<Origin>> = filling
+                        .iter()
+                        .filter(|(_, f)| f.since.elapsed() >= self.config.linger)
+                        .map(|(o, _)| Arc::clone(o))
+                        .collect();
+                    for origin in due {
+                        if let Some(batch) = filling.remove(&origin) {
+                            send(&mut cx, origin, batch, &mut in_flight).await;
+                        }
+                    }
+                    in_flight.settle(&self.consumer, &self.config.topic, &name, &stats);
+                    // Idle counts only once the group has given it partitions.
+                    if self.consumer.assignment().map_or(true, |a| a.count() == 0) {
+                        last_record = Instant::now();
+                    }
+                    if let Some(idle) = self.config.stop_after_idle {
+                        if last_record.elapsed() >= idle
+                            && filling.is_empty()
+                            && in_flight.is_empty()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // What was read and not delivered is read again after a restart;
+        // what was delivered gets its offset committed now. (Not the
+        // consumer's position: that would skip what is still in flight.)
+        in_flight.settle(&self.consumer, &self.config.topic, &name, &stats);
+        in_flight.commit(&self.consumer, &self.config.topic, &name);
+        Ok(())
+    }
+}
