@@ -412,3 +412,69 @@ fn topic_len(brokers: &str, topic: &str) -> u64 {
         })
         .sum()
 }
+
+/// `GET path` on `port` over plain HTTP/1.0; the body as JSON.
+fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    serde_json::from_str(response.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// While a slowed worker reads the topic, `/status` shows the four partitions
+/// it was assigned and a lag above zero; once it has read everything, a lag
+/// of zero.
+#[test]
+fn the_status_shows_the_assigned_partitions_and_the_lag() {
+    let url = redis_url();
+    let prefix = prefix(&url, "kafka-status");
+    let stream = format!("{prefix}:events");
+    publish(&url, &stream, 20_000, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("events", PARTITIONS);
+    let bridge = bridge_config(
+        dir.path(),
+        &url,
+        &prefix,
+        &broker.address(),
+        "events",
+        "stop_after_idle = \"2s\"",
+    );
+    run_bridge(dir.path(), &bridge);
+    let worker = worker_config_slowed(
+        dir.path(),
+        &url,
+        &prefix,
+        &broker.address(),
+        "events",
+        "batch_size = 100",
+        "",
+        "delay_per_batch = \"20ms\"",
+    );
+    let port = free_port();
+    let mut config = std::fs::read_to_string(&worker).unwrap();
+    config.push_str(&format!(
+        "\n[sinks.api]\ntype = \"rest\"\ninputs = [\"metrics\"]\naddress = \"127.0.0.1:{port}\"\n"
+    ));
+    std::fs::write(&worker, config).unwrap();
+    let child = spawn_logged(dir.path(), &worker, "worker");
+    let log = |status: &serde_json::Value| status["components"]["log"].clone();
+    let mut seen_lag = false;
+    wait_until(Duration::from_secs(60), "four partitions and a lag", || {
+        get_json(port, "/api/v1/monitoring/status").is_some_and(|status| {
+            let log = log(&status);
+            seen_lag |= log["lag"].as_u64().unwrap_or(0) > 0;
+            log["partitions_assigned"] == 4 && seen_lag
+        })
+    });
+    wait_until(Duration::from_secs(60), "no lag once read", || {
+        get_json(port, "/api/v1/monitoring/status").is_some_and(|status| {
+            let log = log(&status);
+            log["lag"] == 0 && log["records_in"] == 20_000
+        })
+    });
+    kill9(child);
+}

@@ -28,8 +28,13 @@ use flowpulse_core::plugin::{
 };
 use flowpulse_core::record::{Batch, Origin, Record};
 use flowpulse_core::telemetry::ComponentStats;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use flowpulse_core::telemetry::Gauge;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
@@ -146,8 +151,19 @@ impl SourceConfig for KafkaSourceConfig {
                 config.set(key, value);
             }
         }
-        let consumer: StreamConsumer = config
-            .create()
+        // librdkafka's statistics carry each partition's lag.
+        if !self.options.contains_key("statistics.interval.ms") {
+            config.set("statistics.interval.ms", "1000");
+        }
+        let context = GroupContext {
+            source: cx.name.clone(),
+            stats: Arc::clone(&cx.stats),
+            assigned: cx
+                .stats
+                .gauge("partitions_assigned", "Kafka partitions this member reads"),
+        };
+        let consumer: StreamConsumer<GroupContext> = config
+            .create_with_context(context)
             .map_err(|e| BuildError(format!("cannot create the Kafka consumer: {e}")))?;
         Ok(Box::new(KafkaSource {
             consumer,
@@ -157,8 +173,56 @@ impl SourceConfig for KafkaSourceConfig {
     }
 }
 
+/// What the consumer tells the component: the group's partitions as they
+/// are assigned and revoked, and the lag from librdkafka's statistics.
+struct GroupContext {
+    source: String,
+    stats: Arc<ComponentStats>,
+    assigned: Arc<Gauge>,
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        // Summed over the partitions this member reads (-1: not known yet).
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag > 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.stats.set_lag(lag as u64);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = |list: &TopicPartitionList| {
+            list.elements()
+                .iter()
+                .map(|e| e.partition().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(source = %self.source, partitions = %partitions(list), "partitions assigned");
+            }
+            Rebalance::Revoke(list) => {
+                tracing::info!(source = %self.source, partitions = %partitions(list), "partitions revoked");
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(source = %self.source, "the group's rebalance failed: {e}");
+            }
+        }
+        if let Ok(now) = consumer.assignment() {
+            self.assigned.set(now.count() as i64);
+        }
+    }
+}
+
 struct KafkaSource {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<GroupContext>,
     config: KafkaSourceConfig,
     dead_letters: DeadLetterFile,
 }
@@ -195,7 +259,7 @@ impl InFlight {
     /// Stores the offset after every batch delivered with all before it.
     fn settle(
         &mut self,
-        consumer: &StreamConsumer,
+        consumer: &StreamConsumer<GroupContext>,
         topic: &str,
         name: &str,
         stats: &ComponentStats,
@@ -250,7 +314,7 @@ impl InFlight {
     }
 
     /// Commits the stored offsets now (at shutdown).
-    fn commit(&self, consumer: &StreamConsumer, topic: &str, name: &str) {
+    fn commit(&self, consumer: &StreamConsumer<GroupContext>, topic: &str, name: &str) {
         let mut list = TopicPartitionList::new();
         for (&partition, &next) in &self.stored {
             if list
