@@ -478,3 +478,54 @@ fn the_status_shows_the_assigned_partitions_and_the_lag() {
     });
     kill9(child);
 }
+
+/// The bridge started while no broker listens keeps running, says it cannot
+/// reach the broker, and delivers everything, in order, once one starts.
+#[test]
+fn a_bridge_rides_out_a_broker_that_is_not_there_yet() {
+    let url = redis_url();
+    let prefix = prefix(&url, "kafka-outage");
+    let stream = format!("{prefix}:events");
+    publish(&url, &stream, 2_000, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let bridge = bridge_config(
+        dir.path(),
+        &url,
+        &prefix,
+        &format!("127.0.0.1:{port}"),
+        "events",
+        "",
+    );
+    let mut child = spawn_logged(dir.path(), &bridge, "bridge");
+    wait_until(Duration::from_secs(30), "the outage in the log", || {
+        std::fs::read_to_string(dir.path().join("bridge.log"))
+            .unwrap_or_default()
+            .contains("is the Kafka broker running?")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(child.try_wait().unwrap().is_none(), "the bridge exited");
+
+    let broker = Broker::start_on(dir.path(), port);
+    broker.create_topic("events", PARTITIONS);
+    let mut conn = connection(&url);
+    wait_until(Duration::from_secs(60), "every entry delivered", || {
+        pending_count(&mut conn, &stream) == 0
+            && read_topic(&broker.address(), "events").len() >= 2_000
+    });
+    terminate(&child);
+    let output = wait_with_timeout(child, Duration::from_secs(30));
+    assert_success(&output);
+    let read = read_topic(&broker.address(), "events");
+    assert_eq!(read.len(), 2_000);
+    let mut last: BTreeMap<i32, u128> = BTreeMap::new();
+    for r in &read {
+        let position = r.position.unwrap();
+        let before = last.insert(r.partition, position).unwrap_or(0);
+        assert!(
+            position > before,
+            "out of order in partition {}",
+            r.partition
+        );
+    }
+}

@@ -34,7 +34,11 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker on a free port, its log in `dir/broker.log`.
     pub fn start(dir: &Path) -> Broker {
-        let port = free_port();
+        Broker::start_on(dir, free_port())
+    }
+
+    /// Starts a broker on `port`.
+    pub fn start_on(dir: &Path, port: u16) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.join("broker.log")).unwrap();
         let child = Command::new(tansu())

@@ -2,30 +2,36 @@
 //! keyed by `workflow_id` so that one workflow's events stay in one
 //! partition, in the order they arrived.
 //!
-//! The producer is idempotent with `acks = all`, and a batch counts as taken
-//! only once the broker has acknowledged every record of it, so the source
-//! upstream acknowledges nothing the broker could still lose. Each record
-//! carries its upstream position in headers; a `kafka` source reading the
-//! topic drops a record at or below the highest position it has folded from
-//! that upstream partition, so what a restarted bridge sends again counts
-//! once. A failed delivery is retried, in order, before the next batch: later
-//! records never overtake earlier ones in a partition.
+//! The producer is idempotent with `acks = all` and never gives a record up
+//! (`message.timeout.ms = 0`): through a broker outage it retries, in order,
+//! and the outage shows in `/health`. Batches are sent one after another
+//! without waiting for the broker between them, and each batch counts as
+//! taken only once the broker has acknowledged every record of it, so the
+//! source upstream acknowledges nothing the broker could still lose. Each
+//! record carries its upstream position in headers; a `kafka` source reading
+//! the topic drops a record at or below the highest position it has folded
+//! from that upstream partition, so what a restarted bridge sends again
+//! counts once. That needs every record's first copy to land before any later
+//! one of its partition, which the idempotent producer keeps as long as it
+//! gives nothing up: a record the broker refuses for good (too large, not
+//! authorised) stops the pipeline rather than let a later one overtake it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use flowpulse_core::outage::Outage;
 use flowpulse_core::plugin::{
-    BuildContext, BuildError, ComponentError, FieldError, PluginDescriptor, Shutdown, Sink,
-    SinkConfig, ValidateContext,
+    BuildContext, BuildError, ComponentError, FieldError, PluginDescriptor, Sink, SinkConfig,
+    ValidateContext,
 };
 use flowpulse_core::record::{Batch, RecordKinds};
 use flowpulse_core::telemetry::ComponentStats;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::ClientContext;
 use serde::Deserialize;
 
 use crate::kafka_util::{self, POSITION_HEADER, UPSTREAM_HEADER};
@@ -37,7 +43,12 @@ const RESERVED: &[&str] = &[
     "acks",
     "message.timeout.ms",
     "delivery.timeout.ms",
+    "enable.gapless.guarantee",
 ];
+
+/// Batches whose acknowledgements may be awaited at once: enough to keep the
+/// broker busy while the source reads on, bounded so memory is.
+const MAX_BATCHES_IN_FLIGHT: usize = 64;
 
 /// `[sinks.NAME] type = "kafka"`.
 #[derive(Clone, Deserialize)]
@@ -52,10 +63,6 @@ pub struct KafkaSinkConfig {
     /// in order) or `id`.
     #[serde(default)]
     pub key: KeyField,
-    /// How long the broker may take to acknowledge a record before the
-    /// attempt counts as failed and is retried, e.g. `"30s"` (the default).
-    #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
-    pub delivery_timeout: Duration,
     /// Further librdkafka producer properties (`compression.type`,
     /// `security.protocol`, `sasl.*` …). Never logged.
     #[serde(default)]
@@ -73,10 +80,6 @@ pub enum KeyField {
     Id,
 }
 
-fn default_delivery_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
 inventory::submit! {
     PluginDescriptor::sink::<KafkaSinkConfig>("kafka", "Writes events to a Kafka topic keyed by workflow_id (idempotent, acks = all), with their upstream positions")
 }
@@ -89,9 +92,6 @@ impl SinkConfig for KafkaSinkConfig {
             .collect();
         if self.topic.trim().is_empty() {
             errors.push(FieldError::new("topic", "must not be empty"));
-        }
-        if self.delivery_timeout < Duration::from_secs(1) {
-            errors.push(FieldError::new("delivery_timeout", "must be at least 1s"));
         }
         errors.extend(kafka_util::reserved(RESERVED, &self.options));
         errors
@@ -106,41 +106,91 @@ impl SinkConfig for KafkaSinkConfig {
     }
 
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Sink>, BuildError> {
-        let timeout_ms = self.delivery_timeout.as_millis().to_string();
-        let producer: FutureProducer = kafka_util::client_config(
+        let reach = Arc::new(Reach {
+            component: cx.name.clone(),
+            brokers: kafka_util::display_brokers(&self.brokers),
+            stats: Arc::clone(&cx.stats),
+            down: AtomicBool::new(false),
+        });
+        let context = ProducerContext(Arc::clone(&reach));
+        let producer: FutureProducer<ProducerContext> = kafka_util::client_config(
             &self.brokers,
             &self.options,
             &[
                 ("enable.idempotence", "true".into()),
                 ("acks", "all".into()),
-                ("message.timeout.ms", timeout_ms),
+                // Never give a record up: retried through outages, in order.
+                ("message.timeout.ms", "0".into()),
             ],
         )
-        .create()
+        .create_with_context(context)
         .map_err(|e| BuildError(format!("cannot create the Kafka producer: {e}")))?;
         Ok(Box::new(KafkaSink {
             producer,
             config: self.clone(),
-            name: cx.name.clone(),
             stats: Arc::clone(&cx.stats),
-            shutdown: cx.shutdown.clone(),
-            outage: Outage::new("the Kafka broker").reporting_to(Arc::clone(&cx.stats)),
-            stuck: false,
+            reach,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_BATCHES_IN_FLIGHT)),
+            refused: Arc::new(std::sync::Mutex::new(None)),
         }))
     }
 }
 
-struct KafkaSink {
-    producer: FutureProducer,
-    config: KafkaSinkConfig,
-    name: String,
+/// Whether the broker can be reached, as the component shows it: librdkafka
+/// retries on its own meanwhile.
+struct Reach {
+    component: String,
+    brokers: String,
     stats: Arc<ComponentStats>,
-    shutdown: Shutdown,
-    outage: Outage,
-    /// A batch was not taken: every later one fails too, so none overtakes
-    /// it in a partition (the source delivers them all again, in order,
-    /// after a restart).
-    stuck: bool,
+    down: AtomicBool,
+}
+
+impl Reach {
+    fn reached(&self) {
+        if self.down.swap(false, Ordering::AcqRel) {
+            self.stats.set_outage(None);
+            tracing::info!(component = %self.component, "reached {} again", self.brokers);
+        }
+    }
+
+    fn unreachable(&self, error: &KafkaError, reason: &str) {
+        self.stats
+            .set_outage(Some(format!("cannot reach {} ({reason})", self.brokers)));
+        if !self.down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                component = %self.component,
+                "cannot reach {} ({error}: {reason}); is the Kafka broker running? records wait and are retried in order",
+                self.brokers
+            );
+        }
+    }
+}
+
+/// The producer's callbacks.
+struct ProducerContext(Arc<Reach>);
+
+impl ClientContext for ProducerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.unreachable(&error, reason);
+    }
+
+    // librdkafka logs every failed connection attempt; the outage is logged
+    // once by `error` above, so its own lines are kept for debugging.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(component = %self.0.component, ?level, fac, "librdkafka: {message}");
+    }
+}
+
+struct KafkaSink {
+    producer: FutureProducer<ProducerContext>,
+    config: KafkaSinkConfig,
+    stats: Arc<ComponentStats>,
+    reach: Arc<Reach>,
+    /// Permits for batches awaiting the broker.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Why the broker refused a record for good, once it has: every later
+    /// write fails, so nothing overtakes it.
+    refused: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// One record ready to send: its payload, key and headers.
@@ -187,20 +237,41 @@ impl KafkaSink {
         }
         Ok(outgoing)
     }
+}
 
-    /// Sends `records` in order; returns the indices of those the broker did
-    /// not take (a suffix of each partition's, as the producer is
-    /// idempotent), and the first error.
-    async fn send_all(
-        &self,
-        records: &[Outgoing],
-        which: &[usize],
-    ) -> (Vec<usize>, Option<KafkaError>) {
-        let mut deliveries: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(which.len());
-        let mut failed = Vec::new();
-        let mut first_error = None;
-        for &i in which {
-            let record = &records[i];
+/// Waits for the broker's acknowledgement of one record.
+async fn settle(delivery: DeliveryFuture) -> Result<(), KafkaError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e),
+        Err(_) => Err(KafkaError::Canceled),
+    }
+}
+
+impl KafkaSink {
+    fn refusal(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn write(&mut self, batch: &Batch) -> Result<(), ComponentError> {
+        if let Some(reason) = self.refusal() {
+            return Err(ComponentError::Fatal(format!(
+                "the broker refused a record ({reason}); stopped so that no later record overtakes it"
+            )));
+        }
+        let permit = Arc::clone(&self.in_flight)
+            .acquire_owned()
+            .await
+            .map_err(|_| ComponentError::Fatal("the sink is closed".into()))?;
+        let records = self.outgoing(batch)?;
+        let mut deliveries = Vec::with_capacity(records.len());
+        for record in &records {
             loop {
                 let mut future = FutureRecord::to(&self.config.topic)
                     .payload(&record.payload)
@@ -210,92 +281,69 @@ impl KafkaSink {
                 }
                 match self.producer.send_result(future) {
                     Ok(delivery) => {
-                        deliveries.push((i, delivery));
+                        deliveries.push(delivery);
                         break;
                     }
-                    // The local queue is full: wait for what is in flight.
+                    // librdkafka's queue is full (an outage, or a burst):
+                    // wait for room rather than drop.
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        if deliveries.is_empty() {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                        for (j, delivery) in deliveries.drain(..) {
-                            if let Err(e) = settle(delivery).await {
-                                failed.push(j);
-                                first_error.get_or_insert(e);
-                            }
-                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                     }
                     Err((e, _)) => {
-                        failed.push(i);
-                        first_error.get_or_insert(e);
-                        break;
+                        return Err(ComponentError::Fatal(format!(
+                            "cannot hand a record to the Kafka producer: {e}"
+                        )));
                     }
                 }
             }
         }
-        for (j, delivery) in deliveries {
-            if let Err(e) = settle(delivery).await {
-                failed.push(j);
-                first_error.get_or_insert(e);
-            }
-        }
-        failed.sort_unstable();
-        (failed, first_error)
-    }
-}
-
-async fn settle(delivery: DeliveryFuture) -> Result<(), KafkaError> {
-    match delivery.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(e),
-        Err(_) => Err(KafkaError::Canceled),
-    }
-}
-
-#[async_trait]
-impl Sink for KafkaSink {
-    async fn write(&mut self, batch: &Batch) -> Result<(), ComponentError> {
-        if self.stuck {
-            return Err(ComponentError::Transient(
-                "an earlier batch was not taken by the broker; later ones wait for a restart so that none overtakes it".into(),
-            ));
-        }
-        let records = self.outgoing(batch)?;
-        let mut which: Vec<usize> = (0..records.len()).collect();
-        loop {
-            let (failed, error) = self.send_all(&records, &which).await;
-            if failed.is_empty() {
-                self.outage.recovered(
-                    &self.name,
-                    &kafka_util::display_brokers(&self.config.brokers),
-                );
-                self.stats.sent(records.len());
-                return Ok(());
-            }
-            let error = error.map_or_else(|| "not acknowledged".to_owned(), |e| e.to_string());
-            let wait = self.outage.failed(
-                &self.name,
-                &kafka_util::display_brokers(&self.config.brokers),
-                &error,
-            );
-            // Retried before anything newer is sent, so order holds.
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.shutdown.cancelled() => {
-                    self.stuck = true;
-                    return Err(ComponentError::Transient(format!(
-                        "stopped before the broker took {} of {} records: {error}",
-                        failed.len(),
-                        records.len()
-                    )));
+        // The batch stays open until the broker has every record: these
+        // clones of its handles are dropped then (or failed).
+        let handles = batch.ack_handles().to_vec();
+        let (stats, refused) = (Arc::clone(&self.stats), Arc::clone(&self.refused));
+        let reach = Arc::clone(&self.reach);
+        let sent = records.len();
+        tokio::spawn(async move {
+            let mut error = None;
+            for delivery in deliveries {
+                if let Err(e) = settle(delivery).await {
+                    error.get_or_insert(e);
                 }
             }
-            which = failed;
-        }
+            match error {
+                None => {
+                    reach.reached();
+                    stats.sent(sent);
+                }
+                Some(e) => {
+                    tracing::error!(component = %reach.component, "the broker refused a record: {e}; stopping so that no later record overtakes it");
+                    stats.error(format!("the broker refused a record: {e}"));
+                    *refused
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+                    handles
+                        .iter()
+                        .for_each(flowpulse_core::ack::AckHandle::fail);
+                }
+            }
+            drop(handles);
+            drop(permit);
+        });
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), ComponentError> {
-        // Every write waited for its acknowledgements: nothing is queued.
-        Ok(())
+        // Every batch acknowledged by the broker (or refused).
+        let _all = self
+            .in_flight
+            .acquire_many(MAX_BATCHES_IN_FLIGHT as u32)
+            .await
+            .map_err(|_| ComponentError::Fatal("the sink is closed".into()))?;
+        match self.refusal() {
+            Some(reason) => Err(ComponentError::Fatal(format!(
+                "the broker refused a record ({reason})"
+            ))),
+            None => Ok(()),
+        }
     }
 }

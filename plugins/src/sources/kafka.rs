@@ -15,6 +15,7 @@
 //! restart resumes at or before what the checkpoint holds, never after it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,9 +30,11 @@ use flowpulse_core::plugin::{
 use flowpulse_core::record::{Batch, Origin, Record};
 use flowpulse_core::telemetry::ComponentStats;
 use flowpulse_core::telemetry::Gauge;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
@@ -157,6 +160,8 @@ impl SourceConfig for KafkaSourceConfig {
         }
         let context = GroupContext {
             source: cx.name.clone(),
+            brokers: kafka_util::display_brokers(&self.brokers),
+            down: AtomicBool::new(false),
             stats: Arc::clone(&cx.stats),
             assigned: cx
                 .stats
@@ -177,11 +182,42 @@ impl SourceConfig for KafkaSourceConfig {
 /// are assigned and revoked, and the lag from librdkafka's statistics.
 struct GroupContext {
     source: String,
+    brokers: String,
     stats: Arc<ComponentStats>,
     assigned: Arc<Gauge>,
+    /// The broker could not be reached (librdkafka retries on its own).
+    down: AtomicBool,
+}
+
+impl GroupContext {
+    /// A record arrived: the broker is reachable.
+    fn reached(&self) {
+        if self.down.swap(false, Ordering::AcqRel) {
+            self.stats.set_outage(None);
+            tracing::info!(source = %self.source, "reached {} again", self.brokers);
+        }
+    }
 }
 
 impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.stats
+            .set_outage(Some(format!("cannot reach {} ({reason})", self.brokers)));
+        if !self.down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                source = %self.source,
+                "cannot reach {} ({error}: {reason}); is the Kafka broker running? retrying",
+                self.brokers
+            );
+        }
+    }
+
+    // librdkafka logs every failed connection attempt; the outage is logged
+    // once by `error` above, so its own lines are kept for debugging.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(source = %self.source, ?level, fac, "librdkafka: {message}");
+    }
+
     fn stats(&self, statistics: Statistics) {
         // Summed over the partitions this member reads (-1: not known yet).
         let lag: i64 = statistics
@@ -468,6 +504,7 @@ impl Source for KafkaSource {
             match received {
                 Some(Ok(message)) => {
                     outage.recovered(&name, &brokers);
+                    self.consumer.context().reached();
                     stats.received(1);
                     last_record = Instant::now();
                     let (origin, position) = place(&name, &message);
