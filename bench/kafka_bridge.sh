@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The Kafka bridge (redis_stream → kafka) against a bare consumer that only
-# XREADGROUPs and XACKs the same entries, in the same run on the same stream:
-# Flowpulse on one core (taskset -c 0), Redis and the broker on the other. The
-# bridge is timed from its start until its consumer group has read everything
-# (lag 0) with nothing pending, i.e. every entry acknowledged by the broker
-# (idempotent producer, acks = all) and then XACKed.
+# XREADGROUPs and XACKs the same entries, in the same run on the same stream,
+# and against a bare producer that only writes the same number of events,
+# already serialized, with the bridge's producer settings (the broker's own
+# ceiling): Flowpulse and the bare clients on one core (taskset -c 0), Redis
+# and the broker on the other. The bridge is timed from its start until its
+# consumer group has read everything (lag 0) with nothing pending, i.e. every
+# entry acknowledged by the broker (idempotent producer, acks = all) and then
+# XACKed.
 #
 #   bench/kafka_bridge.sh [ENTRIES] [REDIS_URL]   (default 1000000, redis://127.0.0.1:6379)
 #
@@ -40,6 +43,8 @@ entries=$(redis-cli -u "$url" xlen "$stream")
 echo "stream: $entries entries (envelope form, 10,000 workflows in flight, 5% duplicates); topic: 4 partitions"
 
 bare=$(taskset -c 0 "$bin/redis_baseline" "$url" "$stream" bare | sed 's/.*rate=//')
+"$tansu" topic create baseline --partitions 4 --broker "tcp://127.0.0.1:$port" >/dev/null
+produce=$(taskset -c 0 "$bin/kafka_produce_baseline" "127.0.0.1:$port" baseline "$entries" | sed 's/.*rate=//')
 
 cat >"$work/bridge.toml" <<EOF
 [pipeline]
@@ -68,4 +73,5 @@ wait "$pid" || true
 
 ratio() { echo "scale=3; $1 / $2" | bc -l; }
 echo "bare XREADGROUP + XACK consumer:     $(printf '%.0f' "$bare") entries/s"
-echo "redis_stream → kafka (the bridge):   $(printf '%.0f' "$bridge") entries/s  ratio: $(ratio "$bridge" "$bare")"
+echo "bare producer (the broker's ceiling): $(printf '%.0f' "$produce") records/s"
+echo "redis_stream → kafka (the bridge):   $(printf '%.0f' "$bridge") entries/s  ratio to the consumer: $(ratio "$bridge" "$bare"), to the producer: $(ratio "$bridge" "$produce")"
