@@ -529,3 +529,46 @@ fn a_bridge_rides_out_a_broker_that_is_not_there_yet() {
         );
     }
 }
+
+/// The topic re-created with another partition count: the worker that read
+/// it before refuses to go on, saying both counts, rather than fold
+/// workflows whose partition moved.
+#[test]
+fn a_changed_partition_count_is_refused() {
+    let url = redis_url();
+    let prefix = prefix(&url, "kafka-repartition");
+    let stream = format!("{prefix}:events");
+    publish(&url, &stream, 2_000, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("events", PARTITIONS);
+    let bridge = bridge_config(
+        dir.path(),
+        &url,
+        &prefix,
+        &broker.address(),
+        "events",
+        "stop_after_idle = \"2s\"",
+    );
+    run_bridge(dir.path(), &bridge);
+    let worker = worker_config(
+        dir.path(),
+        &url,
+        &prefix,
+        &broker.address(),
+        "events",
+        "stop_after_idle = \"3s\"",
+        "",
+    );
+    assert_success(&run_to_end(dir.path(), &worker, Duration::from_secs(60)));
+
+    broker.delete_topic("events");
+    broker.create_topic("events", 2);
+    let output = run_to_end(dir.path(), &worker, Duration::from_secs(60));
+    assert!(!output.status.success(), "the worker went on");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("topic events has 2 partitions, but this pipeline first read it with 4"),
+        "{log}"
+    );
+}

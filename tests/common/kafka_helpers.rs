@@ -90,6 +90,22 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Deletes `topic`.
+    pub fn delete_topic(&self, topic: &str) {
+        let output = Command::new(tansu())
+            .args(["topic", "delete", topic])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();

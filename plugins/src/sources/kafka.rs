@@ -15,6 +15,7 @@
 //! restart resumes at or before what the checkpoint holds, never after it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,8 +40,9 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use crate::durable::write_atomic;
 use crate::kafka_util::{self, POSITION_HEADER, UPSTREAM_HEADER};
 use crate::sources::util::{DeadLetterFile, DEFAULT_BATCH_SIZE};
 
@@ -171,9 +173,10 @@ impl SourceConfig for KafkaSourceConfig {
             .create_with_context(context)
             .map_err(|e| BuildError(format!("cannot create the Kafka consumer: {e}")))?;
         Ok(Box::new(KafkaSource {
-            consumer,
+            consumer: Arc::new(consumer),
             config: self.clone(),
             dead_letters: DeadLetterFile::new(cx.data_dir().join("dead-letters.jsonl")),
+            partitions_file: cx.data_dir().join("partitions.json"),
         }))
     }
 }
@@ -258,9 +261,66 @@ impl ConsumerContext for GroupContext {
 }
 
 struct KafkaSource {
-    consumer: StreamConsumer<GroupContext>,
+    consumer: Arc<StreamConsumer<GroupContext>>,
     config: KafkaSourceConfig,
     dead_letters: DeadLetterFile,
+    /// The topic's partition count when this source first read it.
+    partitions_file: PathBuf,
+}
+
+/// How often the topic's partition count is checked.
+const PARTITIONS_CHECK: Duration = Duration::from_secs(30);
+
+/// The partition count a source first read its topic with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PartitionCount {
+    topic: String,
+    partitions: usize,
+}
+
+/// The topic's partition count from the broker (blocking: run it off the
+/// runtime); `None` while the broker cannot say.
+fn fetch_partitions(consumer: &StreamConsumer<GroupContext>, topic: &str) -> Option<usize> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()?;
+    let topic = metadata.topics().iter().find(|t| t.name() == topic)?;
+    (topic.error().is_none() && !topic.partitions().is_empty()).then(|| topic.partitions().len())
+}
+
+/// Compares `now` with the count first seen (kept in `file`, written the
+/// first time): a change moves workflows between partitions, and with them
+/// what the state keeps per partition, so it is refused.
+async fn check_partitions(file: &Path, topic: &str, now: usize) -> Result<(), ComponentError> {
+    let first = tokio::fs::read(file)
+        .await
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<PartitionCount>(&bytes).ok())
+        .filter(|kept| kept.topic == topic);
+    match first {
+        Some(kept) if kept.partitions != now => Err(ComponentError::Fatal(format!(
+            "topic {topic} has {now} partitions, but this pipeline first read it with {}: workflows would move between partitions, and the state kept per partition would no longer match. Restore the partition count, or start over (flowpulse state reset, and delete {})",
+            kept.partitions,
+            file.display()
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            if let Some(dir) = file.parent() {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(|e| ComponentError::Transient(e.to_string()))?;
+            }
+            let kept = PartitionCount {
+                topic: topic.to_owned(),
+                partitions: now,
+            };
+            let bytes = serde_json::to_vec(&kept)
+                .map_err(|e| ComponentError::Transient(e.to_string()))?;
+            write_atomic(file, &bytes)
+                .await
+                .map_err(|e| ComponentError::Transient(format!("cannot write {}: {e}", file.display())))
+        }
+    }
 }
 
 /// A batch being filled for one origin (one Kafka partition and one
@@ -487,6 +547,9 @@ impl Source for KafkaSource {
         let mut origins: HashMap<Origin, Arc<Origin>> = HashMap::new();
         let mut in_flight = InFlight::default();
         let mut last_record = Instant::now();
+        // The partition count, checked now and then off the runtime.
+        let mut partitions_check: Option<tokio::task::JoinHandle<Option<usize>>> = None;
+        let mut partitions_checked = Instant::now() - PARTITIONS_CHECK;
         let mut tick = tokio::time::interval(
             self.config
                 .linger
@@ -562,6 +625,24 @@ impl Source for KafkaSource {
                         }
                     }
                     in_flight.settle(&self.consumer, &self.config.topic, &name, &stats);
+                    match partitions_check.take() {
+                        Some(check) if check.is_finished() => {
+                            if let Ok(Some(count)) = check.await {
+                                check_partitions(&self.partitions_file, &self.config.topic, count)
+                                    .await?;
+                            }
+                        }
+                        Some(check) => partitions_check = Some(check),
+                        None if partitions_checked.elapsed() >= PARTITIONS_CHECK => {
+                            partitions_checked = Instant::now();
+                            let (consumer, topic) =
+                                (Arc::clone(&self.consumer), self.config.topic.clone());
+                            partitions_check = Some(tokio::task::spawn_blocking(move || {
+                                fetch_partitions(&consumer, &topic)
+                            }));
+                        }
+                        None => {}
+                    }
                     // Idle counts only once the group has given it partitions.
                     if self.consumer.assignment().map_or(true, |a| a.count() == 0) {
                         last_record = Instant::now();
