@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::redis_helpers::*;
@@ -21,17 +21,6 @@ use common::*;
 
 /// Aggregate settings that make the dedup window useless for redelivery.
 const SMALL_WINDOW: &str = "max_out_of_order = \"1s\"\ndedup_window = \"1s\"";
-
-/// Starts the pipeline with its log in `dir/NAME.log` (a pipe nobody reads
-/// could fill and stall it).
-fn spawn_logged(dir: &Path, config: &Path, name: &str) -> Child {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    run_command(dir, config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
 
 fn log_of(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
@@ -87,11 +76,6 @@ fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn kill9(mut child: Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 /// Kills the pipeline three times while it catches up, at 25, 50 and 75 %

@@ -50,6 +50,22 @@ pub fn check_brokers(brokers: &str) -> Option<FieldError> {
     }
 }
 
+/// The checks every Kafka component's config shares: its brokers, its topic
+/// and the options it may not change.
+pub fn check_common(
+    brokers: &str,
+    topic: &str,
+    options: &BTreeMap<String, String>,
+    reserved_keys: &[&'static str],
+) -> Vec<FieldError> {
+    let mut errors: Vec<FieldError> = check_brokers(brokers).into_iter().collect();
+    if topic.trim().is_empty() {
+        errors.push(FieldError::new("topic", "must not be empty"));
+    }
+    errors.extend(reserved(reserved_keys, options));
+    errors
+}
+
 /// A client config with `brokers`, then the user's `options`, then `fixed`
 /// (the reserved ones, validated not to clash).
 pub fn client_config(

@@ -71,30 +71,19 @@ impl Broker {
 
     /// Creates `topic` with `partitions` partitions.
     pub fn create_topic(&self, topic: &str, partitions: u32) {
-        let output = Command::new(tansu())
-            .args([
-                "topic",
-                "create",
-                topic,
-                "--partitions",
-                &partitions.to_string(),
-            ])
-            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.topic_command(&["create", topic, "--partitions", &partitions.to_string()]);
     }
-}
 
-impl Broker {
     /// Deletes `topic`.
     pub fn delete_topic(&self, topic: &str) {
+        self.topic_command(&["delete", topic]);
+    }
+
+    /// `tansu topic ARGS` against this broker; asserts it succeeded.
+    fn topic_command(&self, args: &[&str]) {
         let output = Command::new(tansu())
-            .args(["topic", "delete", topic])
+            .arg("topic")
+            .args(args)
             .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
             .output()
             .unwrap();

@@ -165,3 +165,20 @@ pub fn assert_matches_expectation(doc: &serde_json::Value, expect: &serde_json::
         "stage tasks differ: {doc}"
     );
 }
+
+/// Starts the pipeline with its log in `dir/NAME.log` (a pipe nobody reads
+/// could fill and stall it).
+pub fn spawn_logged(dir: &Path, config: &Path, name: &str) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    run_command(dir, config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// SIGKILLs `child` and reaps it.
+pub fn kill9(mut child: Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

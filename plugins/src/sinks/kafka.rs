@@ -87,14 +87,7 @@ inventory::submit! {
 #[async_trait]
 impl SinkConfig for KafkaSinkConfig {
     fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
-        let mut errors: Vec<FieldError> = kafka_util::check_brokers(&self.brokers)
-            .into_iter()
-            .collect();
-        if self.topic.trim().is_empty() {
-            errors.push(FieldError::new("topic", "must not be empty"));
-        }
-        errors.extend(kafka_util::reserved(RESERVED, &self.options));
-        errors
+        kafka_util::check_common(&self.brokers, &self.topic, &self.options, RESERVED)
     }
 
     fn inputs(&self) -> RecordKinds {

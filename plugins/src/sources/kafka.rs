@@ -116,19 +116,14 @@ inventory::submit! {
 #[async_trait]
 impl SourceConfig for KafkaSourceConfig {
     fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
-        let mut errors: Vec<FieldError> = kafka_util::check_brokers(&self.brokers)
-            .into_iter()
-            .collect();
-        if self.topic.trim().is_empty() {
-            errors.push(FieldError::new("topic", "must not be empty"));
-        }
+        let mut errors =
+            kafka_util::check_common(&self.brokers, &self.topic, &self.options, RESERVED);
         if self.group.trim().is_empty() {
             errors.push(FieldError::new("group", "must not be empty"));
         }
         if self.batch_size == 0 {
             errors.push(FieldError::new("batch_size", "must be at least 1"));
         }
-        errors.extend(kafka_util::reserved(RESERVED, &self.options));
         errors
     }
 
