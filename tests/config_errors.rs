@@ -465,6 +465,44 @@ when_full = "drop_newest"
     );
 }
 
+#[test]
+fn dropping_batches_is_refused_on_the_kafka_sink() {
+    let text = r#"[sources.in]
+type = "demo"
+
+[sinks.log]
+type = "kafka"
+inputs = ["in"]
+brokers = "127.0.0.1:9092"
+topic = "events"
+when_full = "drop_newest"
+"#;
+    let e = only_error(text);
+    assert_eq!(at(&e).0, 9, "{e}");
+    assert!(
+        e.message
+            .contains("`when_full`: a dropped batch would be acknowledged upstream"),
+        "{e}"
+    );
+}
+
+#[test]
+fn kafka_options_librdkafka_refuses_are_config_errors() {
+    let text = r#"[sources.in]
+type = "demo"
+
+[sinks.log]
+type = "kafka"
+inputs = ["in"]
+brokers = "127.0.0.1:9092"
+topic = "events"
+options = { "no.such.property" = "1" }
+"#;
+    let e = only_error(text);
+    assert!(e.message.contains("`no.such.property`"), "{e}");
+    assert!(e.message.contains("No such configuration property"), "{e}");
+}
+
 /// A pipeline feeding alerts to `sink` (TOML of one `[sinks.n]` table).
 fn notify_pipeline(sink: &str) -> String {
     format!(

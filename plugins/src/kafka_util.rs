@@ -19,7 +19,7 @@ pub const POSITION_HEADER: &str = "flowpulse-position";
 pub fn reserved(keys: &[&'static str], options: &BTreeMap<String, String>) -> Vec<FieldError> {
     options
         .keys()
-        .filter(|key| keys.contains(&key.as_str()))
+        .filter(|key| keys.contains(&key.to_ascii_lowercase().as_str()))
         .map(|key| {
             FieldError::new(
                 "options",
@@ -63,7 +63,25 @@ pub fn check_common(
         errors.push(FieldError::new("topic", "must not be empty"));
     }
     errors.extend(reserved(reserved_keys, options));
+    errors.extend(check_options(options));
     errors
+}
+
+/// Checks `options` the way librdkafka will when the client is made (known
+/// property names, valid values), without connecting anywhere.
+pub fn check_options(options: &BTreeMap<String, String>) -> Vec<FieldError> {
+    options
+        .iter()
+        .filter_map(|(key, value)| {
+            let mut config = ClientConfig::new();
+            config.set(key, value);
+            config.create_native_config().err().map(|e| {
+                // librdkafka's message names the property and says what is
+                // wrong; values never appear in it for secrets it knows.
+                FieldError::new("options", format!("`{key}`: {e}"))
+            })
+        })
+        .collect()
 }
 
 /// A client config with `brokers`, then the user's `options`, then `fixed`
@@ -105,6 +123,23 @@ mod tests {
         );
         assert!(check_brokers("a:99999").is_some());
         assert!(check_brokers(" ").unwrap().message.contains("at least one"));
+    }
+
+    #[test]
+    fn options_librdkafka_would_refuse_are_refused_with_their_name() {
+        let options = BTreeMap::from([
+            ("no.such.property".to_owned(), "1".to_owned()),
+            ("compression.type".to_owned(), "zzz".to_owned()),
+            ("linger.ms".to_owned(), "5".to_owned()),
+        ]);
+        let errors = check_options(&options);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors
+            .iter()
+            .any(|e| e.message.contains("`no.such.property`")));
+        assert!(errors
+            .iter()
+            .any(|e| e.message.contains("`compression.type`")));
     }
 
     #[test]

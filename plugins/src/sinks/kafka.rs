@@ -86,8 +86,20 @@ inventory::submit! {
 
 #[async_trait]
 impl SinkConfig for KafkaSinkConfig {
-    fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
-        kafka_util::check_common(&self.brokers, &self.topic, &self.options, RESERVED)
+    fn validate(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        let mut errors =
+            kafka_util::check_common(&self.brokers, &self.topic, &self.options, RESERVED);
+        let drops = cx
+            .topology
+            .get(cx.component)
+            .is_some_and(|me| me.when_full == flowpulse_core::config::WhenFull::DropNewest);
+        if drops {
+            errors.push(FieldError::new(
+                "when_full",
+                "a dropped batch would be acknowledged upstream without reaching the topic: keep the default \"block\"",
+            ));
+        }
+        errors
     }
 
     fn inputs(&self) -> RecordKinds {
