@@ -62,16 +62,10 @@ impl SinkConfig for AlertStoreConfig {
         if self.max_buffered == 0 {
             errors.push(FieldError::new("max_buffered", "must be at least 1"));
         }
-        let drops = cx
-            .topology
-            .get(cx.component)
-            .is_some_and(|me| me.when_full == flowpulse_core::config::WhenFull::DropNewest);
-        if drops {
-            errors.push(FieldError::new(
-                "when_full",
-                "a dropped batch would lose alert notices: keep the default \"block\" (the buffer, `max_buffered`, rides out outages)",
-            ));
-        }
+        errors.extend(crate::sinks::util::refuse_drop_newest(
+            cx,
+            "a dropped batch would lose alert notices: keep the default \"block\" (the buffer, `max_buffered`, rides out outages)",
+        ));
         errors
     }
 

@@ -89,16 +89,10 @@ impl SinkConfig for KafkaSinkConfig {
     fn validate(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
         let mut errors =
             kafka_util::check_common(&self.brokers, &self.topic, &self.options, RESERVED);
-        let drops = cx
-            .topology
-            .get(cx.component)
-            .is_some_and(|me| me.when_full == flowpulse_core::config::WhenFull::DropNewest);
-        if drops {
-            errors.push(FieldError::new(
-                "when_full",
-                "a dropped batch would be acknowledged upstream without reaching the topic: keep the default \"block\"",
-            ));
-        }
+        errors.extend(crate::sinks::util::refuse_drop_newest(
+            cx,
+            "a dropped batch would be acknowledged upstream without reaching the topic: keep the default \"block\"",
+        ));
         errors
     }
 

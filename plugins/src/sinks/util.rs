@@ -1,8 +1,20 @@
-//! Encodings every sink shares, so they all write the same lines.
+//! What every sink shares: the lines they write, and config checks.
 
+use flowpulse_core::config::WhenFull;
 use flowpulse_core::event::format_rfc3339_ms;
+use flowpulse_core::plugin::{FieldError, ValidateContext};
 use flowpulse_core::record::Record;
 use serde::Serialize;
+
+/// A `when_full` error if the sink being validated is set to drop batches
+/// when its input is full: for sinks whose dropped batches would count as
+/// delivered and so lose what `message` says.
+pub fn refuse_drop_newest(cx: &ValidateContext<'_>, message: &str) -> Option<FieldError> {
+    cx.topology
+        .get(cx.component)
+        .is_some_and(|me| me.when_full == WhenFull::DropNewest)
+        .then(|| FieldError::new("when_full", message))
+}
 
 /// Wall-clock time as RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {

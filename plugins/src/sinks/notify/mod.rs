@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flowpulse_core::alert::{Alert, Severity};
-use flowpulse_core::config::WhenFull;
 use flowpulse_core::plugin::{
     BuildContext, BuildError, ComponentError, FieldError, Sink, ValidateContext,
 };
@@ -216,16 +215,10 @@ impl Shared {
                 "must be at least retry_initial",
             ));
         }
-        let drops = cx
-            .topology
-            .get(cx.component)
-            .is_some_and(|me| me.when_full == WhenFull::DropNewest);
-        if drops {
-            errors.push(FieldError::new(
-                "when_full",
-                "a dropped batch would lose notifications: keep the default \"block\" (the outbox takes notices as fast as the disk does)",
-            ));
-        }
+        errors.extend(crate::sinks::util::refuse_drop_newest(
+            cx,
+            "a dropped batch would lose notifications: keep the default \"block\" (the outbox takes notices as fast as the disk does)",
+        ));
         errors
     }
 }
