@@ -14,7 +14,7 @@
 //! delivered (for a stateful processor: held in a durable checkpoint), so a
 //! restart resumes at or before what the checkpoint holds, never after it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -337,7 +337,7 @@ struct InFlight {
     partitions: BTreeMap<i32, VecDeque<(i64, AckReceipt)>>,
     /// Partitions with a failed batch: nothing after it is stored, so a
     /// restart or a rebalance reads it again.
-    stuck: BTreeMap<i32, i64>,
+    stuck: BTreeSet<i32>,
     /// The next offset to read, per partition, as last stored for the group.
     stored: BTreeMap<i32, i64>,
 }
@@ -361,7 +361,7 @@ impl InFlight {
                 match receipt.try_status() {
                     None => break,
                     Some(BatchStatus::Delivered) => {
-                        if !self.stuck.contains_key(&partition) {
+                        if !self.stuck.contains(&partition) {
                             delivered = Some(*offset);
                         }
                         queue.pop_front();
@@ -369,16 +369,13 @@ impl InFlight {
                     Some(BatchStatus::Failed) => {
                         let offset = *offset;
                         queue.pop_front();
-                        if let std::collections::btree_map::Entry::Vacant(entry) =
-                            self.stuck.entry(partition)
-                        {
+                        if self.stuck.insert(partition) {
                             tracing::warn!(
                                 source = name,
                                 partition,
                                 offset,
                                 "a batch was not delivered; the group's offset stays before it so a restart reads it again"
                             );
-                            entry.insert(offset);
                         }
                     }
                 }
