@@ -29,6 +29,18 @@ pub enum StoreError {
     /// A local file operation failed.
     #[error("checkpoint store I/O failed: {0}")]
     Io(#[from] std::io::Error),
+    /// A write by an instance that no longer owns the state: another took
+    /// a newer fencing token since (see [`Fence`]).
+    #[error("refused: fencing token {token} is stale (the latest is {current}); another instance owns this state now")]
+    Fenced {
+        /// The writer's token.
+        token: u64,
+        /// The latest token taken.
+        current: u64,
+    },
+    /// The store cannot fence writes.
+    #[error("this checkpoint store cannot fence writes ({0}); use a redis:// or file:// store")]
+    NoFencing(&'static str),
     /// The URL names no store this build knows.
     #[error("unsupported checkpoint URL {url} (use {known})")]
     UnsupportedUrl {
@@ -73,6 +85,107 @@ pub trait CheckpointStore: Send + Sync {
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Every key starting with `prefix`.
     async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Takes the next fencing token under `fence_key` (an atomic increment
+    /// from 0, so the first is 1): from then on, fenced writes carrying an
+    /// older token are refused.
+    async fn take_fence(&self, _fence_key: &str) -> Result<u64, StoreError> {
+        Err(StoreError::NoFencing("take_fence"))
+    }
+    /// The latest token taken under `fence_key` (0: none yet).
+    async fn fence_of(&self, fence_key: &str) -> Result<u64, StoreError> {
+        Ok(match self.load(fence_key).await? {
+            Some(bytes) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0),
+            None => 0,
+        })
+    }
+    /// [`save_joined`](Self::save_joined), done only while `fence.token`
+    /// is the latest token taken (checked and written atomically);
+    /// otherwise [`StoreError::Fenced`].
+    async fn save_fenced(
+        &self,
+        _fence: &Fence,
+        _key: &str,
+        _pieces: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        Err(StoreError::NoFencing("save_fenced"))
+    }
+    /// [`delete`](Self::delete) under the same condition.
+    async fn delete_fenced(&self, _fence: &Fence, _key: &str) -> Result<(), StoreError> {
+        Err(StoreError::NoFencing("delete_fenced"))
+    }
+}
+
+/// A fencing token: the right to write one state, taken by the instance
+/// that owns it now. librdkafka says nothing of group generations, so the
+/// store is the arbiter: a stalled instance that wakes up after its
+/// partition moved carries an older token, and its writes are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// Where the latest token is kept.
+    pub key: String,
+    /// This owner's token.
+    pub token: u64,
+}
+
+/// The key under which a state's latest fencing token is kept.
+pub fn fence_key(key: &str) -> String {
+    format!("{key}:fence")
+}
+
+/// A view of a store whose every write is fenced: what an owner of one
+/// partition's state writes through, so that none of its writes (snapshot,
+/// parts, partials, deletions) lands once another instance owns the state.
+pub struct FencedStore {
+    inner: Arc<dyn CheckpointStore>,
+    fence: Fence,
+}
+
+impl FencedStore {
+    /// Writes to `inner` under `fence`.
+    pub fn new(inner: Arc<dyn CheckpointStore>, fence: Fence) -> FencedStore {
+        FencedStore { inner, fence }
+    }
+
+    /// The fence its writes carry.
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for FencedStore {
+    async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.load(key).await
+    }
+    async fn save(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.inner.save_fenced(&self.fence, key, &[bytes]).await
+    }
+    async fn save_joined(&self, key: &str, pieces: &[&[u8]]) -> Result<(), StoreError> {
+        self.inner.save_fenced(&self.fence, key, pieces).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete_fenced(&self.fence, key).await
+    }
+    async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.keys_with_prefix(prefix).await
+    }
+    async fn take_fence(&self, fence_key: &str) -> Result<u64, StoreError> {
+        self.inner.take_fence(fence_key).await
+    }
+    async fn save_fenced(
+        &self,
+        fence: &Fence,
+        key: &str,
+        pieces: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        self.inner.save_fenced(fence, key, pieces).await
+    }
+    async fn delete_fenced(&self, fence: &Fence, key: &str) -> Result<(), StoreError> {
+        self.inner.delete_fenced(fence, key).await
+    }
 }
 
 /// Opens the store of a URL.
@@ -118,6 +231,19 @@ pub async fn open(url: &str) -> Result<Arc<dyn CheckpointStore>, StoreError> {
 /// and partition, so pipelines and instances sharing a store never collide.
 pub fn checkpoint_key(pipeline: &str, component: &str, partition: u32) -> String {
     format!("flowpulse:checkpoint:{pipeline}:{component}:{partition}")
+}
+
+/// The key of the latest partial of one partition's state: a small
+/// mergeable summary its owner writes every interval, from which any
+/// instance computes the output of the whole (see
+/// [`ProcessorState::partial`]).
+pub fn partial_key(pipeline: &str, component: &str, partition: u32) -> String {
+    format!("{}{partition}", partial_prefix(pipeline, component))
+}
+
+/// The prefix of every partial of a component.
+pub fn partial_prefix(pipeline: &str, component: &str) -> String {
+    format!("flowpulse:partial:{pipeline}:{component}:")
 }
 
 /// The key of part `id` of the checkpoint under `key`.
@@ -223,6 +349,25 @@ pub async fn load(
     key: &str,
     state: &mut dyn ProcessorState,
 ) -> Result<Option<Restored>, CheckpointError> {
+    let Some((saved, restored)) = load_saved(store, key, &mut *state).await? else {
+        return Ok(None);
+    };
+    state
+        .restore(saved)
+        .map_err(|source| CheckpointError::State {
+            key: key.to_owned(),
+            source,
+        })?;
+    Ok(Some(restored))
+}
+
+/// Reads the checkpoint under `key` as `state`'s kind, without restoring
+/// it (to merge it into another, say). `None` if there is none.
+pub async fn load_saved(
+    store: &dyn CheckpointStore,
+    key: &str,
+    state: &mut dyn ProcessorState,
+) -> Result<Option<(SavedState, Restored)>, CheckpointError> {
     let Some(main) = store.load(key).await? else {
         return Ok(None);
     };
@@ -277,8 +422,7 @@ pub async fn load(
         saved.parts.insert(*id, bytes);
     }
     restored.part_count = part_keys.len();
-    state.restore(saved).map_err(refused)?;
-    Ok(Some(restored))
+    Ok(Some((saved, restored)))
 }
 
 /// Writes a checkpoint: the parts the store lacks, then the envelope naming

@@ -282,6 +282,13 @@ pub trait SourceConfig: DeserializeOwned + Send + Sync + 'static {
     fn outputs(&self) -> RecordKinds {
         RecordKinds::EVENTS
     }
+    /// Whether its partitions are shared out among instances (a Kafka
+    /// consumer group): its batches then carry a [`crate::record::Shard`],
+    /// and a stateful processor it feeds keeps its state per partition.
+    /// Default false.
+    fn shards(&self) -> bool {
+        false
+    }
     /// Builds the running source (may do I/O).
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Source>, BuildError>;
 }
@@ -380,6 +387,11 @@ pub trait ComponentConfig: Send + Sync {
     fn keeps_input_order(&self) -> bool {
         false
     }
+    /// Whether its partitions are shared out among instances (see
+    /// [`SourceConfig::shards`]).
+    fn shards(&self) -> bool {
+        false
+    }
     /// The plugin's own typed config, for tools that know its type.
     fn as_any(&self) -> &dyn Any;
 }
@@ -400,6 +412,9 @@ impl<T: SourceConfig> ComponentConfig for SourceAdapter<T> {
     }
     fn output_kinds(&self) -> RecordKinds {
         self.0.outputs()
+    }
+    fn shards(&self) -> bool {
+        self.0.shards()
     }
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Component, BuildError>> {
         Box::pin(async move { self.0.build(cx).await.map(Component::Source) })

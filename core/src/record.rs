@@ -163,6 +163,22 @@ pub struct Origin {
     pub source: String,
     /// The partition within the source.
     pub partition: String,
+    /// Set by a source whose partitions are assigned to instances (a Kafka
+    /// consumer group): which partition of the keyed input the records
+    /// belong to, so a stateful processor keeps state per partition.
+    pub shard: Option<Shard>,
+}
+
+/// A partition of a keyed input that one instance owns at a time (a Kafka
+/// partition): the unit of state that moves between instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Shard {
+    /// The partition's number.
+    pub id: u32,
+    /// Counts the times this instance was given the partition: a change
+    /// means it may have been owned elsewhere in between, so state kept
+    /// for it here is stale.
+    pub generation: u64,
 }
 
 /// The places of a batch's records in their source partition, one per

@@ -115,6 +115,17 @@ pub trait ProcessorState: Send {
     /// Adds a saved state of a disjoint partition into this one.
     fn merge(&mut self, saved: SavedState) -> Result<(), StateError>;
 
+    /// A small summary of the state that [`merge`](Self::merge)s like the
+    /// whole into what the processor emits, leaving out what only folding
+    /// needs (the aggregate's dedup window and workflow table). When the
+    /// state is kept per partition and the partitions are spread over
+    /// instances, each owner writes its partitions' partials every interval
+    /// and every instance emits the merge of all of them. `None` (the
+    /// default): the processor cannot be split that way.
+    fn partial(&mut self) -> Option<Snapshot> {
+        None
+    }
+
     /// One line on what the state holds, for `flowpulse state show`.
     fn describe(&self) -> String;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowpulse_core::checkpoint::{CheckpointStore, StoreDescriptor, StoreError};
+use flowpulse_core::checkpoint::{CheckpointStore, Fence, StoreDescriptor, StoreError};
 use flowpulse_core::redact::redact_url;
 use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
@@ -81,6 +81,83 @@ const STAGING_SUFFIX: &str = ":writing";
 /// milliseconds, and every retry starts the stage afresh.
 const STAGING_TTL: Duration = Duration::from_secs(15 * 60);
 
+/// Whether `key` is a stage (`KEY:writing`, or `KEY:writing:TOKEN` for a
+/// fenced write, so that a stale owner's stage never mixes with the
+/// owner's).
+fn is_staging(key: &str) -> bool {
+    key.ends_with(STAGING_SUFFIX) || key.contains(":writing:")
+}
+
+/// Checks the fence (KEYS[1]) against the token (ARGV[1]) and, if it is
+/// still the latest, sets KEYS[2] to ARGV[2]. Returns -1 when written, else
+/// the latest token.
+const SET_FENCED: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current ~= tonumber(ARGV[1]) then return current end
+redis.call('SET', KEYS[2], ARGV[2])
+return -1
+";
+
+/// The same for a value staged under KEYS[3]: renamed onto KEYS[2] (and
+/// made permanent), or deleted when the fence moved.
+const RENAME_FENCED: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current ~= tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[3])
+  return current
+end
+redis.call('RENAME', KEYS[3], KEYS[2])
+redis.call('PERSIST', KEYS[2])
+return -1
+";
+
+/// The same for deleting KEYS[2].
+const DELETE_FENCED: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current ~= tonumber(ARGV[1]) then return current end
+redis.call('DEL', KEYS[2])
+return -1
+";
+
+/// What a fenced script's answer means.
+fn fenced_outcome(fence: &Fence, answer: i64) -> Result<(), StoreError> {
+    if answer < 0 {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            token: fence.token,
+            current: answer as u64,
+        })
+    }
+}
+
+/// Stages `pieces` under `staging` in chunks of at most [`WRITE_CHUNK`].
+async fn stage(
+    conn: &mut ConnectionManager,
+    staging: &str,
+    pieces: &[&[u8]],
+) -> Result<(), StoreError> {
+    let mut chunk = Vec::with_capacity(WRITE_CHUNK);
+    let mut first = true;
+    for piece in pieces {
+        let mut rest = *piece;
+        while !rest.is_empty() {
+            let take = rest.len().min(WRITE_CHUNK - chunk.len());
+            chunk.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if chunk.len() == WRITE_CHUNK {
+                send_chunk(conn, staging, &chunk, first).await?;
+                chunk.clear();
+                first = false;
+            }
+        }
+    }
+    if !chunk.is_empty() || first {
+        send_chunk(conn, staging, &chunk, first).await?;
+    }
+    Ok(())
+}
+
 /// Writes `chunk` to `staging`: the first one replaces it (and sets its
 /// expiry), the rest append (which keeps it).
 async fn send_chunk(
@@ -134,24 +211,7 @@ impl CheckpointStore for RedisStore {
                 .map_err(redis_error);
         }
         let staging = format!("{key}{STAGING_SUFFIX}");
-        let mut chunk = Vec::with_capacity(WRITE_CHUNK);
-        let mut first = true;
-        for piece in pieces {
-            let mut rest = *piece;
-            while !rest.is_empty() {
-                let take = rest.len().min(WRITE_CHUNK - chunk.len());
-                chunk.extend_from_slice(&rest[..take]);
-                rest = &rest[take..];
-                if chunk.len() == WRITE_CHUNK {
-                    send_chunk(&mut conn, &staging, &chunk, first).await?;
-                    chunk.clear();
-                    first = false;
-                }
-            }
-        }
-        if !chunk.is_empty() {
-            send_chunk(&mut conn, &staging, &chunk, first).await?;
-        }
+        stage(&mut conn, &staging, pieces).await?;
         // RENAME carries the stage's expiry over to `KEY`; PERSIST in the
         // same transaction takes it off before anyone can see it.
         redis::pipe()
@@ -193,16 +253,67 @@ impl CheckpointStore for RedisStore {
                 .await
                 .map_err(redis_error)?;
             // A stage is not a checkpoint: it expires on its own.
-            keys.extend(
-                batch
-                    .into_iter()
-                    .filter(|key| !key.ends_with(STAGING_SUFFIX)),
-            );
+            keys.extend(batch.into_iter().filter(|key| !is_staging(key)));
             if next == 0 {
                 return Ok(keys);
             }
             cursor = next;
         }
+    }
+
+    async fn take_fence(&self, fence_key: &str) -> Result<u64, StoreError> {
+        let mut conn = self.0.clone();
+        redis::cmd("INCR")
+            .arg(fence_key)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)
+    }
+
+    /// One script checks the fence and writes; a value over
+    /// [`WRITE_CHUNK`] is staged first under a key of the writer's token.
+    async fn save_fenced(
+        &self,
+        fence: &Fence,
+        key: &str,
+        pieces: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.0.clone();
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
+        let answer: i64 = if total <= WRITE_CHUNK {
+            redis::Script::new(SET_FENCED)
+                .key(&fence.key)
+                .key(key)
+                .arg(fence.token)
+                .arg(pieces.concat())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error)?
+        } else {
+            let staging = format!("{key}{STAGING_SUFFIX}:{}", fence.token);
+            stage(&mut conn, &staging, pieces).await?;
+            redis::Script::new(RENAME_FENCED)
+                .key(&fence.key)
+                .key(key)
+                .key(&staging)
+                .arg(fence.token)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error)?
+        };
+        fenced_outcome(fence, answer)
+    }
+
+    async fn delete_fenced(&self, fence: &Fence, key: &str) -> Result<(), StoreError> {
+        let mut conn = self.0.clone();
+        let answer: i64 = redis::Script::new(DELETE_FENCED)
+            .key(&fence.key)
+            .key(key)
+            .arg(fence.token)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        fenced_outcome(fence, answer)
     }
 }
 
@@ -216,6 +327,38 @@ fn file_name(key: &str) -> String {
 impl FileStore {
     fn path(&self, key: &str) -> PathBuf {
         self.0.join(file_name(key))
+    }
+
+    /// Holds the lock of `fence_key` (an exclusive lock on its own file,
+    /// held by other processes too) until the returned file is dropped.
+    async fn lock(&self, fence_key: &str) -> Result<std::fs::File, StoreError> {
+        tokio::fs::create_dir_all(&self.0).await?;
+        let mut path = self.path(fence_key).into_os_string();
+        path.push(".lock");
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("the lock task stopped: {e}")))?
+    }
+
+    /// Under the fence's lock: whether `fence.token` is still the latest.
+    async fn check(&self, fence: &Fence) -> Result<(), StoreError> {
+        let current = self.fence_of(&fence.key).await?;
+        if current == fence.token {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced {
+                token: fence.token,
+                current,
+            })
+        }
     }
 }
 
@@ -254,12 +397,36 @@ impl CheckpointStore for FileStore {
         while let Some(entry) = entries.next_entry().await? {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(rest) = name.strip_prefix(&wanted) {
-                if !rest.ends_with(".tmp") {
+                if !rest.ends_with(".tmp") && !rest.ends_with(".lock") {
                     keys.push(format!("{prefix}{rest}"));
                 }
             }
         }
         Ok(keys)
+    }
+
+    async fn take_fence(&self, fence_key: &str) -> Result<u64, StoreError> {
+        let _lock = self.lock(fence_key).await?;
+        let next = self.fence_of(fence_key).await? + 1;
+        crate::durable::write_atomic(&self.path(fence_key), next.to_string().as_bytes()).await?;
+        Ok(next)
+    }
+
+    async fn save_fenced(
+        &self,
+        fence: &Fence,
+        key: &str,
+        pieces: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        let _lock = self.lock(&fence.key).await?;
+        self.check(fence).await?;
+        self.save(key, &pieces.concat()).await
+    }
+
+    async fn delete_fenced(&self, fence: &Fence, key: &str) -> Result<(), StoreError> {
+        let _lock = self.lock(&fence.key).await?;
+        self.check(fence).await?;
+        self.delete(key).await
     }
 }
 

@@ -2,6 +2,7 @@
 //! draining shutdown with a deadline.
 
 mod output;
+mod partitioned;
 mod stateful;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use crate::plugin::{
 use crate::record::Batch;
 use crate::telemetry::{ComponentStats, ComponentTelemetry, StatsSnapshot, Telemetry};
 use output::Target;
+use partitioned::Partitioning;
 use stateful::StateKeeper;
 
 /// Why a pipeline run did not end cleanly.
@@ -110,6 +112,7 @@ impl Pipeline {
         }
 
         let feeds_stateful = stateful_reach(&config);
+        let partitioned = partitioned_processors(&config);
         let topology = crate::topology::TopologyView::new(&config.components, &config.stores);
         let started = Shutdown::new();
         let mut built = Vec::new();
@@ -133,6 +136,15 @@ impl Pipeline {
                 started: started.clone(),
                 feeds_stateful: feeds_stateful.contains(&spec.name),
             };
+            if partitioned.contains(&spec.name) {
+                match partitioning(&config, spec, cx).await {
+                    Ok(setup) => built.push((spec, Built::Partitioned(setup))),
+                    Err(e) => {
+                        build_errors.push(format!("{} \"{}\": {e}", spec.role.as_str(), spec.name))
+                    }
+                }
+                continue;
+            }
             let built_one = match spec.config.build(&cx).await {
                 Ok(Component::Processor(mut processor)) => match processor.state() {
                     Some(state) => StateKeeper::start(
@@ -142,14 +154,14 @@ impl Pipeline {
                         state,
                     )
                     .await
-                    .map(|keeper| (Component::Processor(processor), Some(keeper)))
+                    .map(|keeper| (Component::Processor(processor), Some(Box::new(keeper))))
                     .map_err(BuildError),
                     None => Ok((Component::Processor(processor), None)),
                 },
                 other => other.map(|component| (component, None)),
             };
             match built_one {
-                Ok((component, keeper)) => built.push((spec, component, keeper)),
+                Ok((component, keeper)) => built.push((spec, Built::One(component, keeper))),
                 Err(e) => {
                     build_errors.push(format!("{} \"{}\": {e}", spec.role.as_str(), spec.name))
                 }
@@ -192,9 +204,25 @@ impl Pipeline {
         started.cancel();
         let mut tasks = JoinSet::new();
         let mut names = BTreeMap::new();
-        for (spec, component, keeper) in built {
+        for (spec, built) in built {
             let name = spec.name.clone();
             let component_stats = stats(&name);
+            let (component, keeper) = match built {
+                Built::One(component, keeper) => (component, keeper.map(|k| *k)),
+                Built::Partitioned(setup) => {
+                    let rx = receivers.remove(&name).unwrap_or_else(closed_channel);
+                    let out = output_of(&name);
+                    let handle = tasks.spawn(partitioned::run_partitioned(
+                        name.clone(),
+                        setup,
+                        rx,
+                        out,
+                        component_stats,
+                    ));
+                    names.insert(handle.id(), (spec.role, name));
+                    continue;
+                }
+            };
             let handle = match component {
                 Component::Source(source) => {
                     let cx = SourceContext {
@@ -278,9 +306,94 @@ impl Pipeline {
     }
 }
 
+/// A component built and ready to start.
+enum Built {
+    /// One instance, with its state's keeper if it is stateful.
+    One(Component, Option<Box<StateKeeper>>),
+    /// A stateful processor kept per partition of its input.
+    Partitioned(Partitioning),
+}
+
+/// How a processor whose state is kept per partition builds its instances
+/// and where it keeps them.
+async fn partitioning(
+    config: &PipelineConfig,
+    spec: &crate::config::ComponentSpec,
+    cx: BuildContext,
+) -> Result<Partitioning, BuildError> {
+    if spec.config.fresh_state().is_none() {
+        return Err(BuildError("it keeps no state".into()));
+    }
+    let store = match config.checkpoint_for(spec) {
+        Some(settings) => {
+            let store = crate::checkpoint::open(&settings.url)
+                .await
+                .map_err(|e| BuildError(e.to_string()))?;
+            Some((store, settings.interval))
+        }
+        None => None,
+    };
+    let component = spec.config.clone();
+    let cx = Arc::new(cx);
+    let factory: partitioned::Factory = Arc::new(move || {
+        let (component, cx) = (component.clone(), cx.clone());
+        Box::pin(async move {
+            match component.build(&cx).await? {
+                Component::Processor(processor) => Ok(processor),
+                _ => Err(BuildError("not a processor".into())),
+            }
+        })
+    });
+    // Build one now, so a config it refuses stops the start.
+    factory().await?;
+    Ok(Partitioning {
+        pipeline: config.pipeline.name.clone(),
+        factory,
+        store,
+    })
+}
+
+/// The stateful processors that a source sharing its partitions among
+/// instances feeds, directly or through stateless processors: their state
+/// is kept per partition. (Past another stateful processor, records are its
+/// output, not the partitioned input.)
+fn partitioned_processors(config: &PipelineConfig) -> std::collections::BTreeSet<String> {
+    let by_name: BTreeMap<&str, &crate::config::ComponentSpec> = config
+        .components
+        .iter()
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    let fed_by_shards = |start: &crate::config::ComponentSpec| {
+        let mut todo: Vec<&str> = start.inputs.iter().map(String::as_str).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(name) = todo.pop() {
+            if !seen.insert(name) {
+                continue;
+            }
+            let Some(spec) = by_name.get(name) else {
+                continue;
+            };
+            if spec.config.shards() {
+                return true;
+            }
+            if spec.config.fresh_state().is_none() {
+                todo.extend(spec.inputs.iter().map(String::as_str));
+            }
+        }
+        false
+    };
+    config
+        .components
+        .iter()
+        .filter(|c| c.role == ComponentRole::Processor && c.config.fresh_state().is_some())
+        .filter(|c| fed_by_shards(c))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
 /// How long the input of a stateful processor must pause before what it
 /// holds is checkpointed ahead of the interval.
-const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_millis(100);
+pub(crate) const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_millis(100);
 
 fn closed_channel() -> mpsc::Receiver<Batch> {
     mpsc::channel(1).1

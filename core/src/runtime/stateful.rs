@@ -15,6 +15,15 @@ use crate::record::Batch;
 use crate::state::ProcessorState;
 use crate::telemetry::ComponentStats;
 
+/// The counter of writes the store refused because another instance owns
+/// the state now.
+pub(crate) fn fenced_refusals(stats: &ComponentStats) -> Arc<crate::telemetry::Counter> {
+    stats.counter(
+        "fenced_writes_refused",
+        "writes of a partition's state refused because another instance took it over",
+    )
+}
+
 /// What the runtime keeps of a batch while a stateful processor handles
 /// it: its acknowledgement handles and the position it reaches.
 pub(crate) struct Admitted {
@@ -34,6 +43,17 @@ pub(crate) struct StateKeeper {
     checkpoint: Option<Checkpointer>,
 }
 
+/// What became of the last checkpoint write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteState {
+    /// Written, or not yet tried.
+    Fine,
+    /// It failed; retried at the next.
+    Failing,
+    /// Refused: another instance took the state's fencing token since.
+    FencedOut,
+}
+
 /// Periodic checkpoints to a store.
 struct Checkpointer {
     store: Arc<dyn CheckpointStore>,
@@ -47,7 +67,7 @@ struct Checkpointer {
     legacy_keys: Vec<String>,
     /// Batches processed since the last checkpoint that covered them.
     held: VecDeque<Held>,
-    failing: bool,
+    failing: WriteState,
     writing: Option<Writing>,
     /// When the last write started, whatever became of it.
     last_attempt: Instant,
@@ -98,6 +118,63 @@ impl StateKeeper {
         Ok(keeper)
     }
 
+    /// The keeper of one partition of processor `name`'s state, kept in
+    /// `store` (every `interval`) under a fencing token taken now, before
+    /// the state is restored: whatever the previous owner wrote before that
+    /// is restored, and nothing it tries after is accepted. Without a
+    /// store, the partition's state lives in memory only.
+    pub async fn start_partition(
+        pipeline: &str,
+        name: &str,
+        store: Option<(Arc<dyn CheckpointStore>, Duration)>,
+        partition: u32,
+        state: &mut dyn ProcessorState,
+    ) -> Result<StateKeeper, String> {
+        let mut keeper = StateKeeper {
+            name: format!("{name}[{partition}]"),
+            marks: PositionMap::new(),
+            processed: 0,
+            skipped: 0,
+            checkpoint: None,
+        };
+        let Some((store, interval)) = store else {
+            return Ok(keeper);
+        };
+        let key = checkpoint::checkpoint_key(pipeline, name, partition);
+        let fence_key = checkpoint::fence_key(&key);
+        let token = store
+            .take_fence(&fence_key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let fenced: Arc<dyn CheckpointStore> = Arc::new(checkpoint::FencedStore::new(
+            store,
+            checkpoint::Fence {
+                key: fence_key,
+                token,
+            },
+        ));
+        debug!(component = %name, partition, token, "took the partition's fencing token");
+        keeper.restore_from(fenced, key, interval, state).await?;
+        Ok(keeper)
+    }
+
+    /// The store its checkpoints go to (fenced for a partition's keeper).
+    pub fn store(&self) -> Option<Arc<dyn CheckpointStore>> {
+        self.checkpoint.as_ref().map(|c| c.store.clone())
+    }
+
+    /// What became of the last checkpoint write.
+    pub fn write_state(&self) -> WriteState {
+        self.checkpoint
+            .as_ref()
+            .map_or(WriteState::Fine, |c| c.failing)
+    }
+
+    /// The positions processed so far.
+    pub fn marks(&self) -> &PositionMap {
+        &self.marks
+    }
+
     /// Restores `state` from the checkpoint under `key` of `store` and
     /// checkpoints there every `interval` from now on.
     async fn restore_from(
@@ -144,7 +221,7 @@ impl StateKeeper {
             stored: restored.parts,
             legacy_keys: restored.legacy_keys,
             held: VecDeque::new(),
-            failing: false,
+            failing: WriteState::Fine,
             writing: None,
             last_attempt: Instant::now(),
         });
@@ -396,17 +473,22 @@ impl Checkpointer {
                 );
                 self.durable = positions;
                 self.last = started;
-                if self.failing {
+                if self.failing == WriteState::Failing {
                     info!(key = %self.key, "checkpoint written again");
-                    self.failing = false;
                 }
+                self.failing = WriteState::Fine;
+            }
+            Err(e @ checkpoint::StoreError::Fenced { .. }) => {
+                fenced_refusals(stats).inc();
+                warn!(key = %self.key, "checkpoint {e}; letting the partition go");
+                self.failing = WriteState::FencedOut;
             }
             Err(e) => {
                 stats.error(format!("cannot write checkpoint {}: {e}", self.key));
-                if !self.failing {
+                if self.failing == WriteState::Fine {
                     warn!(key = %self.key, "cannot write checkpoint ({e}); holding acknowledgements and retrying");
-                    self.failing = true;
                 }
+                self.failing = WriteState::Failing;
             }
         }
     }
@@ -510,6 +592,7 @@ mod tests {
         let origin = Arc::new(Origin {
             source: "events".into(),
             partition: "stream".into(),
+            shard: None,
         });
         let mut batch = Batch::new(offsets.iter().map(|_| event()).collect(), vec![handle])
             .with_positions(origin, offsets.to_vec());

@@ -452,6 +452,7 @@ fn origin_of(source: &str, path: &Path, position: Position) -> Arc<Origin> {
             position.file_id,
             position.generation
         ),
+        shard: None,
     })
 }
 

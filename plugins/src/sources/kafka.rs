@@ -14,10 +14,10 @@
 //! delivered (for a stateful processor: held in a durable checkpoint), so a
 //! restart resumes at or before what the checkpoint holds, never after it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -28,7 +28,7 @@ use flowpulse_core::plugin::{
     BuildContext, BuildError, ComponentError, FieldError, PluginDescriptor, Source, SourceConfig,
     SourceContext, ValidateContext,
 };
-use flowpulse_core::record::{Batch, Origin, Record};
+use flowpulse_core::record::{Batch, Origin, Record, Shard};
 use flowpulse_core::telemetry::ComponentStats;
 use flowpulse_core::telemetry::Gauge;
 use rdkafka::config::RDKafkaLogLevel;
@@ -115,6 +115,9 @@ inventory::submit! {
 
 #[async_trait]
 impl SourceConfig for KafkaSourceConfig {
+    fn shards(&self) -> bool {
+        true
+    }
     fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
         let mut errors =
             kafka_util::check_common(&self.brokers, &self.topic, &self.options, RESERVED);
@@ -159,6 +162,8 @@ impl SourceConfig for KafkaSourceConfig {
             source: cx.name.clone(),
             brokers: kafka_util::display_brokers(&self.brokers),
             down: AtomicBool::new(false),
+            generations: Mutex::new(HashMap::new()),
+            assignments: AtomicU64::new(0),
             stats: Arc::clone(&cx.stats),
             assigned: cx
                 .stats
@@ -185,6 +190,11 @@ struct GroupContext {
     assigned: Arc<Gauge>,
     /// The broker could not be reached (librdkafka retries on its own).
     down: AtomicBool,
+    /// Per partition, which assignment of it this member is reading: a
+    /// stateful processor keeps state per partition, and a partition given
+    /// back after it was elsewhere must be taken over afresh.
+    generations: Mutex<HashMap<i32, u64>>,
+    assignments: AtomicU64,
 }
 
 impl GroupContext {
@@ -194,6 +204,13 @@ impl GroupContext {
             self.stats.set_outage(None);
             tracing::info!(source = %self.source, "reached {} again", self.brokers);
         }
+    }
+
+    /// Which assignment of `partition` this member is reading.
+    fn generation(&self, partition: i32) -> u64 {
+        self.generations
+            .lock()
+            .map_or(0, |g| g.get(&partition).copied().unwrap_or(0))
     }
 }
 
@@ -240,6 +257,12 @@ impl ConsumerContext for GroupContext {
         };
         match rebalance {
             Rebalance::Assign(list) => {
+                if let Ok(mut generations) = self.generations.lock() {
+                    for element in list.elements() {
+                        let generation = self.assignments.fetch_add(1, Ordering::Relaxed) + 1;
+                        generations.insert(element.partition(), generation);
+                    }
+                }
                 tracing::info!(source = %self.source, partitions = %partitions(list), "partitions assigned");
             }
             Rebalance::Revoke(list) => {
@@ -334,10 +357,11 @@ struct Filling {
 /// Batches sent and not yet settled, per Kafka partition, oldest first.
 #[derive(Default)]
 struct InFlight {
-    partitions: BTreeMap<i32, VecDeque<(i64, AckReceipt)>>,
-    /// Partitions with a failed batch: nothing after it is stored, so a
-    /// restart or a rebalance reads it again.
-    stuck: BTreeSet<i32>,
+    partitions: BTreeMap<i32, VecDeque<(i64, u64, AckReceipt)>>,
+    /// Partitions with a failed batch, and the assignment it was read in:
+    /// nothing after it is stored (so a restart or a rebalance reads it
+    /// again) until a batch of a later assignment is delivered.
+    stuck: BTreeMap<i32, u64>,
     /// The next offset to read, per partition, as last stored for the group.
     stored: BTreeMap<i32, i64>,
 }
@@ -357,11 +381,15 @@ impl InFlight {
     ) {
         for (&partition, queue) in &mut self.partitions {
             let mut delivered = None;
-            while let Some((offset, receipt)) = queue.front_mut() {
+            while let Some((offset, generation, receipt)) = queue.front_mut() {
+                let generation = *generation;
                 match receipt.try_status() {
                     None => break,
                     Some(BatchStatus::Delivered) => {
-                        if !self.stuck.contains(&partition) {
+                        if self.stuck.get(&partition).is_some_and(|&g| g < generation) {
+                            self.stuck.remove(&partition);
+                        }
+                        if !self.stuck.contains_key(&partition) {
                             delivered = Some(*offset);
                         }
                         queue.pop_front();
@@ -369,7 +397,10 @@ impl InFlight {
                     Some(BatchStatus::Failed) => {
                         let offset = *offset;
                         queue.pop_front();
-                        if self.stuck.insert(partition) {
+                        let first = !self.stuck.contains_key(&partition);
+                        let stuck = self.stuck.entry(partition).or_insert(generation);
+                        *stuck = (*stuck).max(generation);
+                        if first {
                             tracing::warn!(
                                 source = name,
                                 partition,
@@ -422,7 +453,7 @@ impl InFlight {
 }
 
 /// The origin and position of a message.
-fn place(name: &str, message: &BorrowedMessage<'_>) -> (Origin, u128) {
+fn place(name: &str, message: &BorrowedMessage<'_>, generation: u64) -> (Origin, u128) {
     let header = |key: &str| {
         message.headers().and_then(|headers| {
             (0..headers.count())
@@ -433,6 +464,10 @@ fn place(name: &str, message: &BorrowedMessage<'_>) -> (Origin, u128) {
         })
     };
     let partition = format!("{}/{}", message.topic(), message.partition());
+    let shard = Some(Shard {
+        id: message.partition().max(0) as u32,
+        generation,
+    });
     match (
         header(UPSTREAM_HEADER),
         header(POSITION_HEADER).and_then(|p| p.parse::<u128>().ok()),
@@ -441,6 +476,7 @@ fn place(name: &str, message: &BorrowedMessage<'_>) -> (Origin, u128) {
             Origin {
                 source: name.to_owned(),
                 partition: format!("{partition}/{upstream}"),
+                shard,
             },
             position,
         ),
@@ -448,6 +484,7 @@ fn place(name: &str, message: &BorrowedMessage<'_>) -> (Origin, u128) {
             Origin {
                 source: name.to_owned(),
                 partition,
+                shard,
             },
             message.offset().max(0) as u128,
         ),
@@ -507,6 +544,7 @@ async fn send(
     in_flight: &mut InFlight,
 ) {
     let (ack, receipt) = AckHandle::new();
+    let generation = origin.shard.map_or(0, |s| s.generation);
     tracing::debug!(
         partition = filling.partition,
         first = filling.first_offset,
@@ -520,7 +558,7 @@ async fn send(
         .partitions
         .entry(filling.partition)
         .or_default()
-        .push_back((filling.last_offset, receipt));
+        .push_back((filling.last_offset, generation, receipt));
 }
 
 #[async_trait]
@@ -562,7 +600,8 @@ impl Source for KafkaSource {
                     self.consumer.context().reached();
                     stats.received(1);
                     last_record = Instant::now();
-                    let (origin, position) = place(&name, &message);
+                    let generation = self.consumer.context().generation(message.partition());
+                    let (origin, position) = place(&name, &message, generation);
                     let partition = message.partition();
                     let offset = message.offset();
                     let record = decode(&mut self.dead_letters, &name, &stats, &message);

@@ -18,6 +18,58 @@ fn max_of(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 }
 
 impl AggregateState {
+    /// What of this state merges into the metrics document: its counts,
+    /// sketches, per-second buckets and history, without the dedup window,
+    /// the workflows in flight and the events held for reordering, which
+    /// only folding needs. Merging the summaries of disjoint partitions
+    /// gives the document merging the whole states gives.
+    pub fn summary(&self) -> AggregateState {
+        let AggregateState {
+            limits,
+            now_ms,
+            max_event_ms,
+            seq,
+            dedup: _,
+            pending: _,
+            slots: _,
+            free: _,
+            by_id: _,
+            keys: _,
+            finished: _,
+            counts,
+            agents,
+            agent_stats,
+            types,
+            type_stats,
+            durations,
+            completed_duration_sum_ms,
+            completed_duration_count,
+            seconds,
+            history,
+            custom,
+            accounting,
+            history_sealed_ms,
+        } = self;
+        let mut summary = AggregateState::new(limits.clone());
+        summary.now_ms = *now_ms;
+        summary.max_event_ms = *max_event_ms;
+        summary.seq = *seq;
+        summary.counts = *counts;
+        summary.agents = agents.clone();
+        summary.agent_stats = agent_stats.clone();
+        summary.types = types.clone();
+        summary.type_stats = type_stats.clone();
+        summary.durations = durations.clone();
+        summary.completed_duration_sum_ms = *completed_duration_sum_ms;
+        summary.completed_duration_count = *completed_duration_count;
+        summary.seconds = seconds.clone();
+        summary.history = history.clone();
+        summary.custom = custom.clone();
+        summary.accounting = *accounting;
+        summary.history_sealed_ms = *history_sealed_ms;
+        summary
+    }
+
     /// Adds a partial state of a disjoint partition of workflows into this
     /// one (the two must have the same limits).
     pub fn merge(&mut self, other: &AggregateState) {

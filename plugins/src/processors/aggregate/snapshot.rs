@@ -254,6 +254,10 @@ impl ProcessorState for AggregateState {
         Ok(())
     }
 
+    fn partial(&mut self) -> Option<Snapshot> {
+        Some(self.summary().snapshot(&|_| false))
+    }
+
     fn describe(&self) -> String {
         describe(self)
     }

@@ -195,6 +195,7 @@ impl SourceConfig for RedisStreamConfig {
             origin: std::sync::Arc::new(Origin {
                 source: cx.name.clone(),
                 partition: self.stream.clone(),
+                shard: None,
             }),
             exclusive: cx.feeds_stateful,
         }))

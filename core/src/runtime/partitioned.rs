@@ -1,0 +1,383 @@
+//! A stateful processor whose input is partitioned among instances (a Kafka
+//! consumer group): one processor and state per partition this instance
+//! owns, each restored and checkpointed under its own key and fencing
+//! token, and the output made from the partials of every partition,
+//! whoever owns them.
+//!
+//! Ownership follows the batches: the first batch of a partition (or of a
+//! new [`Shard::generation`], the source having been given the partition
+//! again) takes the partition's fencing token, then restores its
+//! checkpoint, so whatever the previous owner wrote before is restored and
+//! nothing it writes after is accepted. A write refused that way means the
+//! partition moved: its state here is dropped, and its batches are let go
+//! unfolded (not acknowledged) until the source is given it again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::stateful::{fenced_refusals, StateKeeper, WriteState};
+use super::{handle_result, next_tick, ticker, Output, IDLE_CHECKPOINT_AFTER};
+use crate::checkpoint::{self, CheckpointStore, StoreError};
+use crate::plugin::{BuildError, ComponentError, Processor};
+use crate::record::{Batch, Shard};
+use crate::state::{ProcessorState, SavedState};
+use crate::telemetry::{ComponentStats, Gauge};
+
+/// Builds a fresh instance of the processor (one per partition owned, and
+/// one to merge the partials into).
+pub(crate) type Factory =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Box<dyn Processor>, BuildError>> + Send + Sync>;
+
+/// How a partitioned processor keeps its partitions' state.
+pub(crate) struct Partitioning {
+    pub pipeline: String,
+    pub factory: Factory,
+    /// The checkpoint store and interval; without one, state lives in
+    /// memory only and the output merges only the partitions owned here.
+    pub store: Option<(Arc<dyn CheckpointStore>, Duration)>,
+}
+
+/// How long a partition's state is retried when the store cannot give it.
+const ACQUIRE_ATTEMPTS: u32 = 30;
+
+/// One partition owned here.
+struct Owned {
+    generation: u64,
+    processor: Box<dyn Processor>,
+    keeper: StateKeeper,
+}
+
+struct Partitions {
+    name: String,
+    setup: Partitioning,
+    owned: BTreeMap<u32, Owned>,
+    /// Partitions lost to another instance, with the generation they were
+    /// lost in: batches of that generation are let go, not folded.
+    lost: BTreeMap<u32, u64>,
+    stats: Arc<ComponentStats>,
+    owned_gauge: Arc<Gauge>,
+    /// Reads the kind of state the partials hold.
+    template: Box<dyn Processor>,
+}
+
+pub(crate) async fn run_partitioned(
+    name: String,
+    setup: Partitioning,
+    mut rx: mpsc::Receiver<Batch>,
+    mut out: Output,
+    stats: Arc<ComponentStats>,
+) -> Result<(), ComponentError> {
+    let template = (setup.factory)()
+        .await
+        .map_err(|e| ComponentError::Fatal(e.0))?;
+    let interval = setup.store.as_ref().map(|(_, interval)| *interval);
+    let mut ticks = ticker(template.tick_interval());
+    let mut checkpoints = ticker(interval);
+    let idle_after = interval.map(|interval| interval.min(IDLE_CHECKPOINT_AFTER));
+    let owned_gauge = stats.gauge(
+        "partitions_owned",
+        "partitions of the input whose state this instance holds",
+    );
+    let mut parts = Partitions {
+        name: name.clone(),
+        setup,
+        owned: BTreeMap::new(),
+        lost: BTreeMap::new(),
+        stats: stats.clone(),
+        owned_gauge,
+        template,
+    };
+    let mut idle_at: Option<tokio::time::Instant> = None;
+    loop {
+        let idle = async {
+            match idle_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(batch) => {
+                    stats.received(batch.len());
+                    idle_at = idle_after.map(|after| tokio::time::Instant::now() + after);
+                    parts.process(batch).await
+                }
+                None => break,
+            },
+            _ = next_tick(&mut ticks) => parts.tick(&mut out).await,
+            _ = next_tick(&mut checkpoints) => {
+                parts.checkpoint_all().await;
+                Ok(())
+            }
+            _ = idle => {
+                idle_at = None;
+                parts.checkpoint_all().await;
+                Ok(())
+            }
+        };
+        handle_result(&name, &stats, result)?;
+    }
+    parts.checkpoint_all().await;
+    let mut discard = Output::discard();
+    for owned in parts.owned.values_mut() {
+        let result = owned.processor.finish(&mut discard).await;
+        handle_result(&name, &stats, result)?;
+    }
+    let result = parts.emit(&mut out).await;
+    handle_result(&name, &stats, result)
+}
+
+impl Partitions {
+    async fn process(&mut self, batch: Batch) -> Result<(), ComponentError> {
+        let Some(shard) = batch.positions().and_then(|p| p.origin.shard) else {
+            batch.fail();
+            return Err(ComponentError::Transient(
+                "a batch without a partition reached a processor whose state is kept per partition; it was not folded".into(),
+            ));
+        };
+        if self.lost.get(&shard.id) == Some(&shard.generation) {
+            // Another instance owns it; the source is about to learn so.
+            batch.fail();
+            return Ok(());
+        }
+        let owned = match self.owned.get(&shard.id) {
+            Some(owned) if owned.generation == shard.generation => true,
+            Some(_) => {
+                // Given to us again: what we hold may be stale.
+                self.let_go(shard.id, "the partition was assigned again");
+                false
+            }
+            None => false,
+        };
+        if !owned {
+            match self.acquire(shard).await {
+                Ok(owned) => {
+                    self.owned.insert(shard.id, owned);
+                    self.lost.remove(&shard.id);
+                    self.owned_gauge.set(self.owned.len() as i64);
+                }
+                Err(e) => {
+                    batch.fail();
+                    return Err(e);
+                }
+            }
+        }
+        let Some(owned) = self.owned.get_mut(&shard.id) else {
+            return Ok(());
+        };
+        let (batch, admitted) = owned.keeper.admit(batch, &self.stats);
+        let result = owned.processor.process(batch, &mut Output::discard()).await;
+        owned.keeper.settle(admitted, result.is_ok());
+        result
+    }
+
+    /// Takes partition `shard.id`: its fencing token, then its checkpoint.
+    async fn acquire(&mut self, shard: Shard) -> Result<Owned, ComponentError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut processor = (self.setup.factory)()
+                .await
+                .map_err(|e| ComponentError::Fatal(e.0))?;
+            let Some(state) = processor.state() else {
+                return Err(ComponentError::Fatal(format!(
+                    "{} keeps no state to keep per partition",
+                    self.name
+                )));
+            };
+            match StateKeeper::start_partition(
+                &self.setup.pipeline,
+                &self.name,
+                self.setup.store.clone(),
+                shard.id,
+                state,
+            )
+            .await
+            {
+                Ok(keeper) => {
+                    info!(component = %self.name, partition = shard.id, "took over the partition's state");
+                    return Ok(Owned {
+                        generation: shard.generation,
+                        processor,
+                        keeper,
+                    });
+                }
+                Err(e) if attempt < ACQUIRE_ATTEMPTS => {
+                    if attempt == 1 {
+                        warn!(component = %self.name, partition = shard.id, "cannot take over the partition's state ({e}); retrying");
+                    }
+                    self.stats.error(e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    return Err(ComponentError::Fatal(format!(
+                        "cannot take over the state of partition {}: {e}",
+                        shard.id
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Drops partition `id`'s state: what it held and had not checkpointed
+    /// is not acknowledged, so the partition's next owner reads it again.
+    fn let_go(&mut self, id: u32, why: &str) {
+        if let Some(owned) = self.owned.remove(&id) {
+            info!(component = %self.name, partition = id, "letting the partition go: {why}");
+            self.lost.insert(id, owned.generation);
+        }
+        self.owned_gauge.set(self.owned.len() as i64);
+    }
+
+    /// Checkpoints every partition with something held (waiting for the
+    /// writes), and lets go of those another instance took.
+    async fn checkpoint_all(&mut self) {
+        let mut moved = Vec::new();
+        for (&id, owned) in &mut self.owned {
+            let Some(state) = owned.processor.state() else {
+                continue;
+            };
+            owned.keeper.checkpoint(state, true, &self.stats).await;
+            if owned.keeper.write_state() == WriteState::FencedOut {
+                moved.push(id);
+            }
+        }
+        for id in moved {
+            self.let_go(id, "another instance took it over");
+        }
+    }
+
+    /// Periodic work of every partition (its output dropped: the merged
+    /// output is the one sent), then the partials written and merged.
+    async fn tick(&mut self, out: &mut Output) -> Result<(), ComponentError> {
+        let mut discard = Output::discard();
+        for owned in self.owned.values_mut() {
+            owned.processor.tick(&mut discard).await?;
+        }
+        self.emit(out).await
+    }
+
+    /// Writes the partials of the partitions owned here, then sends what
+    /// the merge of every partition's partial gives.
+    async fn emit(&mut self, out: &mut Output) -> Result<(), ComponentError> {
+        let partials = match self.setup.store.clone() {
+            Some((store, _)) => {
+                self.write_partials().await;
+                self.read_partials(store.as_ref()).await
+            }
+            None => self.local_partials(),
+        };
+        let mut view = (self.setup.factory)()
+            .await
+            .map_err(|e| ComponentError::Fatal(e.0))?;
+        if let Some(state) = view.state() {
+            for (id, saved) in partials {
+                if let Err(e) = state.merge(saved) {
+                    self.stats
+                        .error(format!("cannot merge the partial of partition {id}: {e}"));
+                }
+            }
+        }
+        view.finish(out).await
+    }
+
+    async fn write_partials(&mut self) {
+        let mut moved = Vec::new();
+        for (&id, owned) in &mut self.owned {
+            let Some(store) = owned.keeper.store() else {
+                continue;
+            };
+            let Some(state) = owned.processor.state() else {
+                continue;
+            };
+            let format = state.format();
+            let Some(partial) = state.partial() else {
+                continue;
+            };
+            let key = checkpoint::partial_key(&self.setup.pipeline, &self.name, id);
+            let written = checkpoint::write(
+                store.as_ref(),
+                &key,
+                format,
+                owned.keeper.marks(),
+                &partial,
+                &mut Default::default(),
+                &mut Vec::new(),
+            )
+            .await;
+            match written {
+                Ok(_) => {}
+                Err(e @ StoreError::Fenced { .. }) => {
+                    fenced_refusals(&self.stats).inc();
+                    warn!(component = %self.name, partition = id, "partial {e}");
+                    moved.push(id);
+                }
+                Err(e) => self
+                    .stats
+                    .error(format!("cannot write the partial of partition {id}: {e}")),
+            }
+        }
+        for id in moved {
+            self.let_go(id, "another instance took it over");
+        }
+    }
+
+    /// Every partition's latest partial in the store, by partition.
+    async fn read_partials(&mut self, store: &dyn CheckpointStore) -> Vec<(u32, SavedState)> {
+        let prefix = checkpoint::partial_prefix(&self.setup.pipeline, &self.name);
+        let keys = match store.keys_with_prefix(&prefix).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                self.stats.error(format!("cannot list the partials: {e}"));
+                return Vec::new();
+            }
+        };
+        let Some(kind) = self.template.state() else {
+            return Vec::new();
+        };
+        let mut partials = Vec::new();
+        for key in keys {
+            let Some(id) = key
+                .strip_prefix(&prefix)
+                .and_then(|id| id.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            match checkpoint::load_saved(store, &key, &mut *kind).await {
+                Ok(Some((saved, _))) => partials.push((id, saved)),
+                Ok(None) => {}
+                Err(e) => self.stats.error(format!("cannot read {key}: {e}")),
+            }
+        }
+        partials
+    }
+
+    /// Without a store: the partials of the partitions owned here.
+    fn local_partials(&mut self) -> Vec<(u32, SavedState)> {
+        self.owned
+            .iter_mut()
+            .filter_map(|(&id, owned)| {
+                let state: &mut dyn ProcessorState = owned.processor.state()?;
+                let version = state.format().version;
+                let partial = state.partial()?;
+                Some((
+                    id,
+                    SavedState {
+                        version,
+                        body: partial.body,
+                        parts: partial
+                            .parts
+                            .into_iter()
+                            .filter_map(|p| Some((p.id, p.bytes?)))
+                            .collect(),
+                    },
+                ))
+            })
+            .collect()
+    }
+}
