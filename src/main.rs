@@ -206,6 +206,7 @@ fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                         dropped = stats.dropped,
                         lag = stats.lag,
                         errors = stats.errors,
+                        extra = %serde_json::to_string(&stats.extra).unwrap_or_default(),
                         "summary"
                     );
                 }

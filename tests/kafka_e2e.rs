@@ -512,3 +512,180 @@ fn a_changed_partition_count_is_refused() {
         "{log}"
     );
 }
+
+/// Four workers share the topic's partitions through the consumer group
+/// and each writes the partials of the partitions it owns; every worker's
+/// document is the merge of all of them. While the topic is read (lag
+/// above 0 at each fault, checked by progress): one worker is SIGKILLed
+/// (its partitions move after the session timeout), a fourth joins, one
+/// stops with SIGTERM, and one is SIGSTOPped past the session timeout and
+/// then continued. The document equals the known answer, and the stopped
+/// worker's writes after its partitions moved were refused by their
+/// fencing tokens.
+///
+/// Sized so that each fault lands mid-read: 40,000 events read in batches
+/// of 100 with 100 ms per batch is ~1,000 records/s per worker, so the
+/// topic takes tens of seconds, longer than the 6 s session timeout each
+/// kill and stop waits out, and a checkpoint (200 ms) spans more event
+/// time than the 1 s dedup window, so only positions and fencing keep the
+/// count exact.
+#[test]
+fn workers_that_crash_join_leave_and_stall_merge_to_the_exact_document() {
+    let t = Bridged::new(
+        "kafka-workers",
+        40_000,
+        &["--duplicates", "0.02", "--malformed", "0.01"],
+    );
+    let mut conn = connection(&t.url);
+    assert_eq!(pending_count(&mut conn, &t.stream), 0);
+    // Eager (range) assignment: Tansu 0.6 leaves cooperative-sticky
+    // rebalances unfinished once a member has died, and the group stalls.
+    let worker = t.worker(
+        "batch_size = 100\nstop_after_idle = \"4s\"\noptions = { \"session.timeout.ms\" = \"6000\", \"partition.assignment.strategy\" = \"range\" }",
+        SMALL_WINDOW,
+        "delay_per_batch = \"100ms\"",
+    );
+    let total = progress(&expect_as_document(&t.expect));
+    let dir = t.dir.path();
+    let reached = |fraction: f64, what: &str| {
+        wait_until(Duration::from_secs(120), what, || {
+            t.document()
+                .is_some_and(|doc| progress(&doc) as f64 >= total as f64 * fraction)
+        });
+        let done = t.document().map_or(0, |doc| progress(&doc));
+        assert!(done < total, "{what}: the topic was read before the fault");
+    };
+
+    let first = spawn_logged(dir, &worker, "w1");
+    let second = spawn_logged(dir, &worker, "w2");
+    let third = spawn_logged(dir, &worker, "w3");
+    reached(0.15, "15% before the kill");
+    kill9(first);
+    reached(0.30, "30% before a fourth worker joins");
+    let fourth = spawn_logged(dir, &worker, "w4");
+    reached(0.45, "45% before the SIGTERM");
+    terminate(&second);
+    wait_logged(second, dir, "w2");
+    reached(0.55, "55% before the SIGSTOP");
+    let stalled = owned_partitions(&dir.join("w3.log"));
+    assert!(!stalled.is_empty(), "the third worker owns no partition");
+    let before = takeovers(&dir.join("w4.log"), &stalled);
+    signal(&third, "-STOP");
+    // Past the 6 s session timeout its partitions move to the fourth, which
+    // takes their fencing tokens; only then does the third wake up.
+    wait_until(
+        Duration::from_secs(90),
+        "the fourth worker taking over the stalled one's partitions",
+        || takeovers(&dir.join("w4.log"), &stalled) > before,
+    );
+    signal(&third, "-CONT");
+    wait_logged(third, dir, "w3");
+    wait_logged(fourth, dir, "w4");
+
+    let doc = t.document().expect("a cached document");
+    assert_matches_expectation(&doc, &t.expect);
+    assert_eq!(pending_count(&mut conn, &t.stream), 0);
+    let log = std::fs::read_to_string(dir.join("w3.log")).unwrap();
+    let refused = extra_counter(
+        &summaries(log.as_bytes()),
+        "metrics",
+        "fenced_writes_refused",
+    );
+    assert!(
+        refused > 0,
+        "the stalled worker wrote after its partitions moved, unrefused:\n{log}"
+    );
+}
+
+/// Waits up to 3 minutes for a child started by `spawn_logged(…, name)` to
+/// stop cleanly; fails with the end of its log otherwise.
+fn wait_logged(mut child: std::process::Child, dir: &Path, name: &str) {
+    let start = Instant::now();
+    let tail = || {
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    };
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "{name} failed ({status}); its log ends:\n{}",
+                tail()
+            );
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            panic!(
+                "{name} did not finish within 3 minutes; its log ends:\n{}",
+                tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `partition` field of a worker's JSON log lines with `message`.
+fn partitions_logged(log: &Path, message: &str) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| v["fields"]["message"] == message)
+        .filter_map(|v| v["fields"]["partition"].as_u64())
+        .collect()
+}
+
+/// The partitions whose state a worker holds, by its log.
+fn owned_partitions(log: &Path) -> std::collections::BTreeSet<u64> {
+    let mut owned = std::collections::BTreeSet::new();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    for v in text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+    {
+        let Some(partition) = v["fields"]["partition"].as_u64() else {
+            continue;
+        };
+        let message = v["fields"]["message"].as_str().unwrap_or_default();
+        if message == "took over the partition's state" {
+            owned.insert(partition);
+        } else if message.starts_with("letting the partition go") {
+            owned.remove(&partition);
+        }
+    }
+    owned
+}
+
+/// How many times a worker took over one of `partitions`.
+fn takeovers(log: &Path, partitions: &std::collections::BTreeSet<u64>) -> usize {
+    partitions_logged(log, "took over the partition's state")
+        .into_iter()
+        .filter(|p| partitions.contains(p))
+        .count()
+}
+
+/// Sends `signal` (`-STOP`, `-CONT` …) to `child`.
+fn signal(child: &std::process::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// A component's own counter from its summary line (0 if it never counted).
+fn extra_counter(
+    summaries: &BTreeMap<String, serde_json::Value>,
+    component: &str,
+    name: &str,
+) -> u64 {
+    let extra = summaries
+        .get(component)
+        .and_then(|s| s["extra"].as_str())
+        .unwrap_or_else(|| panic!("no summary of {component} in {summaries:#?}"));
+    serde_json::from_str::<serde_json::Value>(extra).unwrap()[name]
+        .as_u64()
+        .unwrap_or(0)
+}

@@ -179,6 +179,9 @@ pub struct Shard {
     /// means it may have been owned elsewhere in between, so state kept
     /// for it here is stale.
     pub generation: u64,
+    /// Set on the notice a source sends when it gives the partition up
+    /// (revoked by the group): nothing more of this generation follows.
+    pub released: bool,
 }
 
 /// The places of a batch's records in their source partition, one per
@@ -272,6 +275,25 @@ impl Batch {
     /// A batch whose delivery nobody waits for.
     pub fn unacked(records: Vec<Record>) -> Batch {
         Batch::new(records, Vec::new())
+    }
+
+    /// A partition notice: no records, only an origin whose
+    /// [`Shard`] says a partition was given to this instance, or (with
+    /// `released`) given up. A stateful processor kept per partition takes
+    /// the partition's state over (or checkpoints and drops it) at once,
+    /// rather than at its next records.
+    pub fn notice(origin: Arc<Origin>) -> Batch {
+        Batch::unacked(Vec::new()).with_positions(origin, Vec::new())
+    }
+
+    /// Whether it is a partition notice (see [`Batch::notice`]): passed on
+    /// though it holds no records.
+    pub fn is_notice(&self) -> bool {
+        self.is_empty()
+            && self
+                .positions
+                .as_deref()
+                .is_some_and(|p| p.origin.shard.is_some())
     }
 
     /// The records.

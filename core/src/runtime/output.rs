@@ -64,7 +64,7 @@ impl Output {
     /// for room (backpressure); with `"drop_newest"` a full consumer misses the
     /// batch and counts the drop. A consumer that has stopped fails the batch.
     pub async fn send(&mut self, mut batch: Batch) {
-        if batch.is_empty() {
+        if batch.is_empty() && !batch.is_notice() {
             return;
         }
         batch.set_via(&self.producer);
@@ -94,7 +94,7 @@ async fn deliver(target: &Target, batch: Batch) {
         Some(kinds) => filter(batch, kinds),
         None => batch,
     };
-    if batch.is_empty() {
+    if batch.is_empty() && !batch.is_notice() {
         return;
     }
     match target.when_full {

@@ -140,6 +140,10 @@ impl Partitions {
                 "a batch without a partition reached a processor whose state is kept per partition; it was not folded".into(),
             ));
         };
+        if shard.released {
+            self.release(shard).await;
+            return Ok(());
+        }
         if self.lost.get(&shard.id) == Some(&shard.generation) {
             // Another instance owns it; the source is about to learn so.
             batch.fail();
@@ -170,6 +174,10 @@ impl Partitions {
         let Some(owned) = self.owned.get_mut(&shard.id) else {
             return Ok(());
         };
+        if batch.is_notice() {
+            // Assigned: taken over above, before any of its records.
+            return Ok(());
+        }
         let (batch, admitted) = owned.keeper.admit(batch, &self.stats);
         let result = owned.processor.process(batch, &mut Output::discard()).await;
         owned.keeper.settle(admitted, result.is_ok());
@@ -222,6 +230,23 @@ impl Partitions {
                 }
             }
         }
+    }
+
+    /// The source gave partition `shard.id` up: its state is checkpointed
+    /// (so its next owner reads little again) and dropped.
+    async fn release(&mut self, shard: Shard) {
+        let Some(owned) = self
+            .owned
+            .get_mut(&shard.id)
+            .filter(|o| o.generation == shard.generation)
+        else {
+            return;
+        };
+        if let Some(state) = owned.processor.state() {
+            owned.keeper.checkpoint(state, true, &self.stats).await;
+        }
+        self.write_partial(shard.id).await;
+        self.let_go(shard.id, "revoked by the group");
     }
 
     /// Drops partition `id`'s state: what it held and had not checkpointed
@@ -287,43 +312,49 @@ impl Partitions {
     }
 
     async fn write_partials(&mut self) {
-        let mut moved = Vec::new();
-        for (&id, owned) in &mut self.owned {
-            let Some(store) = owned.keeper.store() else {
-                continue;
-            };
-            let Some(state) = owned.processor.state() else {
-                continue;
-            };
-            let format = state.format();
-            let Some(partial) = state.partial() else {
-                continue;
-            };
-            let key = checkpoint::partial_key(&self.setup.pipeline, &self.name, id);
-            let written = checkpoint::write(
-                store.as_ref(),
-                &key,
-                format,
-                owned.keeper.marks(),
-                &partial,
-                &mut Default::default(),
-                &mut Vec::new(),
-            )
-            .await;
-            match written {
-                Ok(_) => {}
-                Err(e @ StoreError::Fenced { .. }) => {
-                    fenced_refusals(&self.stats).inc();
-                    warn!(component = %self.name, partition = id, "partial {e}");
-                    moved.push(id);
-                }
-                Err(e) => self
-                    .stats
-                    .error(format!("cannot write the partial of partition {id}: {e}")),
-            }
+        let ids: Vec<u32> = self.owned.keys().copied().collect();
+        for id in ids {
+            self.write_partial(id).await;
         }
-        for id in moved {
-            self.let_go(id, "another instance took it over");
+    }
+
+    /// Writes partition `id`'s partial; lets the partition go if another
+    /// instance owns it now.
+    async fn write_partial(&mut self, id: u32) {
+        let Some(owned) = self.owned.get_mut(&id) else {
+            return;
+        };
+        let Some(store) = owned.keeper.store() else {
+            return;
+        };
+        let Some(state) = owned.processor.state() else {
+            return;
+        };
+        let format = state.format();
+        let Some(partial) = state.partial() else {
+            return;
+        };
+        let key = checkpoint::partial_key(&self.setup.pipeline, &self.name, id);
+        let written = checkpoint::write(
+            store.as_ref(),
+            &key,
+            format,
+            owned.keeper.marks(),
+            &partial,
+            &mut Default::default(),
+            &mut Vec::new(),
+        )
+        .await;
+        match written {
+            Ok(_) => {}
+            Err(e @ StoreError::Fenced { .. }) => {
+                fenced_refusals(&self.stats).inc();
+                warn!(component = %self.name, partition = id, "partial {e}");
+                self.let_go(id, "another instance took it over");
+            }
+            Err(e) => self
+                .stats
+                .error(format!("cannot write the partial of partition {id}: {e}")),
         }
     }
 

@@ -164,6 +164,7 @@ impl SourceConfig for KafkaSourceConfig {
             down: AtomicBool::new(false),
             generations: Mutex::new(HashMap::new()),
             assignments: AtomicU64::new(0),
+            changes: Mutex::new(Vec::new()),
             stats: Arc::clone(&cx.stats),
             assigned: cx
                 .stats
@@ -195,6 +196,9 @@ struct GroupContext {
     /// back after it was elsewhere must be taken over afresh.
     generations: Mutex<HashMap<i32, u64>>,
     assignments: AtomicU64,
+    /// Partitions assigned and revoked since the source last looked, for
+    /// the notices it sends downstream.
+    changes: Mutex<Vec<Shard>>,
 }
 
 impl GroupContext {
@@ -204,6 +208,14 @@ impl GroupContext {
             self.stats.set_outage(None);
             tracing::info!(source = %self.source, "reached {} again", self.brokers);
         }
+    }
+
+    /// The partitions assigned and revoked since the last call, in order.
+    fn take_changes(&self) -> Vec<Shard> {
+        self.changes
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
     }
 
     /// Which assignment of `partition` this member is reading.
@@ -257,15 +269,33 @@ impl ConsumerContext for GroupContext {
         };
         match rebalance {
             Rebalance::Assign(list) => {
-                if let Ok(mut generations) = self.generations.lock() {
+                if let (Ok(mut generations), Ok(mut changes)) =
+                    (self.generations.lock(), self.changes.lock())
+                {
                     for element in list.elements() {
                         let generation = self.assignments.fetch_add(1, Ordering::Relaxed) + 1;
                         generations.insert(element.partition(), generation);
+                        changes.push(Shard {
+                            id: element.partition().max(0) as u32,
+                            generation,
+                            released: false,
+                        });
                     }
                 }
                 tracing::info!(source = %self.source, partitions = %partitions(list), "partitions assigned");
             }
             Rebalance::Revoke(list) => {
+                if let (Ok(generations), Ok(mut changes)) =
+                    (self.generations.lock(), self.changes.lock())
+                {
+                    for element in list.elements() {
+                        changes.push(Shard {
+                            id: element.partition().max(0) as u32,
+                            generation: generations.get(&element.partition()).copied().unwrap_or(0),
+                            released: true,
+                        });
+                    }
+                }
                 tracing::info!(source = %self.source, partitions = %partitions(list), "partitions revoked");
             }
             Rebalance::Error(e) => {
@@ -467,6 +497,7 @@ fn place(name: &str, message: &BorrowedMessage<'_>, generation: u64) -> (Origin,
     let shard = Some(Shard {
         id: message.partition().max(0) as u32,
         generation,
+        released: false,
     });
     match (
         header(UPSTREAM_HEADER),
@@ -645,6 +676,28 @@ impl Source for KafkaSource {
                     }
                 }
                 None => {
+                    for change in self.consumer.context().take_changes() {
+                        if change.released {
+                            // What was read of it goes first: nothing of
+                            // this assignment follows the notice.
+                            let of_partition: Vec<Arc<Origin>> = filling
+                                .keys()
+                                .filter(|o| o.shard.is_some_and(|s| s.id == change.id))
+                                .cloned()
+                                .collect();
+                            for origin in of_partition {
+                                if let Some(batch) = filling.remove(&origin) {
+                                    send(&mut cx, origin, batch, &mut in_flight).await;
+                                }
+                            }
+                        }
+                        let origin = Origin {
+                            source: name.clone(),
+                            partition: format!("{}/{}", self.config.topic, change.id),
+                            shard: Some(change),
+                        };
+                        cx.out.send(Batch::notice(Arc::new(origin))).await;
+                    }
                     let due: Vec<Arc<Origin>> = filling
                         .iter()
                         .filter(|(_, f)| f.since.elapsed() >= self.config.linger)
