@@ -5,7 +5,10 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use flowpulse_core::checkpoint::CheckpointStore;
 
 use common::redis_helpers::*;
 use common::*;
@@ -391,4 +394,67 @@ async fn an_abandoned_stage_expires_and_is_not_listed() {
         .arg(&stage)
         .query::<()>(&mut conn)
         .unwrap();
+}
+
+/// The fencing every checkpoint store gives a partition's owners: the
+/// first token is 1, each take is the next, and a write or deletion under
+/// any token but the latest is refused, leaving the value as the owner
+/// wrote it. Values over the Redis store's 256 KiB chunk take its staged
+/// path, whose stage is named for the token so a stale owner's stage never
+/// mixes into the owner's.
+async fn fencing_holds(store: Arc<dyn CheckpointStore>, key: &str) {
+    use flowpulse_core::checkpoint::{fence_key, Fence, StoreError};
+    let fence = fence_key(key);
+    assert_eq!(store.fence_of(&fence).await.unwrap(), 0);
+    let old = Fence {
+        key: fence.clone(),
+        token: store.take_fence(&fence).await.unwrap(),
+    };
+    assert_eq!(old.token, 1);
+    store.save_fenced(&old, key, &[b"one"]).await.unwrap();
+    let new = Fence {
+        key: fence.clone(),
+        token: store.take_fence(&fence).await.unwrap(),
+    };
+    assert_eq!(new.token, 2);
+    assert_eq!(store.fence_of(&fence).await.unwrap(), 2);
+    let large = vec![7u8; 600 << 10];
+    for value in [&b"stale"[..], &large[..]] {
+        match store.save_fenced(&old, key, &[value]).await {
+            Err(StoreError::Fenced { token: 1, current: 2 }) => {}
+            other => panic!("a stale owner's write was not refused: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        store.delete_fenced(&old, key).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(store.load(key).await.unwrap().as_deref(), Some(&b"one"[..]));
+    store.save_fenced(&new, key, &[&large[..4], &large]).await.unwrap();
+    assert_eq!(store.load(key).await.unwrap().map(|v| v.len()), Some(large.len() + 4));
+    assert_eq!(
+        store.keys_with_prefix(key).await.unwrap().len(),
+        2,
+        "the value and its fence, and no stage: {:?}",
+        store.keys_with_prefix(key).await.unwrap()
+    );
+    store.delete_fenced(&new, key).await.unwrap();
+    assert_eq!(store.load(key).await.unwrap(), None);
+    store.delete(&fence).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_redis_store_refuses_a_stale_owner() {
+    let url = redis_url();
+    let key = format!("{}:checkpoint:3", prefix(&url, "fencing"));
+    let store = flowpulse_plugins::checkpoint::open(&url).await.unwrap();
+    fencing_holds(store, &key).await;
+}
+
+#[tokio::test]
+async fn the_file_store_refuses_a_stale_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let store = flowpulse_plugins::checkpoint::open(&url).await.unwrap();
+    fencing_holds(store, "flowpulse:checkpoint:p:metrics:3").await;
 }

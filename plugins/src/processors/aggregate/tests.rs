@@ -363,6 +363,58 @@ proptest! {
         a.flush();
         prop_assert!(document(&a).same_state(&document(&whole)), "{:#?}\nvs\n{:#?}", document(&a).overview, document(&whole).overview);
     }
+
+    /// What instances sharing a partitioned input emit: each partition
+    /// folded apart (so each has its own event time, the largest of its own
+    /// events), its partial taken through the runtime's state API, and the
+    /// partials merged into a fresh state, whatever the partitioning and
+    /// however many partitions there are.
+    #[test]
+    fn merged_partials_of_any_partitioning_equal_the_whole(
+        lifecycles in prop::collection::vec(lifecycle(), 1..40),
+        delays in prop::collection::vec(0i64..BOUND_MS, 1..20),
+        partitions in 1u64..7,
+        salt in any::<u64>(),
+    ) {
+        let events: Vec<_> = lifecycles.iter().enumerate().flat_map(|(i, l)| events_of(i, l)).collect();
+        let arrived = arrival(&events, &delays, 4);
+        let mut whole = AggregateState::new(limits());
+        fold_all(&mut whole, &arrived);
+        whole.flush();
+        let mut states: Vec<AggregateState> = (0..partitions).map(|_| AggregateState::new(limits())).collect();
+        for e in &arrived {
+            let p = xxhash_rust::xxh3::xxh3_64_with_seed(e.workflow_id.as_bytes(), salt) % partitions;
+            states[p as usize].fold(e, WALL_MS);
+        }
+        let mut merged = AggregateState::new(limits());
+        for state in &mut states {
+            state.flush();
+            let partial = ProcessorState::partial(state).expect("the aggregate has partials");
+            prop_assert!(partial.parts.is_empty(), "a partial carries no dedup epochs");
+            let saved = SavedState { version: snapshot::VERSION, body: partial.body, parts: Default::default() };
+            ProcessorState::merge(&mut merged, saved).unwrap();
+        }
+        prop_assert!(document(&merged).same_state(&document(&whole)), "{:#?}\nvs\n{:#?}", document(&merged).overview, document(&whole).overview);
+        prop_assert_eq!(merged.accounting(), whole.accounting());
+    }
+}
+
+/// A partial is a fraction of its state's snapshot: it leaves out the dedup
+/// window and the workflows in flight, which only folding needs.
+#[test]
+fn a_partial_is_small_beside_the_snapshot() {
+    let mut state = AggregateState::new(limits());
+    for i in 0..5_000 {
+        state.fold(&event(EventKind::WorkflowCreated, &format!("wf-{i}"), i), WALL_MS);
+    }
+    let whole = ProcessorState::snapshot(&mut state, &|_| false);
+    let whole_bytes = whole.body.len() + whole.parts.iter().filter_map(|p| p.bytes.as_ref()).map(Vec::len).sum::<usize>();
+    let partial = ProcessorState::partial(&mut state).unwrap();
+    assert!(
+        partial.body.len() * 10 < whole_bytes,
+        "partial {} bytes, snapshot {whole_bytes}",
+        partial.body.len()
+    );
 }
 
 fn event(kind: EventKind, workflow: &str, ts: i64) -> WorkflowEvent {
