@@ -283,6 +283,7 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
         // Every stateful processor, whatever its type: each says what a
         // fresh state of its settings is, and reads its checkpoint into it.
         let mut any = false;
+        let partitioned = flowpulse_core::runtime::partitioned_processors(&config);
         for spec in &config.components {
             let Some(mut state) = spec.config.fresh_state() else {
                 continue;
@@ -293,6 +294,17 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
             };
             any = true;
             let store = checkpoint::open(&checkpoint.url).await?;
+            if partitioned.contains(&spec.name) {
+                partitioned_state(
+                    store.as_ref(),
+                    &config.pipeline.name,
+                    &spec.name,
+                    state.as_mut(),
+                    reset,
+                )
+                .await?;
+                continue;
+            }
             let key = checkpoint_key(&config.pipeline.name, &spec.name, 0);
             if reset {
                 checkpoint::delete(store.as_ref(), &key, state.as_ref()).await?;
@@ -310,6 +322,49 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `flowpulse state show|reset` for a processor whose state is kept per
+/// partition of its input: each partition's checkpoint with its epoch (the
+/// latest fencing token) and the instance that took it.
+async fn partitioned_state(
+    store: &dyn checkpoint::CheckpointStore,
+    pipeline: &str,
+    name: &str,
+    state: &mut dyn flowpulse_core::state::ProcessorState,
+    reset: bool,
+) -> anyhow::Result<()> {
+    let partitions = checkpoint::partitions(store, pipeline, name).await?;
+    if partitions.is_empty() {
+        println!("{name}: no partition checkpointed yet (state kept per partition of its input)");
+    }
+    for partition in partitions {
+        let key = checkpoint_key(pipeline, name, partition);
+        let fence = checkpoint::fence_key(&key);
+        let owner = checkpoint::owner_key(&key);
+        let partial = checkpoint::partial_key(pipeline, name, partition);
+        if reset {
+            checkpoint::delete(store, &key, state).await?;
+            for extra in [&fence, &owner, &partial] {
+                store.delete(extra).await?;
+            }
+            println!("{name}[{partition}]: deleted {key}, its epoch and its partial");
+            continue;
+        }
+        let epoch = store.fence_of(&fence).await?;
+        let owner = store
+            .load(&owner)
+            .await?
+            .map(|o| String::from_utf8_lossy(&o).into_owned())
+            .unwrap_or_else(|| "unknown".into());
+        let description = match checkpoint::describe(store, &key, state).await {
+            Ok(Some(description)) => description,
+            Ok(None) => "no checkpoint".into(),
+            Err(e) => format!("not usable: {e}"),
+        };
+        println!("{name}[{partition}]: {key}: epoch {epoch}, owner {owner}; {description}");
+    }
+    Ok(())
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM; a second signal exits at once.

@@ -573,11 +573,15 @@ fn workers_that_crash_join_leave_and_stall_merge_to_the_exact_document() {
     signal(&third, "-STOP");
     // Past the 6 s session timeout its partitions move to the fourth, which
     // takes their fencing tokens; only then does the third wake up.
-    wait_until(
-        Duration::from_secs(90),
-        "the fourth worker taking over the stalled one's partitions",
-        || takeovers(&dir.join("w4.log"), &stalled) > before,
-    );
+    let start = Instant::now();
+    while takeovers(&dir.join("w4.log"), &stalled) <= before {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the fourth worker did not take over the stalled one's partitions {stalled:?}:\n{}",
+            ["w3", "w4"].map(|w| log_tail(dir, w, 25)).join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     signal(&third, "-CONT");
     wait_logged(third, dir, "w3");
     wait_logged(fourth, dir, "w4");
@@ -595,17 +599,48 @@ fn workers_that_crash_join_leave_and_stall_merge_to_the_exact_document() {
         refused > 0,
         "the stalled worker wrote after its partitions moved, unrefused:\n{log}"
     );
+
+    // Every partition's checkpoint, with the epoch its last owner took
+    // (at least 2 for the partitions that moved) and who that was.
+    let show = state_command(dir, &worker, "show");
+    let lines: Vec<&str> = show.lines().filter(|l| l.starts_with("metrics[")).collect();
+    assert_eq!(lines.len(), PARTITIONS as usize, "{show}");
+    assert!(lines.iter().all(|l| l.contains("owner ") && l.contains("pid ")), "{show}");
+    let epochs: Vec<u64> = lines
+        .iter()
+        .map(|l| l.split("epoch ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(epochs.iter().all(|&e| e >= 1) && epochs.iter().any(|&e| e >= 2), "{show}");
+    state_command(dir, &worker, "reset");
+    let show = state_command(dir, &worker, "show");
+    assert!(show.contains("no partition checkpointed yet"), "{show}");
+}
+
+/// `flowpulse state ACTION -c CONFIG`'s output; asserts it succeeded.
+fn state_command(dir: &Path, config: &Path, action: &str) -> String {
+    let output = std::process::Command::new(binary())
+        .current_dir(dir)
+        .args(["state", action, "-c"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert_success(&output);
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The last `n` lines of the log of a child started by
+/// `spawn_logged(…, name)`.
+fn log_tail(dir: &Path, name: &str, n: usize) -> String {
+    let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    format!("{name}:\n{}", lines[lines.len().saturating_sub(n)..].join("\n"))
 }
 
 /// Waits up to 3 minutes for a child started by `spawn_logged(…, name)` to
 /// stop cleanly; fails with the end of its log otherwise.
 fn wait_logged(mut child: std::process::Child, dir: &Path, name: &str) {
     let start = Instant::now();
-    let tail = || {
-        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    };
+    let tail = || log_tail(dir, name, 60);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             assert!(

@@ -135,6 +135,45 @@ pub fn fence_key(key: &str) -> String {
     format!("{key}:fence")
 }
 
+/// The key naming the instance that took a state's latest fencing token.
+pub fn owner_key(key: &str) -> String {
+    format!("{key}:owner")
+}
+
+/// What names this instance as an owner: its host name and process id.
+pub fn instance_label() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{host} (pid {})", std::process::id())
+}
+
+/// The partitions of a component's state kept in `store` (see
+/// [`checkpoint_key`]), in order.
+pub async fn partitions(
+    store: &dyn CheckpointStore,
+    pipeline: &str,
+    component: &str,
+) -> Result<Vec<u32>, StoreError> {
+    let prefix = checkpoint_key(pipeline, component, 0);
+    let prefix = prefix.trim_end_matches('0');
+    let mut found: Vec<u32> = store
+        .keys_with_prefix(prefix)
+        .await?
+        .iter()
+        .filter_map(|key| key.strip_prefix(prefix)?.split(':').next()?.parse().ok())
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    Ok(found)
+}
+
 /// A view of a store whose every write is fenced: what an owner of one
 /// partition's state writes through, so that none of its writes (snapshot,
 /// parts, partials, deletions) lands once another instance owns the state.

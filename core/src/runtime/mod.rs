@@ -357,7 +357,7 @@ async fn partitioning(
 /// instances feeds, directly or through stateless processors: their state
 /// is kept per partition. (Past another stateful processor, records are its
 /// output, not the partitioned input.)
-fn partitioned_processors(config: &PipelineConfig) -> std::collections::BTreeSet<String> {
+pub fn partitioned_processors(config: &PipelineConfig) -> std::collections::BTreeSet<String> {
     let by_name: BTreeMap<&str, &crate::config::ComponentSpec> = config
         .components
         .iter()

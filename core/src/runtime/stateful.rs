@@ -154,6 +154,15 @@ impl StateKeeper {
             },
         ));
         debug!(component = %name, partition, token, "took the partition's fencing token");
+        if let Err(e) = fenced
+            .save(
+                &checkpoint::owner_key(&key),
+                checkpoint::instance_label().as_bytes(),
+            )
+            .await
+        {
+            warn!(component = %name, partition, "cannot record this instance as the partition's owner: {e}");
+        }
         keeper.restore_from(fenced, key, interval, state).await?;
         Ok(keeper)
     }
