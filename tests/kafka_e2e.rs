@@ -402,17 +402,22 @@ fn topic_len(brokers: &str, topic: &str) -> u64 {
 
 /// `GET path` on `port` over plain HTTP/1.0; the body as JSON.
 fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(&get_body(port, path)?).ok()
+}
+
+/// The body of `GET path` on 127.0.0.1:`port`.
+fn get_body(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    serde_json::from_str(response.split_once("\r\n\r\n")?.1).ok()
+    Some(response.split_once("\r\n\r\n")?.1.to_owned())
 }
 
 /// While a slowed worker reads the topic, `/status` shows the four partitions
-/// it was assigned and a lag above zero; once it has read everything, a lag
-/// of zero.
+/// it was assigned and owns, and a lag above zero per partition (and in
+/// `/metrics`); once it has read everything, a lag of zero.
 #[test]
 fn the_status_shows_the_assigned_partitions_and_the_lag() {
     let t = Bridged::new("kafka-status", 20_000, &[]);
@@ -429,10 +434,27 @@ fn the_status_shows_the_assigned_partitions_and_the_lag() {
     wait_until(Duration::from_secs(60), "four partitions and a lag", || {
         get_json(port, "/api/v1/monitoring/status").is_some_and(|status| {
             let log = log(&status);
-            seen_lag |= log["lag"].as_u64().unwrap_or(0) > 0;
-            log["partitions_assigned"] == 4 && seen_lag
+            // The lag per partition, which the total sums.
+            let per_partition = log["partition_lag"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let sum: u64 = per_partition.values().filter_map(|v| v.as_u64()).sum();
+            seen_lag |= per_partition.len() == 4 && sum > 0 && log["lag"] == sum;
+            log["partitions_assigned"] == 4
+                && status["components"]["metrics"]["partitions_owned"] == 4
+                && seen_lag
         })
     });
+    let metrics = get_body(port, "/metrics").expect("/metrics answers");
+    for partition in 0..PARTITIONS {
+        assert!(
+            metrics.contains(&format!(
+                "flowpulse_component_partition_lag{{component=\"log\",role=\"source\",type=\"kafka\",partition=\"{partition}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
     wait_until(Duration::from_secs(60), "no lag once read", || {
         get_json(port, "/api/v1/monitoring/status").is_some_and(|status| {
             let log = log(&status);
@@ -559,10 +581,12 @@ fn workers_that_crash_join_leave_and_stall_merge_to_the_exact_document() {
     let first = spawn_logged(dir, &worker, "w1");
     let second = spawn_logged(dir, &worker, "w2");
     let third = spawn_logged(dir, &worker, "w3");
+    let _reaper = Reaper(vec![first.id(), second.id(), third.id()]);
     reached(0.15, "15% before the kill");
     kill9(first);
     reached(0.30, "30% before a fourth worker joins");
     let fourth = spawn_logged(dir, &worker, "w4");
+    let _reaper4 = Reaper(vec![fourth.id()]);
     reached(0.45, "45% before the SIGTERM");
     terminate(&second);
     wait_logged(second, dir, "w2");
@@ -605,12 +629,29 @@ fn workers_that_crash_join_leave_and_stall_merge_to_the_exact_document() {
     let show = state_command(dir, &worker, "show");
     let lines: Vec<&str> = show.lines().filter(|l| l.starts_with("metrics[")).collect();
     assert_eq!(lines.len(), PARTITIONS as usize, "{show}");
-    assert!(lines.iter().all(|l| l.contains("owner ") && l.contains("pid ")), "{show}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("owner ") && l.contains("pid ")),
+        "{show}"
+    );
     let epochs: Vec<u64> = lines
         .iter()
-        .map(|l| l.split("epoch ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap())
+        .map(|l| {
+            l.split("epoch ")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect();
-    assert!(epochs.iter().all(|&e| e >= 1) && epochs.iter().any(|&e| e >= 2), "{show}");
+    assert!(
+        epochs.iter().all(|&e| e >= 1) && epochs.iter().any(|&e| e >= 2),
+        "{show}"
+    );
     state_command(dir, &worker, "reset");
     let show = state_command(dir, &worker, "show");
     assert!(show.contains("no partition checkpointed yet"), "{show}");
@@ -633,7 +674,10 @@ fn state_command(dir: &Path, config: &Path, action: &str) -> String {
 fn log_tail(dir: &Path, name: &str, n: usize) -> String {
     let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
-    format!("{name}:\n{}", lines[lines.len().saturating_sub(n)..].join("\n"))
+    format!(
+        "{name}:\n{}",
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    )
 }
 
 /// Waits up to 3 minutes for a child started by `spawn_logged(…, name)` to
@@ -699,6 +743,21 @@ fn takeovers(log: &Path, partitions: &std::collections::BTreeSet<u64>) -> usize 
         .into_iter()
         .filter(|p| partitions.contains(p))
         .count()
+}
+
+/// Kills the processes left running when a test fails midway, so they do
+/// not go on loading the machine under the next tests.
+struct Reaper(Vec<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// Sends `signal` (`-STOP`, `-CONT` …) to `child`.

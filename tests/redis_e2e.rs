@@ -421,7 +421,10 @@ async fn fencing_holds(store: Arc<dyn CheckpointStore>, key: &str) {
     let large = vec![7u8; 600 << 10];
     for value in [&b"stale"[..], &large[..]] {
         match store.save_fenced(&old, key, &[value]).await {
-            Err(StoreError::Fenced { token: 1, current: 2 }) => {}
+            Err(StoreError::Fenced {
+                token: 1,
+                current: 2,
+            }) => {}
             other => panic!("a stale owner's write was not refused: {other:?}"),
         }
     }
@@ -430,8 +433,14 @@ async fn fencing_holds(store: Arc<dyn CheckpointStore>, key: &str) {
         Err(StoreError::Fenced { .. })
     ));
     assert_eq!(store.load(key).await.unwrap().as_deref(), Some(&b"one"[..]));
-    store.save_fenced(&new, key, &[&large[..4], &large]).await.unwrap();
-    assert_eq!(store.load(key).await.unwrap().map(|v| v.len()), Some(large.len() + 4));
+    store
+        .save_fenced(&new, key, &[&large[..4], &large])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load(key).await.unwrap().map(|v| v.len()),
+        Some(large.len() + 4)
+    );
     assert_eq!(
         store.keys_with_prefix(key).await.unwrap().len(),
         2,

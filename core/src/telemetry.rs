@@ -90,6 +90,7 @@ pub struct ComponentStats {
     malformed: AtomicU64,
     ignored: AtomicU64,
     lag: AtomicU64,
+    partition_lag: Mutex<BTreeMap<String, u64>>,
     /// Wall time of the last record in, Unix ms; 0 before the first.
     last_record_at_ms: AtomicI64,
     last_error: Mutex<Option<String>>,
@@ -116,6 +117,10 @@ pub struct StatsSnapshot {
     pub ignored: u64,
     /// Backlog upstream of a source (e.g. consumer-group lag), where known.
     pub lag: u64,
+    /// The same per partition the source reads (a Kafka source's), by
+    /// partition; empty for other sources.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub partition_lag: BTreeMap<String, u64>,
     /// The most recent error message.
     pub last_error: Option<String>,
     /// Why the component cannot reach what it depends on, while it cannot.
@@ -160,6 +165,13 @@ impl ComponentStats {
         self.lag.store(lag, Ordering::Relaxed);
     }
 
+    /// Sets the backlog per partition (and `lag` to their sum): the
+    /// partitions this instance reads now, replacing the last ones.
+    pub fn set_partition_lag(&self, lag: BTreeMap<String, u64>) {
+        self.set_lag(lag.values().sum());
+        *lock(&self.partition_lag) = lag;
+    }
+
     /// Counts a failure and remembers its message.
     pub fn error(&self, message: impl Into<String>) {
         self.errors.fetch_add(1, Ordering::Relaxed);
@@ -184,6 +196,7 @@ impl ComponentStats {
             malformed: self.malformed.load(Ordering::Relaxed),
             ignored: self.ignored.load(Ordering::Relaxed),
             lag: self.lag.load(Ordering::Relaxed),
+            partition_lag: lock(&self.partition_lag).clone(),
             last_error: lock(&self.last_error).clone(),
             outage: lock(&self.outage).clone(),
             last_record_at_ms: match self.last_record_at_ms.load(Ordering::Relaxed) {
@@ -370,6 +383,22 @@ impl Telemetry {
                     "flowpulse_component_{metric}{{{labels}}} {}",
                     get(snapshot)
                 );
+            }
+        }
+        if components
+            .iter()
+            .any(|(_, s, _)| !s.partition_lag.is_empty())
+        {
+            out.push_str("# HELP flowpulse_component_partition_lag Backlog of each partition a source reads, where known.\n");
+            out.push_str("# TYPE flowpulse_component_partition_lag gauge\n");
+            for (labels, snapshot, _) in &components {
+                for (partition, lag) in &snapshot.partition_lag {
+                    let _ = writeln!(
+                        out,
+                        "flowpulse_component_partition_lag{{{labels},partition=\"{}\"}} {lag}",
+                        escape_label(partition)
+                    );
+                }
             }
         }
         out.push_str("# HELP flowpulse_component_outage 1 while the component cannot reach something it depends on.\n");

@@ -246,15 +246,15 @@ impl ClientContext for GroupContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        // Summed over the partitions this member reads (-1: not known yet).
-        let lag: i64 = statistics
+        // Per partition this member reads (-1: not known yet), and summed.
+        let lag: BTreeMap<String, u64> = statistics
             .topics
             .values()
             .flat_map(|t| t.partitions.values())
-            .filter(|p| p.partition >= 0 && p.consumer_lag > 0)
-            .map(|p| p.consumer_lag)
-            .sum();
-        self.stats.set_lag(lag as u64);
+            .filter(|p| p.partition >= 0 && p.fetch_state != "none")
+            .map(|p| (p.partition.to_string(), p.consumer_lag.max(0) as u64))
+            .collect();
+        self.stats.set_partition_lag(lag);
     }
 }
 

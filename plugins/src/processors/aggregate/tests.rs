@@ -405,10 +405,19 @@ proptest! {
 fn a_partial_is_small_beside_the_snapshot() {
     let mut state = AggregateState::new(limits());
     for i in 0..5_000 {
-        state.fold(&event(EventKind::WorkflowCreated, &format!("wf-{i}"), i), WALL_MS);
+        state.fold(
+            &event(EventKind::WorkflowCreated, &format!("wf-{i}"), i),
+            WALL_MS,
+        );
     }
     let whole = ProcessorState::snapshot(&mut state, &|_| false);
-    let whole_bytes = whole.body.len() + whole.parts.iter().filter_map(|p| p.bytes.as_ref()).map(Vec::len).sum::<usize>();
+    let whole_bytes = whole.body.len()
+        + whole
+            .parts
+            .iter()
+            .filter_map(|p| p.bytes.as_ref())
+            .map(Vec::len)
+            .sum::<usize>();
     let partial = ProcessorState::partial(&mut state).unwrap();
     assert!(
         partial.body.len() * 10 < whole_bytes,

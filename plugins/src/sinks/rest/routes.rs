@@ -388,6 +388,10 @@ pub struct ComponentStatus {
     pub ignored: u64,
     /// Backlog upstream of a source.
     pub lag: u64,
+    /// The same per partition the source reads (a Kafka source), by
+    /// partition; absent for other sources.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub partition_lag: BTreeMap<String, u64>,
     /// The most recent error.
     pub last_error: Option<String>,
     /// Why it cannot reach what it depends on, while it cannot.
@@ -435,6 +439,7 @@ pub async fn status(state: Arc<RestState>) -> Result<Response, ApiError> {
                 malformed: s.malformed,
                 ignored: s.ignored,
                 lag: s.lag,
+                partition_lag: s.partition_lag,
                 last_error: s.last_error,
                 outage: s.outage,
                 last_record_at: s
