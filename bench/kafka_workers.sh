@@ -67,7 +67,8 @@ EOF
 RUST_LOG=warn "$bin" run -c "$work/bridge.toml" >/dev/null
 echo "topic: $n events in 4 partitions (10,000 workflows in flight, 5% duplicates)"
 
-# worker_config NAME: a worker config of its own group and state.
+# worker_config NAME [IDLE]: a worker config of its own group and state,
+# stopping once idle IDLE (default 3s).
 worker_config() {
   cat >"$work/worker-$1.toml" <<EOF
 [pipeline]
@@ -83,7 +84,7 @@ type = "kafka"
 brokers = "127.0.0.1:$port"
 topic = "events"
 group = "bench-$1-$$"
-stop_after_idle = "3s"
+stop_after_idle = "${2:-3s}"
 options = { "session.timeout.ms" = "6000", "partition.assignment.strategy" = "range" }
 
 [processors.metrics]
@@ -113,7 +114,9 @@ for k in 1 2 3; do
   printf '%7d  %16.2f  %18.2f  %19.0f\n' "$k" "$cpu" "$(echo "$cpu * 1000000 / $n" | bc -l)" "$(echo "$n / ($end - $start)" | bc -l)"
 done
 
-worker_config failover
+# The survivor must outlive the session timeout after its own partitions
+# are read.
+worker_config failover 30s
 "$bin" --log-format json run -c "$work/worker-failover.toml" 2>"$work/log-f1" >/dev/null &
 victim=$!
 "$bin" --log-format json run -c "$work/worker-failover.toml" 2>"$work/log-f2" >/dev/null &
@@ -135,6 +138,7 @@ for _ in $(seq 1200); do
   done
   sleep 0.05
 done
+kill -TERM "$survivor"
 wait "$survivor" || true
 if [ -n "$taken" ]; then
   printf 'failover: kill -9 of a worker → its partition taken over by the other: %.1f s (session timeout 6 s)\n' "$(echo "$taken - $killed" | bc -l)"

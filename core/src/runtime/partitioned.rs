@@ -115,8 +115,12 @@ pub(crate) async fn run_partitioned(
                 Ok(())
             }
             _ = idle => {
-                idle_at = None;
-                parts.checkpoint_all().await;
+                // At most four checkpoints of a partition an interval,
+                // however bursty the input.
+                idle_at = parts
+                    .checkpoint_idle()
+                    .await
+                    .map(|wait| tokio::time::Instant::now() + wait);
                 Ok(())
             }
         };
@@ -275,6 +279,31 @@ impl Partitions {
         for id in moved {
             self.let_go(id, "another instance took it over");
         }
+    }
+
+    /// Checkpoints the partitions whose last write is a quarter interval
+    /// old; how long until the next of the others may be, if any waits.
+    async fn checkpoint_idle(&mut self) -> Option<Duration> {
+        let mut moved = Vec::new();
+        let mut next: Option<Duration> = None;
+        for (&id, owned) in &mut self.owned {
+            let wait = owned.keeper.idle_wait();
+            if !wait.is_zero() {
+                next = Some(next.map_or(wait, |n| n.min(wait)));
+                continue;
+            }
+            let Some(state) = owned.processor.state() else {
+                continue;
+            };
+            owned.keeper.checkpoint(state, true, &self.stats).await;
+            if owned.keeper.write_state() == WriteState::FencedOut {
+                moved.push(id);
+            }
+        }
+        for id in moved {
+            self.let_go(id, "another instance took it over");
+        }
+        next
     }
 
     /// Periodic work of every partition (its output dropped: the merged
