@@ -108,6 +108,11 @@ for k in 1 2 3; do
     pids+=($!)
   done
   wait "${pids[@]}"
+  # The group must have read the whole topic (Tansu sometimes leaves a
+  # rebalance unfinished, and then a run reads less).
+  read=$(cat "$work"/log-$k-* | grep '"message":"summary"' | grep '"component":"metrics"' |
+    sed 's/.*"records_in":\([0-9]*\).*/\1/' | awk '{ s += $1 } END { print s }')
+  [ "$read" -ge "$n" ] || echo "  (workers of this run read only $read records: a rebalance stalled; run again)"
   cpu=$(cat "$work"/time-$k-* | awk '{ s += $1 + $2 } END { print s }')
   # The workers stop 3 s after their last record.
   end=$(echo "$(date +%s.%N) - 3" | bc -l)

@@ -116,6 +116,26 @@ pub trait CheckpointStore: Send + Sync {
     async fn delete_fenced(&self, _fence: &Fence, _key: &str) -> Result<(), StoreError> {
         Err(StoreError::NoFencing("delete_fenced"))
     }
+    /// Takes or renews the lease `key` for `owner` for `ttl`, if it is free,
+    /// lapsed, or `owner`'s already: `None`. Held by another: its owner.
+    async fn lease(
+        &self,
+        _key: &str,
+        _owner: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        Err(StoreError::NoFencing("lease"))
+    }
+    /// Gives the lease `key` up, if `owner` holds it.
+    async fn release_lease(&self, _key: &str, _owner: &str) -> Result<(), StoreError> {
+        Err(StoreError::NoFencing("release_lease"))
+    }
+}
+
+/// The key of the lease under which one instance at a time runs a
+/// component of a pipeline whose input is shared among instances.
+pub fn lease_key(pipeline: &str, component: &str) -> String {
+    format!("flowpulse:lease:{pipeline}:{component}")
 }
 
 /// A fencing token: the right to write one state, taken by the instance
@@ -224,6 +244,17 @@ impl CheckpointStore for FencedStore {
     }
     async fn delete_fenced(&self, fence: &Fence, key: &str) -> Result<(), StoreError> {
         self.inner.delete_fenced(fence, key).await
+    }
+    async fn lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        self.inner.lease(key, owner, ttl).await
+    }
+    async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(key, owner).await
     }
 }
 

@@ -119,6 +119,25 @@ redis.call('DEL', KEYS[2])
 return -1
 ";
 
+/// Takes or renews a lease (KEYS[1]) for an owner (ARGV[1]) for ARGV[2]
+/// ms if it is free or the owner's: nil. Held by another: its owner.
+const LEASE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return false
+end
+return holder
+";
+
+/// Deletes a lease (KEYS[1]) if its owner is ARGV[1].
+const RELEASE_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 /// What a fenced script's answer means.
 fn fenced_outcome(fence: &Fence, answer: i64) -> Result<(), StoreError> {
     if answer < 0 {
@@ -304,6 +323,33 @@ impl CheckpointStore for RedisStore {
         fenced_outcome(fence, answer)
     }
 
+    async fn lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.0.clone();
+        redis::Script::new(LEASE)
+            .key(key)
+            .arg(owner)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {
+        let mut conn = self.0.clone();
+        redis::Script::new(RELEASE_LEASE)
+            .key(key)
+            .arg(owner)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(redis_error)
+    }
+
     async fn delete_fenced(&self, fence: &Fence, key: &str) -> Result<(), StoreError> {
         let mut conn = self.0.clone();
         let answer: i64 = redis::Script::new(DELETE_FENCED)
@@ -427,6 +473,45 @@ impl CheckpointStore for FileStore {
         let _lock = self.lock(&fence.key).await?;
         self.check(fence).await?;
         self.delete(key).await
+    }
+
+    /// The lease file holds `EXPIRY_MS OWNER`, read and written under its lock.
+    async fn lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let _lock = self.lock(key).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if let Some(bytes) = self.load(key).await? {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Some((expiry, holder)) = text.split_once(' ') {
+                let live = expiry.parse::<u64>().is_ok_and(|e| e > now);
+                if live && holder != owner {
+                    return Ok(Some(holder.to_owned()));
+                }
+            }
+        }
+        let value = format!("{} {owner}", now + ttl.as_millis() as u64);
+        self.save(key, value.as_bytes()).await?;
+        Ok(None)
+    }
+
+    async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {
+        let _lock = self.lock(key).await?;
+        if let Some(bytes) = self.load(key).await? {
+            if String::from_utf8_lossy(&bytes)
+                .split_once(' ')
+                .map(|(_, h)| h)
+                == Some(owner)
+            {
+                self.delete(key).await?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -15,8 +15,15 @@ pub async fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         _ => std::path::PathBuf::from("."),
     };
     tokio::fs::create_dir_all(&dir).await?;
+    // Unique per process and write: instances sharing a directory never
+    // rename each other's half-written file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
+    tmp_name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let tmp = dir.join(tmp_name);
     let mut file = tokio::fs::File::create(&tmp).await?;
     file.write_all(bytes).await?;

@@ -3,6 +3,7 @@
 
 mod output;
 mod partitioned;
+mod singleton;
 mod stateful;
 
 use std::collections::BTreeMap;
@@ -113,6 +114,7 @@ impl Pipeline {
 
         let feeds_stateful = stateful_reach(&config);
         let partitioned = partitioned_processors(&config);
+        let singletons = singleton_processors(&config, &partitioned);
         let topology = crate::topology::TopologyView::new(&config.components, &config.stores);
         let started = Shutdown::new();
         let mut built = Vec::new();
@@ -136,8 +138,10 @@ impl Pipeline {
                 started: started.clone(),
                 feeds_stateful: feeds_stateful.contains(&spec.name),
             };
-            if partitioned.contains(&spec.name) {
+            if partitioned.contains(&spec.name) || singletons.contains(&spec.name) {
+                let singleton = singletons.contains(&spec.name);
                 match partitioning(&config, spec, cx).await {
+                    Ok(setup) if singleton => built.push((spec, Built::Singleton(setup))),
                     Ok(setup) => built.push((spec, Built::Partitioned(setup))),
                     Err(e) => {
                         build_errors.push(format!("{} \"{}\": {e}", spec.role.as_str(), spec.name))
@@ -213,6 +217,19 @@ impl Pipeline {
                     let rx = receivers.remove(&name).unwrap_or_else(closed_channel);
                     let out = output_of(&name);
                     let handle = tasks.spawn(partitioned::run_partitioned(
+                        name.clone(),
+                        setup,
+                        rx,
+                        out,
+                        component_stats,
+                    ));
+                    names.insert(handle.id(), (spec.role, name));
+                    continue;
+                }
+                Built::Singleton(setup) => {
+                    let rx = receivers.remove(&name).unwrap_or_else(closed_channel);
+                    let out = output_of(&name);
+                    let handle = tasks.spawn(singleton::run_singleton(
                         name.clone(),
                         setup,
                         rx,
@@ -312,6 +329,8 @@ enum Built {
     One(Component, Option<Box<StateKeeper>>),
     /// A stateful processor kept per partition of its input.
     Partitioned(Partitioning),
+    /// A stateful processor one instance at a time runs, under a lease.
+    Singleton(Partitioning),
 }
 
 /// How a processor whose state is kept per partition builds its instances
@@ -387,6 +406,25 @@ pub fn partitioned_processors(config: &PipelineConfig) -> std::collections::BTre
         .iter()
         .filter(|c| c.role == ComponentRole::Processor && c.config.fresh_state().is_some())
         .filter(|c| fed_by_shards(c))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// The other stateful processors of a pipeline some of whose processors are
+/// partitioned (alert rules on the merged document, say): several
+/// instances run such a pipeline, and these run on one at a time.
+pub fn singleton_processors(
+    config: &PipelineConfig,
+    partitioned: &std::collections::BTreeSet<String>,
+) -> std::collections::BTreeSet<String> {
+    if partitioned.is_empty() {
+        return Default::default();
+    }
+    config
+        .components
+        .iter()
+        .filter(|c| c.role == ComponentRole::Processor && c.config.fresh_state().is_some())
+        .filter(|c| !partitioned.contains(&c.name))
         .map(|c| c.name.clone())
         .collect()
 }

@@ -608,6 +608,7 @@ impl Source for KafkaSource {
         let mut origins: HashMap<Origin, Arc<Origin>> = HashMap::new();
         let mut in_flight = InFlight::default();
         let mut last_record = Instant::now();
+        let mut assigned_once = false;
         // The partition count, checked now and then off the runtime.
         let mut partitions_check: Option<tokio::task::JoinHandle<Option<usize>>> = None;
         let mut partitions_checked = Instant::now() - PARTITIONS_CHECK;
@@ -677,6 +678,7 @@ impl Source for KafkaSource {
                 }
                 None => {
                     for change in self.consumer.context().take_changes() {
+                        assigned_once |= !change.released;
                         if change.released {
                             // What was read of it goes first: nothing of
                             // this assignment follows the notice.
@@ -727,9 +729,15 @@ impl Source for KafkaSource {
                         }
                         None => {}
                     }
-                    // Idle counts only once the group has given it partitions.
-                    if self.consumer.assignment().map_or(true, |a| a.count() == 0) {
-                        last_record = Instant::now();
+                    // Idle counts from the group's first assignment (not
+                    // reset by a later revocation: a member left without
+                    // partitions finishes too).
+                    if !assigned_once {
+                        if self.consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                            assigned_once = true;
+                        } else {
+                            last_record = Instant::now();
+                        }
                     }
                     if let Some(idle) = self.config.stop_after_idle {
                         if last_record.elapsed() >= idle
