@@ -139,10 +139,8 @@ impl Pipeline {
                 feeds_stateful: feeds_stateful.contains(&spec.name),
             };
             if partitioned.contains(&spec.name) || singletons.contains(&spec.name) {
-                let singleton = singletons.contains(&spec.name);
                 match partitioning(&config, spec, cx).await {
-                    Ok(setup) if singleton => built.push((spec, Built::Singleton(setup))),
-                    Ok(setup) => built.push((spec, Built::Partitioned(setup))),
+                    Ok(setup) => built.push((spec, Built::Shared(setup))),
                     Err(e) => {
                         build_errors.push(format!("{} \"{}\": {e}", spec.role.as_str(), spec.name))
                     }
@@ -213,29 +211,26 @@ impl Pipeline {
             let component_stats = stats(&name);
             let (component, keeper) = match built {
                 Built::One(component, keeper) => (component, keeper.map(|k| *k)),
-                Built::Partitioned(setup) => {
+                Built::Shared(setup) => {
                     let rx = receivers.remove(&name).unwrap_or_else(closed_channel);
-                    let out = output_of(&name);
-                    let handle = tasks.spawn(partitioned::run_partitioned(
-                        name.clone(),
-                        setup,
-                        rx,
-                        out,
-                        component_stats,
-                    ));
-                    names.insert(handle.id(), (spec.role, name));
-                    continue;
-                }
-                Built::Singleton(setup) => {
-                    let rx = receivers.remove(&name).unwrap_or_else(closed_channel);
-                    let out = output_of(&name);
-                    let handle = tasks.spawn(singleton::run_singleton(
-                        name.clone(),
-                        setup,
-                        rx,
-                        out,
-                        component_stats,
-                    ));
+                    let (out, task) = (output_of(&name), name.clone());
+                    let handle = if singletons.contains(&name) {
+                        tasks.spawn(singleton::run_singleton(
+                            task,
+                            setup,
+                            rx,
+                            out,
+                            component_stats,
+                        ))
+                    } else {
+                        tasks.spawn(partitioned::run_partitioned(
+                            task,
+                            setup,
+                            rx,
+                            out,
+                            component_stats,
+                        ))
+                    };
                     names.insert(handle.id(), (spec.role, name));
                     continue;
                 }
@@ -279,12 +274,7 @@ impl Pipeline {
         let mut first_failure: Option<RunError> = None;
         let mut deadline_at: Option<tokio::time::Instant> = None;
         while !tasks.is_empty() {
-            let sleep = async {
-                match deadline_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = sleep_until(deadline_at);
             tokio::select! {
                 joined = tasks.join_next_with_id() => {
                     let Some(joined) = joined else { break };
@@ -327,10 +317,10 @@ impl Pipeline {
 enum Built {
     /// One instance, with its state's keeper if it is stateful.
     One(Component, Option<Box<StateKeeper>>),
-    /// A stateful processor kept per partition of its input.
-    Partitioned(Partitioning),
-    /// A stateful processor one instance at a time runs, under a lease.
-    Singleton(Partitioning),
+    /// A stateful processor of a pipeline whose input is shared among
+    /// instances: kept per partition of its input, or (past such a
+    /// processor) run on one instance at a time, under a lease.
+    Shared(Partitioning),
 }
 
 /// How a processor whose state is kept per partition builds its instances
@@ -479,6 +469,14 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// Sleeps until `at`; never without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Settles the keeper's checkpoint write once it finishes (never, without
 /// a keeper or a write under way).
 async fn written(keeper: &mut Option<StateKeeper>, stats: &ComponentStats) {
@@ -507,12 +505,7 @@ async fn run_processor(
         .map(|interval| interval.min(IDLE_CHECKPOINT_AFTER));
     let mut idle_at: Option<tokio::time::Instant> = None;
     loop {
-        let idle = async {
-            match idle_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let idle = sleep_until(idle_at);
         let result = tokio::select! {
             batch = rx.recv() => match batch {
                 Some(batch) => {

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::stateful::{fenced_refusals, StateKeeper, WriteState};
-use super::{handle_result, next_tick, ticker, Output, IDLE_CHECKPOINT_AFTER};
+use super::{handle_result, next_tick, sleep_until, ticker, Output, IDLE_CHECKPOINT_AFTER};
 use crate::checkpoint::{self, CheckpointStore, StoreError};
 use crate::plugin::{BuildError, ComponentError, Processor};
 use crate::record::{Batch, Shard};
@@ -94,12 +94,7 @@ pub(crate) async fn run_partitioned(
     };
     let mut idle_at: Option<tokio::time::Instant> = None;
     loop {
-        let idle = async {
-            match idle_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let idle = sleep_until(idle_at);
         let result = tokio::select! {
             batch = rx.recv() => match batch {
                 Some(batch) => {
@@ -266,30 +261,29 @@ impl Partitions {
     /// Checkpoints every partition with something held (waiting for the
     /// writes), and lets go of those another instance took.
     async fn checkpoint_all(&mut self) {
-        let mut moved = Vec::new();
-        for (&id, owned) in &mut self.owned {
-            let Some(state) = owned.processor.state() else {
-                continue;
-            };
-            owned.keeper.checkpoint(state, true, &self.stats).await;
-            if owned.keeper.write_state() == WriteState::FencedOut {
-                moved.push(id);
-            }
-        }
-        for id in moved {
-            self.let_go(id, "another instance took it over");
-        }
+        self.checkpoint_where(|_| true).await;
     }
 
     /// Checkpoints the partitions whose last write is a quarter interval
     /// old; how long until the next of the others may be, if any waits.
     async fn checkpoint_idle(&mut self) -> Option<Duration> {
+        let waits: Vec<Duration> = self
+            .owned
+            .values()
+            .map(|o| o.keeper.idle_wait())
+            .filter(|wait| !wait.is_zero())
+            .collect();
+        self.checkpoint_where(|keeper| keeper.idle_wait().is_zero())
+            .await;
+        waits.into_iter().min()
+    }
+
+    /// Checkpoints the partitions whose keeper `due` picks, and lets go of
+    /// those another instance took.
+    async fn checkpoint_where(&mut self, due: impl Fn(&StateKeeper) -> bool) {
         let mut moved = Vec::new();
-        let mut next: Option<Duration> = None;
         for (&id, owned) in &mut self.owned {
-            let wait = owned.keeper.idle_wait();
-            if !wait.is_zero() {
-                next = Some(next.map_or(wait, |n| n.min(wait)));
+            if !due(&owned.keeper) {
                 continue;
             }
             let Some(state) = owned.processor.state() else {
@@ -303,7 +297,6 @@ impl Partitions {
         for id in moved {
             self.let_go(id, "another instance took it over");
         }
-        next
     }
 
     /// Periodic work of every partition (its output dropped: the merged
