@@ -12,9 +12,9 @@
 //! partition moved: its state here is dropped, and its batches are let go
 //! unfolded (not acknowledged) until the source is given it again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
@@ -63,7 +63,14 @@ struct Partitions {
     owned_gauge: Arc<Gauge>,
     /// Reads the kind of state the partials hold.
     template: Box<dyn Processor>,
+    /// The partitions with a partial in the store, as last listed.
+    listed: Option<(Instant, BTreeSet<u32>)>,
 }
+
+/// How often the partials in the store are listed again (and at the end):
+/// a partition whose first partial appears meanwhile is missing from the
+/// document until then.
+const RELIST_PARTIALS: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run_partitioned(
     name: String,
@@ -91,6 +98,7 @@ pub(crate) async fn run_partitioned(
         stats: stats.clone(),
         owned_gauge,
         template,
+        listed: None,
     };
     let mut idle_at: Option<tokio::time::Instant> = None;
     loop {
@@ -127,7 +135,7 @@ pub(crate) async fn run_partitioned(
         let result = owned.processor.finish(&mut discard).await;
         handle_result(&name, &stats, result)?;
     }
-    let result = parts.emit(&mut out).await;
+    let result = parts.emit(&mut out, true).await;
     handle_result(&name, &stats, result)
 }
 
@@ -306,16 +314,17 @@ impl Partitions {
         for owned in self.owned.values_mut() {
             owned.processor.tick(&mut discard).await?;
         }
-        self.emit(out).await
+        self.emit(out, false).await
     }
 
     /// Writes the partials of the partitions owned here, then sends what
-    /// the merge of every partition's partial gives.
-    async fn emit(&mut self, out: &mut Output) -> Result<(), ComponentError> {
+    /// the merge of every partition's partial gives (`last`: the final
+    /// output, from a fresh listing of the partials).
+    async fn emit(&mut self, out: &mut Output, last: bool) -> Result<(), ComponentError> {
         let partials = match self.setup.store.clone() {
             Some((store, _)) => {
                 self.write_partials().await;
-                self.read_partials(store.as_ref()).await
+                self.read_partials(store.as_ref(), last).await
             }
             None => self.local_partials(),
         };
@@ -381,26 +390,44 @@ impl Partitions {
     }
 
     /// Every partition's latest partial in the store, by partition.
-    async fn read_partials(&mut self, store: &dyn CheckpointStore) -> Vec<(u32, SavedState)> {
+    async fn read_partials(
+        &mut self,
+        store: &dyn CheckpointStore,
+        relist: bool,
+    ) -> Vec<(u32, SavedState)> {
         let prefix = checkpoint::partial_prefix(&self.setup.pipeline, &self.name);
-        let keys = match store.keys_with_prefix(&prefix).await {
-            Ok(keys) => keys,
-            Err(e) => {
-                self.stats.error(format!("cannot list the partials: {e}"));
-                return Vec::new();
+        // Listing scans the store's keys (SCAN on Redis, whatever else it
+        // holds), so it is done now and then: a topic's partitions do not
+        // change (a change is refused), and those owned here are added.
+        if relist
+            || self
+                .listed
+                .as_ref()
+                .is_none_or(|(at, _)| at.elapsed() >= RELIST_PARTIALS)
+        {
+            match store.keys_with_prefix(&prefix).await {
+                Ok(keys) => {
+                    let ids = keys
+                        .iter()
+                        .filter_map(|key| key.strip_prefix(&prefix)?.parse::<u32>().ok())
+                        .collect();
+                    self.listed = Some((Instant::now(), ids));
+                }
+                Err(e) => self.stats.error(format!("cannot list the partials: {e}")),
             }
-        };
+        }
+        let mut ids: BTreeSet<u32> = self
+            .listed
+            .as_ref()
+            .map(|(_, ids)| ids.clone())
+            .unwrap_or_default();
+        ids.extend(self.owned.keys());
         let Some(kind) = self.template.state() else {
             return Vec::new();
         };
         let mut partials = Vec::new();
-        for key in keys {
-            let Some(id) = key
-                .strip_prefix(&prefix)
-                .and_then(|id| id.parse::<u32>().ok())
-            else {
-                continue;
-            };
+        for id in ids {
+            let key = checkpoint::partial_key(&self.setup.pipeline, &self.name, id);
             match checkpoint::load_saved(store, &key, &mut *kind).await {
                 Ok(Some((saved, _))) => partials.push((id, saved)),
                 Ok(None) => {}
