@@ -127,12 +127,28 @@ fn load(path: Option<&Path>) -> Result<PipelineConfig, LoadError> {
     }
 }
 
+/// A command that prints (`flowpulse state show | head`, `flowpulse generate
+/// | head`) ends quietly when its reader goes away, as Unix tools do,
+/// rather than panicking on the broken pipe.
+fn quiet_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: restores SIGPIPE's default disposition before any thread
+    // starts; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     huge_pages::disable_unless_allowed();
     flowpulse_plugins::link();
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let result = match cli.command.unwrap_or(Command::Run { config: None }) {
+    let command = cli.command.unwrap_or(Command::Run { config: None });
+    if !matches!(command, Command::Run { .. }) {
+        quiet_on_closed_stdout();
+    }
+    let result = match command {
         Command::Run { config } => run(config.as_deref()),
         Command::Validate { config } => validate(config.as_deref()),
         Command::Generate(args) => generate::run(&args).map(|()| ExitCode::SUCCESS),

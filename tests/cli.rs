@@ -251,3 +251,21 @@ fn run_turns_transparent_huge_pages_off_unless_mimalloc_allow_thp_is_set() {
         assert_eq!(seen, Some(expected), "MIMALLOC_ALLOW_THP={allow:?}");
     }
 }
+
+/// A listing whose reader has gone (`flowpulse plugins | head -1`, the
+/// reader closed before it prints) ends quietly, as Unix tools do, not
+/// with a panic about the broken pipe.
+#[test]
+fn a_closed_stdout_ends_a_listing_quietly() {
+    let mut child = Command::new(binary())
+        .arg("plugins")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the process has started printing.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
