@@ -333,6 +333,17 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
                 Err(e) => println!("{}: {key}: not usable: {e}", spec.name),
             }
         }
+        // The partition counts sources sharing their input first read it with.
+        if reset && !partitioned.is_empty() {
+            if let Some(settings) = &config.checkpoint {
+                let store = checkpoint::open(&settings.url).await?;
+                for source in config.components.iter().filter(|c| c.config.shards()) {
+                    let key = checkpoint::partition_count_key(&config.pipeline.name, &source.name);
+                    store.delete(&key).await?;
+                    println!("{}: forgot the partition count ({key})", source.name);
+                }
+            }
+        }
         if !any {
             println!("no [checkpoint] table: nothing is kept between runs");
         }

@@ -533,6 +533,32 @@ fn a_changed_partition_count_is_refused() {
         log.contains("topic events has 2 partitions, but this pipeline first read it with 4"),
         "{log}"
     );
+
+    // The count is kept in the checkpoint store, not beside one instance:
+    // another instance, with a data directory of its own, refuses too.
+    let elsewhere = t.dir.path().join("worker-elsewhere.toml");
+    std::fs::write(
+        &elsewhere,
+        std::fs::read_to_string(&worker).unwrap().replace(
+            "data_dir = \"worker-data\"",
+            "data_dir = \"elsewhere-data\"",
+        ),
+    )
+    .unwrap();
+    let output = run_to_end(t.dir.path(), &elsewhere, Duration::from_secs(60));
+    assert!(!output.status.success(), "another instance went on");
+    // Starting over forgets it with the state.
+    let key = format!("flowpulse:partitions:{}:worker:log", t.prefix);
+    let mut conn = connection(&t.url);
+    let kept: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    assert!(
+        kept.is_some_and(|k| k.contains("\"partitions\":4")),
+        "not kept in {key}"
+    );
+    let reset = state_command(t.dir.path(), &worker, "reset");
+    assert!(reset.contains("forgot the partition count"), "{reset}");
+    let kept: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    assert_eq!(kept, None, "{key} outlived the reset");
 }
 
 /// Four workers share the topic's partitions through the consumer group

@@ -316,6 +316,13 @@ pub fn partial_prefix(pipeline: &str, component: &str) -> String {
     format!("flowpulse:partial:{pipeline}:{component}:")
 }
 
+/// The key of the partition count a source sharing its partitions among
+/// instances first read its input with (a change would move keys between
+/// partitions, so it is refused).
+pub fn partition_count_key(pipeline: &str, source: &str) -> String {
+    format!("flowpulse:partitions:{pipeline}:{source}")
+}
+
 /// The key of part `id` of the checkpoint under `key`.
 pub fn part_key(key: &str, id: u64) -> String {
     format!("{key}:part:{id}")

@@ -15,13 +15,14 @@
 //! restart resumes at or before what the checkpoint holds, never after it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use flowpulse_core::ack::{AckHandle, AckReceipt, BatchStatus};
+use flowpulse_core::checkpoint::CheckpointStore;
 use flowpulse_core::event::{decode_json, Decoded};
 use flowpulse_core::outage::Outage;
 use flowpulse_core::plugin::{
@@ -173,11 +174,20 @@ impl SourceConfig for KafkaSourceConfig {
         let consumer: StreamConsumer<GroupContext> = config
             .create_with_context(context)
             .map_err(|e| BuildError(format!("cannot create the Kafka consumer: {e}")))?;
+        let partitions = match &cx.checkpoint {
+            Some(settings) => CountRecord::Store(
+                flowpulse_core::checkpoint::open(&settings.url)
+                    .await
+                    .map_err(|e| BuildError(e.to_string()))?,
+                flowpulse_core::checkpoint::partition_count_key(&cx.pipeline.name, &cx.name),
+            ),
+            None => CountRecord::File(cx.data_dir().join("partitions.json")),
+        };
         Ok(Box::new(KafkaSource {
             consumer: Arc::new(consumer),
             config: self.clone(),
             dead_letters: DeadLetterFile::new(cx.data_dir().join("dead-letters.jsonl")),
-            partitions_file: cx.data_dir().join("partitions.json"),
+            partitions,
         }))
     }
 }
@@ -313,7 +323,7 @@ struct KafkaSource {
     config: KafkaSourceConfig,
     dead_letters: DeadLetterFile,
     /// The topic's partition count when this source first read it.
-    partitions_file: PathBuf,
+    partitions: CountRecord,
 }
 
 /// How often the topic's partition count is checked.
@@ -336,37 +346,78 @@ fn fetch_partitions(consumer: &StreamConsumer<GroupContext>, topic: &str) -> Opt
     (topic.error().is_none() && !topic.partitions().is_empty()).then(|| topic.partitions().len())
 }
 
-/// Compares `now` with the count first seen (kept in `file`, written the
+/// Where the topic's partition count is kept once first read: in the
+/// checkpoint store when there is one (every instance of the pipeline then
+/// checks against the same), else in a file of the data directory.
+enum CountRecord {
+    Store(Arc<dyn CheckpointStore>, String),
+    File(PathBuf),
+}
+
+impl CountRecord {
+    async fn load(&self) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            CountRecord::Store(store, key) => store.load(key).await.map_err(|e| e.to_string()),
+            CountRecord::File(file) => match tokio::fs::read(file).await {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+            },
+        }
+    }
+
+    async fn save(&self, bytes: &[u8]) -> Result<(), String> {
+        match self {
+            CountRecord::Store(store, key) => {
+                store.save(key, bytes).await.map_err(|e| e.to_string())
+            }
+            CountRecord::File(file) => write_atomic(file, bytes)
+                .await
+                .map_err(|e| format!("cannot write {}: {e}", file.display())),
+        }
+    }
+
+    /// How to forget it, for the error that refuses a changed count.
+    fn forget_hint(&self) -> String {
+        match self {
+            CountRecord::Store(..) => "flowpulse state reset, which forgets the count too".into(),
+            CountRecord::File(file) => {
+                format!("flowpulse state reset, and delete {}", file.display())
+            }
+        }
+    }
+}
+
+/// Compares `now` with the count first seen (kept in `record`, written the
 /// first time): a change moves workflows between partitions, and with them
-/// what the state keeps per partition, so it is refused.
-async fn check_partitions(file: &Path, topic: &str, now: usize) -> Result<(), ComponentError> {
-    let first = tokio::fs::read(file)
+/// what the state keeps per partition, so it is refused (fatal). A store
+/// that cannot be read or written is a transient error: checked again later.
+async fn check_partitions(
+    record: &CountRecord,
+    topic: &str,
+    now: usize,
+) -> Result<(), ComponentError> {
+    let first = record
+        .load()
         .await
-        .ok()
+        .map_err(ComponentError::Transient)?
         .and_then(|bytes| serde_json::from_slice::<PartitionCount>(&bytes).ok())
         .filter(|kept| kept.topic == topic);
     match first {
         Some(kept) if kept.partitions != now => Err(ComponentError::Fatal(format!(
-            "topic {topic} has {now} partitions, but this pipeline first read it with {}: workflows would move between partitions, and the state kept per partition would no longer match. Restore the partition count, or start over (flowpulse state reset, and delete {})",
+            "topic {topic} has {now} partitions, but this pipeline first read it with {}: workflows would move between partitions, and the state kept per partition would no longer match. Restore the partition count, or start over ({})",
             kept.partitions,
-            file.display()
+            record.forget_hint()
         ))),
         Some(_) => Ok(()),
         None => {
-            if let Some(dir) = file.parent() {
-                tokio::fs::create_dir_all(dir)
-                    .await
-                    .map_err(|e| ComponentError::Transient(e.to_string()))?;
-            }
             let kept = PartitionCount {
                 topic: topic.to_owned(),
                 partitions: now,
             };
             let bytes = serde_json::to_vec(&kept)
                 .map_err(|e| ComponentError::Transient(e.to_string()))?;
-            write_atomic(file, &bytes)
-                .await
-                .map_err(|e| ComponentError::Transient(format!("cannot write {}: {e}", file.display())))
+            record.save(&bytes).await.map_err(ComponentError::Transient)
         }
     }
 }
@@ -714,8 +765,12 @@ impl Source for KafkaSource {
                     match partitions_check.take() {
                         Some(check) if check.is_finished() => {
                             if let Ok(Some(count)) = check.await {
-                                check_partitions(&self.partitions_file, &self.config.topic, count)
-                                    .await?;
+                                match check_partitions(&self.partitions, &self.config.topic, count)
+                                    .await
+                                {
+                                    Err(ComponentError::Transient(e)) => stats.error(e),
+                                    other => other?,
+                                }
                             }
                         }
                         Some(check) => partitions_check = Some(check),
