@@ -467,3 +467,44 @@ async fn the_file_store_refuses_a_stale_owner() {
     let store = flowpulse_plugins::checkpoint::open(&url).await.unwrap();
     fencing_holds(store, "flowpulse:checkpoint:p:metrics:3").await;
 }
+
+/// The lease every checkpoint store gives instances taking turns: free or
+/// its owner's, it is taken (or renewed); another's, its owner is named;
+/// only its owner gives it up; once it lapses another takes it.
+async fn lease_holds(store: Arc<dyn CheckpointStore>, key: &str) {
+    let ttl = Duration::from_millis(300);
+    assert_eq!(store.lease(key, "a", ttl).await.unwrap(), None);
+    assert_eq!(
+        store.lease(key, "b", ttl).await.unwrap().as_deref(),
+        Some("a")
+    );
+    assert_eq!(store.lease(key, "a", ttl).await.unwrap(), None, "renewed");
+    store.release_lease(key, "b").await.unwrap();
+    assert_eq!(
+        store.lease(key, "b", ttl).await.unwrap().as_deref(),
+        Some("a")
+    );
+    store.release_lease(key, "a").await.unwrap();
+    assert_eq!(store.lease(key, "b", ttl).await.unwrap(), None, "given up");
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(store.lease(key, "a", ttl).await.unwrap(), None, "lapsed");
+    store.release_lease(key, "a").await.unwrap();
+}
+
+#[tokio::test]
+async fn the_redis_and_file_stores_lease_to_one_owner_at_a_time() {
+    let url = redis_url();
+    let key = format!("{}:lease", prefix(&url, "store-lease"));
+    lease_holds(
+        flowpulse_plugins::checkpoint::open(&url).await.unwrap(),
+        &key,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = format!("file://{}", dir.path().display());
+    lease_holds(
+        flowpulse_plugins::checkpoint::open(&file).await.unwrap(),
+        "flowpulse:lease:p:alerts",
+    )
+    .await;
+}
