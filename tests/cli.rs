@@ -269,3 +269,51 @@ fn a_closed_stdout_ends_a_listing_quietly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A processor whose state is kept per Kafka partition cannot also read a
+/// source whose records belong to no partition: the run refuses to start,
+/// naming both (a broker need not exist; nothing connects).
+#[test]
+fn a_partitioned_processor_that_also_reads_an_unpartitioned_source_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mixed.toml");
+    std::fs::write(
+        &config,
+        r#"
+[pipeline]
+name = "mixed"
+data_dir = "data"
+
+[sources.log]
+type = "kafka"
+brokers = "127.0.0.1:1"
+topic = "events"
+
+[sources.demo]
+type = "demo"
+realtime = false
+count = 10
+
+[processors.metrics]
+type = "aggregate"
+inputs = ["log", "demo"]
+
+[sinks.out]
+type = "blackhole"
+inputs = ["metrics"]
+"#,
+    )
+    .unwrap();
+    let output = Command::new(binary())
+        .current_dir(dir.path())
+        .args(["run", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("processor \"metrics\"") && stderr.contains("cannot also read demo"),
+        "{stderr}"
+    );
+}

@@ -138,6 +138,21 @@ impl Pipeline {
                 started: started.clone(),
                 feeds_stateful: feeds_stateful.contains(&spec.name),
             };
+            if partitioned.contains(&spec.name) {
+                let unsharded: Vec<&str> = upstream_sources(&config, spec)
+                    .into_iter()
+                    .filter(|source| !source.config.shards())
+                    .map(|source| source.name.as_str())
+                    .collect();
+                if !unsharded.is_empty() {
+                    build_errors.push(format!(
+                        "processor \"{}\": its state is kept per partition of a source shared among instances, so it cannot also read {}, whose records belong to no partition; give that input a pipeline of its own",
+                        spec.name,
+                        unsharded.join(", ")
+                    ));
+                    continue;
+                }
+            }
             if partitioned.contains(&spec.name) || singletons.contains(&spec.name) {
                 match partitioning(&config, spec, cx).await {
                     Ok(setup) => built.push((spec, Built::Shared(setup))),
@@ -362,40 +377,45 @@ async fn partitioning(
     })
 }
 
+/// The sources whose records reach `start`, directly or through stateless
+/// processors (past a stateful one, records are its output).
+fn upstream_sources<'a>(
+    config: &'a PipelineConfig,
+    start: &crate::config::ComponentSpec,
+) -> Vec<&'a crate::config::ComponentSpec> {
+    let mut todo: Vec<&str> = start.inputs.iter().map(String::as_str).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut sources = Vec::new();
+    while let Some(name) = todo.pop() {
+        if !seen.insert(name) {
+            continue;
+        }
+        let Some(spec) = config.components.iter().find(|c| c.name == name) else {
+            continue;
+        };
+        if spec.role == ComponentRole::Source {
+            sources.push(spec);
+        } else if spec.config.fresh_state().is_none() {
+            todo.extend(spec.inputs.iter().map(String::as_str));
+        }
+    }
+    sources
+}
+
 /// The stateful processors that a source sharing its partitions among
 /// instances feeds, directly or through stateless processors: their state
 /// is kept per partition. (Past another stateful processor, records are its
 /// output, not the partitioned input.)
 pub fn partitioned_processors(config: &PipelineConfig) -> std::collections::BTreeSet<String> {
-    let by_name: BTreeMap<&str, &crate::config::ComponentSpec> = config
-        .components
-        .iter()
-        .map(|c| (c.name.as_str(), c))
-        .collect();
-    let fed_by_shards = |start: &crate::config::ComponentSpec| {
-        let mut todo: Vec<&str> = start.inputs.iter().map(String::as_str).collect();
-        let mut seen = std::collections::BTreeSet::new();
-        while let Some(name) = todo.pop() {
-            if !seen.insert(name) {
-                continue;
-            }
-            let Some(spec) = by_name.get(name) else {
-                continue;
-            };
-            if spec.config.shards() {
-                return true;
-            }
-            if spec.config.fresh_state().is_none() {
-                todo.extend(spec.inputs.iter().map(String::as_str));
-            }
-        }
-        false
-    };
     config
         .components
         .iter()
         .filter(|c| c.role == ComponentRole::Processor && c.config.fresh_state().is_some())
-        .filter(|c| fed_by_shards(c))
+        .filter(|c| {
+            upstream_sources(config, c)
+                .iter()
+                .any(|source| source.config.shards())
+        })
         .map(|c| c.name.clone())
         .collect()
 }
