@@ -371,11 +371,16 @@ async fn partitioned_state(
         let owner = checkpoint::owner_key(&key);
         let partial = checkpoint::partial_key(pipeline, name, partition);
         if reset {
+            // The fencing token stays: tokens only grow, so a process still
+            // holding an old one can never match a new owner's.
             checkpoint::delete(store, &key, state).await?;
-            for extra in [&fence, &owner, &partial] {
+            for extra in [&owner, &partial] {
                 store.delete(extra).await?;
             }
-            println!("{name}[{partition}]: deleted {key}, its epoch and its partial");
+            println!(
+                "{name}[{partition}]: deleted {key} and its partial (epoch {} kept)",
+                store.fence_of(&fence).await?
+            );
             continue;
         }
         let epoch = store.fence_of(&fence).await?;

@@ -174,7 +174,7 @@ pub fn instance_label() -> String {
     format!("{host} (pid {})", std::process::id())
 }
 
-/// The partitions of a component's state kept in `store` (see
+/// The partitions of a component with a checkpoint in `store` (see
 /// [`checkpoint_key`]), in order.
 pub async fn partitions(
     store: &dyn CheckpointStore,
@@ -187,7 +187,7 @@ pub async fn partitions(
         .keys_with_prefix(prefix)
         .await?
         .iter()
-        .filter_map(|key| key.strip_prefix(prefix)?.split(':').next()?.parse().ok())
+        .filter_map(|key| key.strip_prefix(prefix)?.parse().ok())
         .collect();
     found.sort_unstable();
     found.dedup();

@@ -184,6 +184,44 @@ pub struct Shard {
     pub released: bool,
 }
 
+/// Which assignment (generation) of each partition the sharing sources of
+/// a pipeline read now, shared with the runtime through
+/// [`crate::plugin::Resources`]: a partition's state is taken over only for
+/// the generation its source still reads, so records of a generation
+/// already revoked (queued before the revocation) never take the state
+/// from its new owner.
+#[derive(Debug, Clone, Default)]
+pub struct Assignments(Arc<std::sync::Mutex<AssignmentMap>>);
+
+/// Per (source, partition): the generation read last, and whether it is
+/// still assigned.
+type AssignmentMap = std::collections::HashMap<(String, u32), (u64, bool)>;
+
+impl Assignments {
+    /// `source` was given partition `id` as `generation`.
+    pub fn assigned(&self, source: &str, id: u32, generation: u64) {
+        self.set(source, id, generation, true);
+    }
+
+    /// `source` gave up partition `id` (of `generation`).
+    pub fn revoked(&self, source: &str, id: u32, generation: u64) {
+        self.set(source, id, generation, false);
+    }
+
+    fn set(&self, source: &str, id: u32, generation: u64, assigned: bool) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert((source.to_owned(), id), (generation, assigned));
+    }
+
+    /// Whether `source` reads `shard`'s generation of its partition now
+    /// (true for a source that never said).
+    pub fn is_current(&self, source: &str, shard: Shard) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(source.to_owned(), shard.id))
+            .is_none_or(|&(generation, assigned)| assigned && generation == shard.generation)
+    }
+}
+
 /// The places of a batch's records in their source partition, one per
 /// record and in the records' order. A larger offset is later in the
 /// partition (a stream entry id, a byte offset), so "everything up to offset

@@ -154,7 +154,7 @@ impl Pipeline {
                 }
             }
             if partitioned.contains(&spec.name) || singletons.contains(&spec.name) {
-                match partitioning(&config, spec, cx).await {
+                match partitioning(&config, spec, cx, singletons.contains(&spec.name)).await {
                     Ok(setup) => built.push((spec, Built::Shared(setup))),
                     Err(e) => {
                         build_errors.push(format!("{} \"{}\": {e}", spec.role.as_str(), spec.name))
@@ -344,9 +344,20 @@ async fn partitioning(
     config: &PipelineConfig,
     spec: &crate::config::ComponentSpec,
     cx: BuildContext,
+    singleton: bool,
 ) -> Result<Partitioning, BuildError> {
-    if spec.config.fresh_state().is_none() {
+    let Some(mut fresh) = spec.config.fresh_state() else {
         return Err(BuildError("it keeps no state".into()));
+    };
+    if !singleton && fresh.partial().is_none() {
+        return Err(BuildError(
+            "its state is kept per partition of a source shared among instances, but it cannot be split into partials to merge".into(),
+        ));
+    }
+    if singleton && config.checkpoint_for(spec).is_none() {
+        return Err(BuildError(
+            "it reads the merged output of state shared among instances, and runs on one of them at a time, under a lease in the checkpoint store: add a [checkpoint] table".into(),
+        ));
     }
     let store = match config.checkpoint_for(spec) {
         Some(settings) => {
@@ -358,6 +369,9 @@ async fn partitioning(
         None => None,
     };
     let component = spec.config.clone();
+    let assignments = cx
+        .resources
+        .get_or_insert_with(crate::record::Assignments::default);
     let cx = Arc::new(cx);
     let factory: partitioned::Factory = Arc::new(move || {
         let (component, cx) = (component.clone(), cx.clone());
@@ -371,21 +385,23 @@ async fn partitioning(
     // Build one now, so a config it refuses stops the start.
     factory().await?;
     Ok(Partitioning {
+        assignments,
         pipeline: config.pipeline.name.clone(),
         factory,
         store,
     })
 }
 
-/// The sources whose records reach `start`, directly or through stateless
-/// processors (past a stateful one, records are its output).
-fn upstream_sources<'a>(
+/// Where the records reaching `start` come from: the sources and stateful
+/// processors found going upstream through stateless processors (past a
+/// stateful one, records are its output).
+fn origins<'a>(
     config: &'a PipelineConfig,
     start: &crate::config::ComponentSpec,
 ) -> Vec<&'a crate::config::ComponentSpec> {
     let mut todo: Vec<&str> = start.inputs.iter().map(String::as_str).collect();
     let mut seen = std::collections::BTreeSet::new();
-    let mut sources = Vec::new();
+    let mut found = Vec::new();
     while let Some(name) = todo.pop() {
         if !seen.insert(name) {
             continue;
@@ -393,13 +409,24 @@ fn upstream_sources<'a>(
         let Some(spec) = config.components.iter().find(|c| c.name == name) else {
             continue;
         };
-        if spec.role == ComponentRole::Source {
-            sources.push(spec);
-        } else if spec.config.fresh_state().is_none() {
+        if spec.role == ComponentRole::Source || spec.config.fresh_state().is_some() {
+            found.push(spec);
+        } else {
             todo.extend(spec.inputs.iter().map(String::as_str));
         }
     }
-    sources
+    found
+}
+
+/// The sources whose records reach `start` unchanged by state.
+fn upstream_sources<'a>(
+    config: &'a PipelineConfig,
+    start: &crate::config::ComponentSpec,
+) -> Vec<&'a crate::config::ComponentSpec> {
+    origins(config, start)
+        .into_iter()
+        .filter(|c| c.role == ComponentRole::Source)
+        .collect()
 }
 
 /// The stateful processors that a source sharing its partitions among
@@ -420,23 +447,34 @@ pub fn partitioned_processors(config: &PipelineConfig) -> std::collections::BTre
         .collect()
 }
 
-/// The other stateful processors of a pipeline some of whose processors are
-/// partitioned (alert rules on the merged document, say): several
-/// instances run such a pipeline, and these run on one at a time.
+/// The stateful processors that read a partitioned one's merged output
+/// (alert rules on the merged document, say), directly or through others
+/// of their kind: every instance computes the same input for them, and
+/// they run on one instance at a time.
 pub fn singleton_processors(
     config: &PipelineConfig,
     partitioned: &std::collections::BTreeSet<String>,
 ) -> std::collections::BTreeSet<String> {
-    if partitioned.is_empty() {
-        return Default::default();
+    let mut singletons = std::collections::BTreeSet::new();
+    // Downstream of downstream, until nothing new is found (the graph is a DAG).
+    loop {
+        let more: Vec<String> = config
+            .components
+            .iter()
+            .filter(|c| c.role == ComponentRole::Processor && c.config.fresh_state().is_some())
+            .filter(|c| !partitioned.contains(&c.name) && !singletons.contains(&c.name))
+            .filter(|c| {
+                origins(config, c)
+                    .iter()
+                    .any(|o| partitioned.contains(&o.name) || singletons.contains(&o.name))
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        if more.is_empty() {
+            return singletons;
+        }
+        singletons.extend(more);
     }
-    config
-        .components
-        .iter()
-        .filter(|c| c.role == ComponentRole::Processor && c.config.fresh_state().is_some())
-        .filter(|c| !partitioned.contains(&c.name))
-        .map(|c| c.name.clone())
-        .collect()
 }
 
 /// How long the input of a stateful processor must pause before what it
@@ -528,6 +566,12 @@ async fn run_processor(
         let idle = sleep_until(idle_at);
         let result = tokio::select! {
             batch = rx.recv() => match batch {
+                Some(batch) if batch.is_notice() && keeper.is_none() => {
+                    // A partition notice is for the stateful processors
+                    // downstream: passed on, not processed.
+                    out.send(batch).await;
+                    Ok(())
+                }
                 Some(batch) => {
                     stats.received(batch.len());
                     idle_at = idle_after.map(|after| tokio::time::Instant::now() + after);
@@ -591,6 +635,10 @@ async fn run_sink(
     stats: Arc<ComponentStats>,
 ) -> Result<(), ComponentError> {
     while let Some(batch) = rx.recv().await {
+        if batch.is_notice() {
+            // For stateful processors upstream; a sink has nothing to write.
+            continue;
+        }
         stats.received(batch.len());
         let result = sink.write(&batch).await;
         if result.is_err() {

@@ -24,7 +24,7 @@ use super::stateful::{fenced_refusals, StateKeeper, WriteState};
 use super::{handle_result, next_tick, sleep_until, ticker, Output, IDLE_CHECKPOINT_AFTER};
 use crate::checkpoint::{self, CheckpointStore, StoreError};
 use crate::plugin::{BuildError, ComponentError, Processor};
-use crate::record::{Batch, Shard};
+use crate::record::{Assignments, Batch, Shard};
 use crate::state::{ProcessorState, SavedState};
 use crate::telemetry::{ComponentStats, Gauge};
 
@@ -36,6 +36,8 @@ pub(crate) type Factory =
 /// How a partitioned processor keeps its partitions' state.
 pub(crate) struct Partitioning {
     pub pipeline: String,
+    /// What the sharing sources read now (see [`Assignments`]).
+    pub assignments: Assignments,
     pub factory: Factory,
     /// The checkpoint store and interval; without one, state lives in
     /// memory only and the output merges only the partitions owned here.
@@ -141,7 +143,10 @@ pub(crate) async fn run_partitioned(
 
 impl Partitions {
     async fn process(&mut self, batch: Batch) -> Result<(), ComponentError> {
-        let Some(shard) = batch.positions().and_then(|p| p.origin.shard) else {
+        let Some((source, shard)) = batch
+            .positions()
+            .and_then(|p| Some((p.origin.source.clone(), p.origin.shard?)))
+        else {
             batch.fail();
             return Err(ComponentError::Transient(
                 "a batch without a partition reached a processor whose state is kept per partition; it was not folded".into(),
@@ -151,8 +156,17 @@ impl Partitions {
             self.release(shard).await;
             return Ok(());
         }
-        if self.lost.get(&shard.id) == Some(&shard.generation) {
-            // Another instance owns it; the source is about to learn so.
+        // Generations only grow within a process: records of one already let
+        // go, or older than the one held, are stale (queued before a
+        // rebalance) and are not folded.
+        let newest_seen = self
+            .owned
+            .get(&shard.id)
+            .map(|o| o.generation)
+            .max(self.lost.get(&shard.id).copied());
+        if newest_seen.is_some_and(|g| shard.generation < g)
+            || self.lost.get(&shard.id) == Some(&shard.generation)
+        {
             batch.fail();
             return Ok(());
         }
@@ -165,6 +179,12 @@ impl Partitions {
             }
             None => false,
         };
+        if !owned && !self.setup.assignments.is_current(&source, shard) {
+            // Revoked before its records got here: its new owner may hold
+            // the token already, and must keep it.
+            batch.fail();
+            return Ok(());
+        }
         if !owned {
             match self.acquire(shard).await {
                 Ok(owned) => {

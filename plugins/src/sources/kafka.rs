@@ -29,7 +29,7 @@ use flowpulse_core::plugin::{
     BuildContext, BuildError, ComponentError, FieldError, PluginDescriptor, Source, SourceConfig,
     SourceContext, ValidateContext,
 };
-use flowpulse_core::record::{Batch, Origin, Record, Shard};
+use flowpulse_core::record::{Assignments, Batch, Origin, Record, Shard};
 use flowpulse_core::telemetry::ComponentStats;
 use flowpulse_core::telemetry::Gauge;
 use rdkafka::config::RDKafkaLogLevel;
@@ -164,8 +164,9 @@ impl SourceConfig for KafkaSourceConfig {
             brokers: kafka_util::display_brokers(&self.brokers),
             down: AtomicBool::new(false),
             generations: Mutex::new(HashMap::new()),
-            assignments: AtomicU64::new(0),
+            assignments_made: AtomicU64::new(0),
             changes: Mutex::new(Vec::new()),
+            assignments: cx.resources.get_or_insert_with(Assignments::default),
             stats: Arc::clone(&cx.stats),
             assigned: cx
                 .stats
@@ -205,10 +206,12 @@ struct GroupContext {
     /// stateful processor keeps state per partition, and a partition given
     /// back after it was elsewhere must be taken over afresh.
     generations: Mutex<HashMap<i32, u64>>,
-    assignments: AtomicU64,
+    assignments_made: AtomicU64,
     /// Partitions assigned and revoked since the source last looked, for
     /// the notices it sends downstream.
     changes: Mutex<Vec<Shard>>,
+    /// The same, as the runtime sees them at once.
+    assignments: Assignments,
 }
 
 impl GroupContext {
@@ -283,10 +286,12 @@ impl ConsumerContext for GroupContext {
                     (self.generations.lock(), self.changes.lock())
                 {
                     for element in list.elements() {
-                        let generation = self.assignments.fetch_add(1, Ordering::Relaxed) + 1;
+                        let generation = self.assignments_made.fetch_add(1, Ordering::Relaxed) + 1;
                         generations.insert(element.partition(), generation);
+                        let id = element.partition().max(0) as u32;
+                        self.assignments.assigned(&self.source, id, generation);
                         changes.push(Shard {
-                            id: element.partition().max(0) as u32,
+                            id,
                             generation,
                             released: false,
                         });
@@ -299,9 +304,13 @@ impl ConsumerContext for GroupContext {
                     (self.generations.lock(), self.changes.lock())
                 {
                     for element in list.elements() {
+                        let id = element.partition().max(0) as u32;
+                        let generation =
+                            generations.get(&element.partition()).copied().unwrap_or(0);
+                        self.assignments.revoked(&self.source, id, generation);
                         changes.push(Shard {
-                            id: element.partition().max(0) as u32,
-                            generation: generations.get(&element.partition()).copied().unwrap_or(0),
+                            id,
+                            generation,
                             released: true,
                         });
                     }
