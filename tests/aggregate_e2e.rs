@@ -262,7 +262,7 @@ fn checkpointed_state_continues_across_runs_and_state_commands_show_and_clear_it
     };
     let shown = state("show");
     assert!(
-        shown.contains("flowpulse:checkpoint:cp:metrics:0: aggregate state version 3"),
+        shown.contains("flowpulse:checkpoint:cp:metrics:0: aggregate state version 4"),
         "{shown}"
     );
     assert!(

@@ -82,7 +82,7 @@ fn a_checkpoint_of_the_previous_format_restores_and_the_run_goes_on_exactly() {
     // The first new checkpoint replaced the old one: positions known, the
     // dedup epoch a part of its own, the old epoch key gone.
     let after = state_show(dir.path(), &config);
-    assert!(after.contains("aggregate state version 3"), "{after}");
+    assert!(after.contains("aggregate state version 4"), "{after}");
     assert!(after.contains("b.jsonl@"), "{after}");
     let files: Vec<String> = std::fs::read_dir(&store)
         .unwrap()

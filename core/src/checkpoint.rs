@@ -340,6 +340,29 @@ pub struct PositionKey {
     pub partition: String,
 }
 
+/// Marks a [`PositionKey`] that says where a source resumes reading its
+/// partition rather than which records were folded.
+const RESUME_PREFIX: &str = "resume:";
+
+impl PositionKey {
+    /// The key under which a checkpoint keeps where `source` has read its
+    /// own partition `partition` up to (see
+    /// [`crate::record::Positions::resume`]). No source names a partition
+    /// this way, so it never filters records.
+    pub fn resume(input: &str, source: &str, partition: &str) -> PositionKey {
+        PositionKey {
+            input: input.to_owned(),
+            source: source.to_owned(),
+            partition: format!("{RESUME_PREFIX}{partition}"),
+        }
+    }
+
+    /// For a key made by [`PositionKey::resume`]: the source's partition.
+    pub fn resumes(&self) -> Option<&str> {
+        self.partition.strip_prefix(RESUME_PREFIX)
+    }
+}
+
 /// The largest offset folded, per position key.
 pub type PositionMap = BTreeMap<PositionKey, u128>;
 
@@ -436,6 +459,24 @@ pub async fn load(
             source,
         })?;
     Ok(Some(restored))
+}
+
+/// The positions of the checkpoint under `key`, read from its envelope
+/// alone: `None` if there is none, empty if it predates positions.
+pub async fn load_positions(
+    store: &dyn CheckpointStore,
+    key: &str,
+) -> Result<Option<PositionMap>, CheckpointError> {
+    let Some(main) = store.load(key).await? else {
+        return Ok(None);
+    };
+    let header = decode(&main).map_err(|source| CheckpointError::State {
+        key: key.to_owned(),
+        source,
+    })?;
+    Ok(Some(header.map_or_else(PositionMap::new, |(header, _)| {
+        header.positions.into_iter().collect()
+    })))
 }
 
 /// Reads the checkpoint under `key` as `state`'s kind, without restoring

@@ -186,6 +186,10 @@ pub struct BuildContext {
     /// reader, because the processor's checkpoint keeps one position per
     /// partition (and readers of an ordered sink's log rely on the same).
     pub feeds_stateful: bool,
+    /// For a source whose partitions are shared among instances: the
+    /// processors that keep state per partition of what it reads. Their
+    /// checkpoints say where each partition resumes.
+    pub partitioned_readers: Vec<String>,
 }
 
 impl BuildContext {
@@ -247,6 +251,13 @@ pub trait Processor: Send {
     async fn finish(&mut self, _out: &mut Output) -> Result<(), ComponentError> {
         Ok(())
     }
+
+    /// Called once on an instance the runtime keeps for one partition of a
+    /// partitioned input: its event time then comes from the merge of every
+    /// partition ([`ProcessorState::follow_time`]), so it must not move it
+    /// by the wall clock on its own, and what it emits is dropped (the
+    /// merge is emitted instead).
+    fn follow_merged_time(&mut self) {}
 
     /// The processor's state, if it keeps one across batches that the
     /// runtime should checkpoint (see [`crate::state`]). A stateful

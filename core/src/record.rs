@@ -232,6 +232,14 @@ pub struct Positions {
     pub origin: Arc<Origin>,
     /// One offset per record.
     pub offsets: Vec<u128>,
+    /// Where the source reads its own partition up to with this batch,
+    /// when that is not the records' offsets: a Kafka partition whose
+    /// records are placed by their upstream position (the Redis entry id a
+    /// bridge sent) names itself (`topic/N`) and the Kafka offset of the
+    /// batch's last record. A checkpoint keeps it apart from the positions
+    /// that filter records ([`crate::checkpoint::PositionKey::resume`]), and
+    /// the source seeks there when it is given the partition.
+    pub resume: Option<(String, u128)>,
 }
 
 /// Records travelling together, with the acknowledgement handles of the
@@ -266,8 +274,22 @@ impl Batch {
     /// source; the batch then carries none (its records are always folded).
     pub fn with_positions(mut self, origin: Arc<Origin>, offsets: Vec<u128>) -> Batch {
         debug_assert_eq!(offsets.len(), self.records.len());
-        self.positions =
-            (offsets.len() == self.records.len()).then(|| Arc::new(Positions { origin, offsets }));
+        self.positions = (offsets.len() == self.records.len()).then(|| {
+            Arc::new(Positions {
+                origin,
+                offsets,
+                resume: None,
+            })
+        });
+        self
+    }
+
+    /// The same batch with where its source reads its own partition up to
+    /// (see [`Positions::resume`]); set after [`Batch::with_positions`].
+    pub fn with_resume(mut self, partition: String, offset: u128) -> Batch {
+        if let Some(positions) = self.positions.as_mut() {
+            Arc::make_mut(positions).resume = Some((partition, offset));
+        }
         self
     }
 
@@ -300,6 +322,8 @@ impl Batch {
             Arc::new(Positions {
                 origin: p.origin.clone(),
                 offsets: kept.iter().map(|&i| p.offsets[i]).collect(),
+                // Read up to there, whatever is kept.
+                resume: p.resume.clone(),
             })
         });
         Batch {

@@ -126,6 +126,21 @@ pub trait ProcessorState: Send {
         None
     }
 
+    /// Settles a fresh state that the partials of every partition were just
+    /// merged into, before it is emitted: what depends on all partitions at
+    /// once (the aggregate's event time moves on by the wall clock only when
+    /// every partition is idle). Returns the merged event time (ms), if the
+    /// state keeps one; the runtime then moves each partition kept here to
+    /// it ([`follow_time`](Self::follow_time)).
+    fn settle_merged(&mut self) -> Option<i64> {
+        None
+    }
+
+    /// Moves this partition's event time up to `t_ms`, the merge's: every
+    /// partition then follows one clock, as one instance's state would, so
+    /// what depends on it (expiry, held events, windows) matches.
+    fn follow_time(&mut self, _t_ms: i64) {}
+
     /// One line on what the state holds, for `flowpulse state show`.
     fn describe(&self) -> String;
 

@@ -137,6 +137,18 @@ impl Pipeline {
                 topology: topology.clone(),
                 started: started.clone(),
                 feeds_stateful: feeds_stateful.contains(&spec.name),
+                partitioned_readers: partitioned
+                    .iter()
+                    .filter(|reader| {
+                        config.components.iter().any(|c| {
+                            &c.name == *reader
+                                && upstream_sources(&config, c)
+                                    .iter()
+                                    .any(|source| source.name == spec.name)
+                        })
+                    })
+                    .cloned()
+                    .collect(),
             };
             if partitioned.contains(&spec.name) {
                 let unsharded: Vec<&str> = upstream_sources(&config, spec)

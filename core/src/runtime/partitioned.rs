@@ -132,6 +132,11 @@ pub(crate) async fn run_partitioned(
         handle_result(&name, &stats, result)?;
     }
     parts.checkpoint_all().await;
+    // Every partition kept here moves to the merged event time first, so
+    // that finishing them (held events applied, silent workflows expired)
+    // happens at the time one instance would finish at.
+    let result = parts.merged_view(true).await.map(drop);
+    handle_result(&name, &stats, result)?;
     let mut discard = Output::discard();
     for owned in parts.owned.values_mut() {
         let result = owned.processor.finish(&mut discard).await;
@@ -219,6 +224,7 @@ impl Partitions {
             let mut processor = (self.setup.factory)()
                 .await
                 .map_err(|e| ComponentError::Fatal(e.0))?;
+            processor.follow_merged_time();
             let Some(state) = processor.state() else {
                 return Err(ComponentError::Fatal(format!(
                     "{} keeps no state to keep per partition",
@@ -341,6 +347,14 @@ impl Partitions {
     /// the merge of every partition's partial gives (`last`: the final
     /// output, from a fresh listing of the partials).
     async fn emit(&mut self, out: &mut Output, last: bool) -> Result<(), ComponentError> {
+        let mut view = self.merged_view(last).await?;
+        view.finish(out).await
+    }
+
+    /// Writes the partials of the partitions owned here, merges every
+    /// partition's partial into a fresh processor, and moves the partitions
+    /// kept here to the merged event time.
+    async fn merged_view(&mut self, last: bool) -> Result<Box<dyn Processor>, ComponentError> {
         let partials = match self.setup.store.clone() {
             Some((store, _)) => {
                 self.write_partials().await;
@@ -358,8 +372,15 @@ impl Partitions {
                         .error(format!("cannot merge the partial of partition {id}: {e}"));
                 }
             }
+            if let Some(t) = state.settle_merged() {
+                for owned in self.owned.values_mut() {
+                    if let Some(partition) = owned.processor.state() {
+                        partition.follow_time(t);
+                    }
+                }
+            }
         }
-        view.finish(out).await
+        Ok(view)
     }
 
     async fn write_partials(&mut self) {

@@ -28,7 +28,46 @@ pub(crate) fn fenced_refusals(stats: &ComponentStats) -> Arc<crate::telemetry::C
 /// it: its acknowledgement handles and the position it reaches.
 pub(crate) struct Admitted {
     acks: Vec<AckHandle>,
-    marks: Option<(PositionKey, u128)>,
+    marks: Marks,
+}
+
+/// The positions a batch reaches: the newest of its records, and where its
+/// source read its own partition up to, when the source says.
+#[derive(Default)]
+struct Marks {
+    folded: Option<(PositionKey, u128)>,
+    resume: Option<(PositionKey, u128)>,
+}
+
+impl Marks {
+    fn of(batch: &Batch) -> Marks {
+        let Some(positions) = batch.positions() else {
+            return Marks::default();
+        };
+        let input = batch.via().unwrap_or_default();
+        let source = &positions.origin.source;
+        Marks {
+            folded: positions.offsets.iter().copied().max().map(|newest| {
+                let key = PositionKey {
+                    input: input.to_owned(),
+                    source: source.clone(),
+                    partition: positions.origin.partition.clone(),
+                };
+                (key, newest)
+            }),
+            resume: positions.resume.as_ref().map(|(partition, offset)| {
+                (PositionKey::resume(input, source, partition), *offset)
+            }),
+        }
+    }
+
+    /// Moves `map` on to these positions.
+    fn raise(&self, map: &mut PositionMap) {
+        for (key, offset) in self.folded.iter().chain(&self.resume) {
+            let mark = map.entry(key.clone()).or_insert(*offset);
+            *mark = (*mark).max(*offset);
+        }
+    }
 }
 
 /// The runtime's side of one stateful processor.
@@ -76,7 +115,7 @@ struct Checkpointer {
 struct Held {
     seq: u64,
     acks: Vec<AckHandle>,
-    marks: Option<(PositionKey, u128)>,
+    marks: Marks,
 }
 
 impl Drop for Checkpointer {
@@ -256,24 +295,19 @@ impl StateKeeper {
     /// source partition (redelivered after a restart, however long ago).
     pub fn admit(&mut self, mut batch: Batch, stats: &ComponentStats) -> (Batch, Admitted) {
         let acks = batch.take_acks();
-        let Some(positions) = batch.positions() else {
-            return (batch, Admitted { acks, marks: None });
+        let marks = Marks::of(&batch);
+        let (Some(positions), Some((key, _))) = (batch.positions(), &marks.folded) else {
+            return (batch, Admitted { acks, marks });
         };
-        let key = PositionKey {
-            input: batch.via().unwrap_or_default().to_owned(),
-            source: positions.origin.source.clone(),
-            partition: positions.origin.partition.clone(),
-        };
-        let newest = positions.offsets.iter().copied().max();
-        let marks = newest.map(|newest| (key.clone(), newest));
         // The common case, a batch wholly past the mark, goes through as is.
         let Some(&mark) = self
             .marks
-            .get(&key)
+            .get(key)
             .filter(|&&mark| positions.offsets.iter().any(|&o| o <= mark))
         else {
             return (batch, Admitted { acks, marks });
         };
+        let key = key.clone();
         let before = batch.len();
         let fresh: Vec<bool> = positions.offsets.iter().map(|&o| o > mark).collect();
         let batch = batch.retain(|i, _| fresh[i]);
@@ -299,10 +333,7 @@ impl StateKeeper {
             return;
         }
         self.processed += 1;
-        if let Some((key, offset)) = &marks {
-            let mark = self.marks.entry(key.clone()).or_insert(*offset);
-            *mark = (*mark).max(*offset);
-        }
+        marks.raise(&mut self.marks);
         match self.checkpoint.as_mut() {
             Some(c) => c.held.push_back(Held {
                 seq: self.processed,
@@ -382,10 +413,7 @@ impl StateKeeper {
         let covers = snapshot.covers.unwrap_or(processed).min(processed);
         let mut positions = c.durable.clone();
         for held in c.held.iter().take_while(|h| h.seq <= covers) {
-            if let Some((key, offset)) = &held.marks {
-                let mark = positions.entry(key.clone()).or_insert(*offset);
-                *mark = (*mark).max(*offset);
-            }
+            held.marks.raise(&mut positions);
         }
         let format = state.format();
         let (store, key) = (c.store.clone(), c.key.clone());

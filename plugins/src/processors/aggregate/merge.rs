@@ -49,6 +49,7 @@ impl AggregateState {
             custom,
             accounting,
             history_sealed_ms,
+            active_at_wall_ms,
         } = self;
         let mut summary = AggregateState::new(limits.clone());
         summary.now_ms = *now_ms;
@@ -67,6 +68,7 @@ impl AggregateState {
         summary.custom = custom.clone();
         summary.accounting = *accounting;
         summary.history_sealed_ms = *history_sealed_ms;
+        summary.active_at_wall_ms = *active_at_wall_ms;
         summary
     }
 
@@ -99,8 +101,10 @@ impl AggregateState {
             custom,
             accounting,
             history_sealed_ms,
+            active_at_wall_ms,
         } = other;
         self.now_ms = max_of(self.now_ms, *now_ms);
+        self.active_at_wall_ms = self.active_at_wall_ms.max(*active_at_wall_ms);
         self.max_event_ms = max_of(self.max_event_ms, *max_event_ms);
         self.history_sealed_ms = self.history_sealed_ms.max(*history_sealed_ms);
         self.seq = self.seq.max(*seq);

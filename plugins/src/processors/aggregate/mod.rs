@@ -27,6 +27,8 @@ mod windows;
 mod wire;
 
 #[cfg(test)]
+mod clock_tests;
+#[cfg(test)]
 mod late_tests;
 #[cfg(test)]
 mod oracle;

@@ -13,7 +13,7 @@ use flowpulse_core::telemetry::ComponentStats;
 use super::config::AggregateConfig;
 use super::state::AggregateState;
 
-fn wall_ms() -> i64 {
+pub(super) fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -30,6 +30,9 @@ pub struct Aggregate {
     active: bool,
     last_emit: Instant,
     last_tick: Instant,
+    /// Kept for one partition: T comes from the merge, and only the merge
+    /// is emitted.
+    follows_merge: bool,
     stats: Arc<ComponentStats>,
 }
 
@@ -48,20 +51,32 @@ impl Aggregate {
             active: false,
             last_emit: Instant::now(),
             last_tick: Instant::now(),
+            follows_merge: false,
             stats,
         }
     }
 
-    async fn emit(&mut self, out: &mut Output) {
+    #[cfg(test)]
+    pub(super) fn state_ref(&self) -> &AggregateState {
+        &self.state
+    }
+
+    /// What emitting settles in the state, without the document: a
+    /// partition's own document is never sent.
+    fn settle(&mut self) {
         self.state.expire_stale();
         self.state.seal_history();
+        self.dirty = false;
+        self.last_emit = Instant::now();
+    }
+
+    async fn emit(&mut self, out: &mut Output) {
+        self.settle();
         let document = self.state.document(
             flowpulse_core::event::format_rfc3339_ms(wall_ms()),
             self.interval.as_millis() as u64,
         );
         out.send_one(Record::Metrics(Arc::new(document))).await;
-        self.dirty = false;
-        self.last_emit = Instant::now();
     }
 }
 
@@ -82,6 +97,10 @@ impl Processor for Aggregate {
             .ignored((after.duplicates - before.duplicates) as usize);
         self.dirty = true;
         self.active = true;
+        self.state.note_active(now);
+        if self.follows_merge {
+            return Ok(());
+        }
         if let Some(min) = self.min_interval {
             if self.last_emit.elapsed() >= min {
                 self.emit(out).await;
@@ -97,6 +116,11 @@ impl Processor for Aggregate {
     async fn tick(&mut self, out: &mut Output) -> Result<(), ComponentError> {
         let elapsed = self.last_tick.elapsed();
         self.last_tick = Instant::now();
+        if self.follows_merge {
+            self.active = false;
+            self.settle();
+            return Ok(());
+        }
         if !self.active {
             // A live source is idle: event time moves on with the wall clock.
             self.state.advance(elapsed.as_millis() as i64);
@@ -112,8 +136,16 @@ impl Processor for Aggregate {
 
     async fn finish(&mut self, out: &mut Output) -> Result<(), ComponentError> {
         self.state.flush();
-        self.emit(out).await;
+        if self.follows_merge {
+            self.settle();
+        } else {
+            self.emit(out).await;
+        }
         Ok(())
+    }
+
+    fn follow_merged_time(&mut self) {
+        self.follows_merge = true;
     }
 
     fn state(&mut self) -> Option<&mut dyn ProcessorState> {

@@ -15,8 +15,9 @@ use super::state::{AggregateState, Limits};
 
 const MAGIC: &[u8; 4] = b"FPAG";
 /// The current snapshot version. Bump it when the state's layout changes.
-/// Version 3 appends [`Extras`] to version 2's layout; 2 still restores.
-pub const VERSION: u16 = 3;
+/// Version 3 appends [`Extras`] to version 2's layout, and version 4
+/// [`Activity`] to version 3's; 2 and 3 still restore.
+pub const VERSION: u16 = 4;
 /// The oldest version this one restores.
 const OLDEST_READABLE: u16 = 2;
 
@@ -29,6 +30,13 @@ struct Extras {
     duration_missing: Vec<u32>,
     /// Where the sealed history ends.
     history_sealed_ms: i64,
+}
+
+/// What version 4 added after version 3's extras.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Activity {
+    /// When (wall clock, ms) an event was last folded.
+    active_at_wall_ms: Option<i64>,
 }
 
 /// Why a snapshot cannot be restored.
@@ -60,6 +68,11 @@ fn legacy_epoch_suffix(order: u64) -> String {
 }
 
 fn encode(state: &AggregateState, form: &DedupForm) -> Vec<u8> {
+    encode_layout(state, form, VERSION)
+}
+
+/// The state in the layout of `version` (3 or this one).
+fn encode_layout(state: &AggregateState, form: &DedupForm, version: u16) -> Vec<u8> {
     // Sized up front: growing a buffer of megabytes by doubling copied it
     // and faulted in fresh pages at every step (a tenth of a checkpointed
     // pipeline's time in profiles). Pages reserved and never written cost
@@ -70,7 +83,7 @@ fn encode(state: &AggregateState, form: &DedupForm) -> Vec<u8> {
         + 24 * (state.dedup_len() + state.finished_len());
     let mut bytes = Vec::with_capacity(estimate);
     bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&version.to_le_bytes());
     // Serializing plain data into a Vec cannot fail.
     let bytes = match postcard::to_extend(state, bytes) {
         Ok(bytes) => bytes,
@@ -86,10 +99,26 @@ fn encode(state: &AggregateState, form: &DedupForm) -> Vec<u8> {
         duration_missing,
         history_sealed_ms,
     };
-    match postcard::to_extend(&extras, bytes) {
+    let bytes = match postcard::to_extend(&extras, bytes) {
         Ok(bytes) => bytes,
         Err(e) => unreachable!("serializing the snapshot extras failed: {e}"),
+    };
+    if version < 4 {
+        return bytes;
     }
+    let activity = Activity {
+        active_at_wall_ms: state.active_at_wall_ms,
+    };
+    match postcard::to_extend(&activity, bytes) {
+        Ok(bytes) => bytes,
+        Err(e) => unreachable!("serializing the snapshot's activity failed: {e}"),
+    }
+}
+
+/// The whole state as a version-3 snapshot would hold it, epochs inline.
+#[cfg(test)]
+pub(super) fn snapshot_of_version_3(state: &AggregateState) -> Vec<u8> {
+    encode_layout(state, &state.dedup().to_form(&|_| false), 3)
 }
 
 /// The whole state as bytes, epochs inline.
@@ -119,7 +148,8 @@ pub fn snapshot_split(
 }
 
 fn decode(bytes: &[u8], limits: &Limits) -> Result<(AggregateState, DedupForm), SnapshotError> {
-    let (mut state, form, extras) = decode_any(bytes)?;
+    let (mut state, form, extras, activity) = decode_any(bytes)?;
+    state.active_at_wall_ms = activity.active_at_wall_ms;
     match extras {
         Some(extras) => state.set_extras(
             &extras.outcome_ms,
@@ -138,8 +168,12 @@ fn decode(bytes: &[u8], limits: &Limits) -> Result<(AggregateState, DedupForm), 
     Ok((state, form))
 }
 
+/// What a snapshot of any readable version decodes to: the state, its
+/// dedup window, and what versions 3 and 4 appended (if it has them).
+type Decoded = (AggregateState, DedupForm, Option<Extras>, Activity);
+
 /// Decodes a snapshot of this version whatever its limits.
-fn decode_any(bytes: &[u8]) -> Result<(AggregateState, DedupForm, Option<Extras>), SnapshotError> {
+fn decode_any(bytes: &[u8]) -> Result<Decoded, SnapshotError> {
     let body = bytes
         .strip_prefix(MAGIC)
         .ok_or(SnapshotError::NotASnapshot)?;
@@ -157,14 +191,21 @@ fn decode_any(bytes: &[u8]) -> Result<(AggregateState, DedupForm, Option<Extras>
         postcard::take_from_bytes(body).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
     let (form, rest): (DedupForm, _) =
         postcard::take_from_bytes(rest).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-    let extras = if found >= 3 {
-        let (extras, _): (Extras, _) =
+    let (extras, rest) = if found >= 3 {
+        let (extras, rest): (Extras, _) =
             postcard::take_from_bytes(rest).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-        Some(extras)
+        (Some(extras), rest)
     } else {
-        None
+        (None, rest)
     };
-    Ok((state, form, extras))
+    let activity = if found >= 4 {
+        let (activity, _): (Activity, _) =
+            postcard::take_from_bytes(rest).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        activity
+    } else {
+        Activity::default()
+    };
+    Ok((state, form, extras, activity))
 }
 
 /// The epochs a snapshot keeps apart (to load before [`restore_with`]).
@@ -256,6 +297,14 @@ impl ProcessorState for AggregateState {
 
     fn partial(&mut self) -> Option<Snapshot> {
         Some(self.summary().snapshot(&|_| false))
+    }
+
+    fn settle_merged(&mut self) -> Option<i64> {
+        self.settle_merged_at(super::processor::wall_ms())
+    }
+
+    fn follow_time(&mut self, t_ms: i64) {
+        self.follow(t_ms);
     }
 
     fn describe(&self) -> String {

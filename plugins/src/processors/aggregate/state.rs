@@ -154,6 +154,11 @@ pub struct AggregateState {
     /// document, never changed again. Kept in the snapshot's extras.
     #[serde(skip)]
     pub(super) history_sealed_ms: i64,
+    /// When (wall clock, ms) an event was last folded. A merge of
+    /// partitions moves T on by the wall clock only once no partition has
+    /// folded one for an interval. Kept in the snapshot's extras.
+    #[serde(skip)]
+    pub(super) active_at_wall_ms: Option<i64>,
 }
 
 impl AggregateState {
@@ -187,6 +192,7 @@ impl AggregateState {
             custom: BTreeMap::new(),
             accounting: Accounting::default(),
             history_sealed_ms: i64::MIN,
+            active_at_wall_ms: None,
             limits,
         }
     }
@@ -454,6 +460,37 @@ impl AggregateState {
             let idle_watermark = *t - self.limits.max_out_of_order_ms;
             self.apply_until(idle_watermark);
         }
+    }
+
+    /// Notes that events were folded at wall time `wall_ms`.
+    pub fn note_active(&mut self, wall_ms: i64) {
+        self.active_at_wall_ms = self.active_at_wall_ms.max(Some(wall_ms));
+    }
+
+    /// Settles a state that the partials of every partition were merged
+    /// into, at wall time `wall_ms`: T is the largest partition's T, moved
+    /// on by the wall clock only once no partition has folded an event for
+    /// an interval (as one instance's T moves on only while its whole input
+    /// is idle). Returns T.
+    pub fn settle_merged_at(&mut self, wall_ms: i64) -> Option<i64> {
+        if let (Some(event_t), Some(active)) = (self.max_event_ms, self.active_at_wall_ms) {
+            let idle = wall_ms - active - self.limits.history_interval_ms;
+            if idle > 0 {
+                self.now_ms = self.now_ms.max(Some(event_t + idle));
+            }
+        }
+        self.now_ms
+    }
+
+    /// Moves T up to `t_ms` (the merge's, see [`Self::settle_merged_at`]):
+    /// held events it passes by the out-of-order bound are applied, as
+    /// [`Self::advance`] does.
+    pub fn follow(&mut self, t_ms: i64) {
+        if self.now_ms.is_some_and(|t| t >= t_ms) {
+            return;
+        }
+        self.now_ms = Some(t_ms);
+        self.apply_until(t_ms - self.limits.max_out_of_order_ms);
     }
 
     /// Applies every held event (end of input).
