@@ -12,7 +12,7 @@
 //! notifies once, not once per instance.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -28,6 +28,32 @@ use crate::telemetry::ComponentStats;
 /// How long a lease lasts without renewal: how long the others wait after
 /// its holder dies.
 pub(crate) const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// How much earlier than the store this instance counts its lease as
+/// lapsed: the store's clock and this one may run a little apart.
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
+
+/// Until when the lease is surely this instance's, by its own clock: the
+/// start of the last renewal the store granted, plus the lease's lifetime,
+/// less [`LEASE_MARGIN`]. A holder that stalled (or could not reach the
+/// store) past that lets the state go before it handles anything more,
+/// rather than at its next renewal: another instance may hold the lease.
+#[derive(Debug, Default)]
+struct LeaseClock {
+    valid_until: Option<Instant>,
+}
+
+impl LeaseClock {
+    /// The store granted (or renewed) the lease asked for at `asked`.
+    fn granted(&mut self, asked: Instant) {
+        self.valid_until = Some(asked + LEASE_TTL - LEASE_MARGIN);
+    }
+
+    /// Whether the lease may have lapsed by `now`.
+    fn lapsed(&self, now: Instant) -> bool {
+        self.valid_until.is_none_or(|until| now >= until)
+    }
+}
 
 /// The lease and the processor it runs, while held.
 struct Holder {
@@ -65,12 +91,14 @@ pub(crate) async fn run_singleton(
     let mut renewals = tokio::time::interval(LEASE_TTL / 4);
     renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut held: Option<Holder> = None;
+    let mut clock = LeaseClock::default();
     let mut waiting_logged = false;
     loop {
         let result = tokio::select! {
             batch = rx.recv() => match batch {
                 Some(batch) => {
                     stats.received(batch.len());
+                    let_go_if_lapsed(&name, &clock, &mut held, &holding);
                     match held.as_mut() {
                         Some(h) => {
                             let (batch, admitted) = h.keeper.admit(batch, &stats);
@@ -85,11 +113,15 @@ pub(crate) async fn run_singleton(
                 }
                 None => break,
             },
-            _ = next_tick(&mut ticks) => match held.as_mut() {
-                Some(h) => h.processor.tick(&mut out).await,
-                None => Ok(()),
-            },
+            _ = next_tick(&mut ticks) => {
+                let_go_if_lapsed(&name, &clock, &mut held, &holding);
+                match held.as_mut() {
+                    Some(h) => h.processor.tick(&mut out).await,
+                    None => Ok(()),
+                }
+            }
             _ = next_tick(&mut checkpoints) => {
+                let_go_if_lapsed(&name, &clock, &mut held, &holding);
                 if let Some(h) = held.as_mut() {
                     if let Some(state) = h.processor.state() {
                         h.keeper.checkpoint(state, true, &stats).await;
@@ -103,7 +135,12 @@ pub(crate) async fn run_singleton(
                 Ok(())
             }
             _ = renewals.tick() => {
-                match store.lease(&key, &owner, LEASE_TTL).await {
+                let asked = Instant::now();
+                let granted = store.lease(&key, &owner, LEASE_TTL).await;
+                if let Ok(None) = granted {
+                    clock.granted(asked);
+                }
+                match granted {
                     Ok(None) if held.is_none() => {
                         match take_over(&setup, &name, store.clone(), interval).await {
                             Ok(holder) => {
@@ -126,7 +163,10 @@ pub(crate) async fn run_singleton(
                             waiting_logged = true;
                         }
                     }
-                    Err(e) => stats.error(format!("cannot renew the lease {key}: {e}")),
+                    Err(e) => {
+                        stats.error(format!("cannot renew the lease {key}: {e}"));
+                        let_go_if_lapsed(&name, &clock, &mut held, &holding);
+                    }
                 }
                 Ok(())
             }
@@ -144,6 +184,20 @@ pub(crate) async fn run_singleton(
         handle_result(&name, &stats, result)?;
     }
     Ok(())
+}
+
+/// Drops the state if the lease may have lapsed (see [`LeaseClock`]).
+fn let_go_if_lapsed(
+    name: &str,
+    clock: &LeaseClock,
+    held: &mut Option<Holder>,
+    holding: &crate::telemetry::Gauge,
+) {
+    if held.is_some() && clock.lapsed(Instant::now()) {
+        *held = None;
+        holding.set(0);
+        warn!(component = %name, "the lease may have lapsed (this process stalled, or could not reach the store to renew it); letting the state go until it holds the lease again");
+    }
 }
 
 /// Builds the processor and restores its state under a new fencing token.
@@ -172,4 +226,28 @@ fn rand_suffix(name: &str) -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     nanos ^ name.len() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_counts_as_lapsed_before_the_store_lets_it_go() {
+        let mut clock = LeaseClock::default();
+        let asked = Instant::now();
+        assert!(clock.lapsed(asked), "never granted");
+        clock.granted(asked);
+        // Renewed every quarter lifetime: well within it.
+        assert!(!clock.lapsed(asked + LEASE_TTL / 4));
+        // Lapsed here before the store's lifetime ends, whatever the
+        // clocks' drift within the margin.
+        assert!(clock.lapsed(asked + LEASE_TTL - LEASE_MARGIN));
+        assert!(clock.lapsed(asked + LEASE_TTL));
+        // A renewal counts from when it was asked, not when granted.
+        let later = asked + LEASE_TTL / 2;
+        clock.granted(later);
+        assert!(!clock.lapsed(later + LEASE_TTL / 2));
+        assert!(clock.lapsed(later + LEASE_TTL - LEASE_MARGIN));
+    }
 }

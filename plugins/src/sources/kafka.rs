@@ -10,9 +10,15 @@
 //! however long ago the first copy was read. A record without those headers
 //! is placed by its Kafka offset.
 //!
-//! Offsets are stored for the group only once every record before them is
-//! delivered (for a stateful processor: held in a durable checkpoint), so a
-//! restart resumes at or before what the checkpoint holds, never after it.
+//! Where a partition starts, when processors keep state per partition of
+//! it and checkpoint it: where their checkpoints say this source had read
+//! it up to (the oldest of them; see [`resume`]), or `start` when one of them
+//! holds no checkpoint of it. The checkpoint is the truth. Offsets are
+//! stored for the group only once every record before them is delivered
+//! (for a stateful processor: held in a durable checkpoint), for monitoring
+//! tools, and to start from without a checkpoint store.
+
+mod resume;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -66,8 +72,9 @@ pub struct KafkaSourceConfig {
     /// The consumer group. Default `flowpulse`.
     #[serde(default = "default_group")]
     pub group: String,
-    /// Where a group without stored offsets starts: `earliest` (the default)
-    /// or `latest`.
+    /// Where a partition starts that the group has no offset of (or, with a
+    /// checkpoint store, that no checkpoint holds): `earliest` (the
+    /// default) or `latest`.
     #[serde(default)]
     pub start: Start,
     /// Records per batch. Default 1024.
@@ -159,6 +166,30 @@ impl SourceConfig for KafkaSourceConfig {
         if !self.options.contains_key("statistics.interval.ms") {
             config.set("statistics.interval.ms", "1000");
         }
+        let store = match &cx.checkpoint {
+            Some(settings) => Some(
+                flowpulse_core::checkpoint::open(&settings.url)
+                    .await
+                    .map_err(|e| BuildError(e.to_string()))?,
+            ),
+            None => None,
+        };
+        // Without a checkpoint store, state lives in memory only: the group's
+        // committed offsets are all there is to start from.
+        let lookup = store
+            .clone()
+            .filter(|_| !cx.partitioned_readers.is_empty())
+            .map(|store| resume::Lookup {
+                store,
+                pipeline: cx.pipeline.name.clone(),
+                readers: cx.partitioned_readers.clone(),
+                source: cx.name.clone(),
+                topic: self.topic.clone(),
+                fresh: match self.start {
+                    Start::Earliest => Offset::Beginning,
+                    Start::Latest => Offset::End,
+                },
+            });
         let context = GroupContext {
             source: cx.name.clone(),
             brokers: kafka_util::display_brokers(&self.brokers),
@@ -171,15 +202,17 @@ impl SourceConfig for KafkaSourceConfig {
             assigned: cx
                 .stats
                 .gauge("partitions_assigned", "Kafka partitions this member reads"),
+            seek_on_assign: lookup.is_some(),
+            awaiting_start: Mutex::new(HashMap::new()),
+            reading: Mutex::new(Default::default()),
+            closing: AtomicBool::new(false),
         };
         let consumer: StreamConsumer<GroupContext> = config
             .create_with_context(context)
             .map_err(|e| BuildError(format!("cannot create the Kafka consumer: {e}")))?;
-        let partitions = match &cx.checkpoint {
-            Some(settings) => CountRecord::Store(
-                flowpulse_core::checkpoint::open(&settings.url)
-                    .await
-                    .map_err(|e| BuildError(e.to_string()))?,
+        let partitions = match store {
+            Some(store) => CountRecord::Store(
+                store,
                 flowpulse_core::checkpoint::partition_count_key(&cx.pipeline.name, &cx.name),
             ),
             None => CountRecord::File(cx.data_dir().join("partitions.json")),
@@ -189,6 +222,7 @@ impl SourceConfig for KafkaSourceConfig {
             config: self.clone(),
             dead_letters: DeadLetterFile::new(cx.data_dir().join("dead-letters.jsonl")),
             partitions,
+            lookup,
         }))
     }
 }
@@ -212,6 +246,17 @@ struct GroupContext {
     changes: Mutex<Vec<Shard>>,
     /// The same, as the runtime sees them at once.
     assignments: Assignments,
+    /// Whether partitions are paused as they are assigned, to be read from
+    /// where their checkpoints say (see [`resume`]).
+    seek_on_assign: bool,
+    /// Partitions paused until their start is known, with the assignment
+    /// they were paused in: their records are not read meanwhile.
+    awaiting_start: Mutex<HashMap<i32, u64>>,
+    /// The partitions assigned now.
+    reading: Mutex<std::collections::BTreeSet<i32>>,
+    /// Set once the source stops reading: a rebalance served while the
+    /// consumer closes pauses nothing (nothing will read it).
+    closing: AtomicBool,
 }
 
 impl GroupContext {
@@ -229,6 +274,27 @@ impl GroupContext {
             .lock()
             .map(|mut c| std::mem::take(&mut *c))
             .unwrap_or_default()
+    }
+
+    /// Whether `partition` waits for its start (its records are dropped
+    /// until then: the seek reads them again).
+    fn awaits_start(&self, partition: i32) -> bool {
+        self.awaiting_start
+            .lock()
+            .is_ok_and(|a| a.contains_key(&partition))
+    }
+
+    /// Whether `partition` still waits for the start of `generation`.
+    fn awaits_start_of(&self, partition: i32, generation: u64) -> bool {
+        self.awaiting_start
+            .lock()
+            .is_ok_and(|a| a.get(&partition) == Some(&generation))
+    }
+
+    fn started(&self, partition: i32) {
+        if let Ok(mut awaiting) = self.awaiting_start.lock() {
+            awaiting.remove(&partition);
+        }
     }
 
     /// Which assignment of `partition` this member is reading.
@@ -271,6 +337,33 @@ impl ClientContext for GroupContext {
     }
 }
 
+impl GroupContext {
+    /// Pauses the partitions just assigned until their start is known.
+    fn pause_until_started(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) {
+        let mut paused = TopicPartitionList::new();
+        for element in list.elements() {
+            // Plain entries: pausing must not carry an offset.
+            paused.add_partition(element.topic(), element.partition());
+        }
+        let generations: Vec<(i32, u64)> = list
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), self.generation(e.partition())))
+            .collect();
+        match consumer.pause(&paused) {
+            Ok(()) => {
+                if let Ok(mut awaiting) = self.awaiting_start.lock() {
+                    awaiting.extend(generations);
+                }
+            }
+            Err(e) => tracing::warn!(
+                source = %self.source,
+                "cannot pause the partitions assigned until their checkpoints say where they resume ({e}); reading them from the group's committed offsets (what the checkpoints hold is skipped)"
+            ),
+        }
+    }
+}
+
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let partitions = |list: &TopicPartitionList| {
@@ -298,12 +391,16 @@ impl ConsumerContext for GroupContext {
                     }
                 }
                 tracing::info!(source = %self.source, partitions = %partitions(list), "partitions assigned");
+                if self.seek_on_assign && !self.closing.load(Ordering::Acquire) {
+                    self.pause_until_started(consumer, list);
+                }
             }
             Rebalance::Revoke(list) => {
                 if let (Ok(generations), Ok(mut changes)) =
                     (self.generations.lock(), self.changes.lock())
                 {
                     for element in list.elements() {
+                        self.started(element.partition());
                         let id = element.partition().max(0) as u32;
                         let generation =
                             generations.get(&element.partition()).copied().unwrap_or(0);
@@ -321,9 +418,28 @@ impl ConsumerContext for GroupContext {
                 tracing::warn!(source = %self.source, "the group's rebalance failed: {e}");
             }
         }
-        if let Ok(now) = consumer.assignment() {
-            self.assigned.set(now.count() as i64);
+        // Kept here rather than asked of the consumer: asking blocks on the
+        // group's thread, which does not answer while the consumer closes
+        // (a rebalance served by its drop would hang there).
+        if let Ok(mut reading) = self.reading.lock() {
+            for element in list_of(rebalance) {
+                match rebalance {
+                    Rebalance::Assign(_) => reading.insert(element.partition()),
+                    _ => reading.remove(&element.partition()),
+                };
+            }
+            self.assigned.set(reading.len() as i64);
         }
+    }
+}
+
+/// The partitions a rebalance assigns or revokes.
+fn list_of<'a>(
+    rebalance: &'a Rebalance<'_>,
+) -> Vec<rdkafka::topic_partition_list::TopicPartitionListElem<'a>> {
+    match rebalance {
+        Rebalance::Assign(list) | Rebalance::Revoke(list) => list.elements(),
+        Rebalance::Error(_) => Vec::new(),
     }
 }
 
@@ -333,6 +449,81 @@ struct KafkaSource {
     dead_letters: DeadLetterFile,
     /// The topic's partition count when this source first read it.
     partitions: CountRecord,
+    /// Looks up where an assigned partition starts, when checkpoints say.
+    lookup: Option<resume::Lookup>,
+}
+
+/// A partition paused as it was assigned, until it is read from where its
+/// checkpoints say.
+struct Starting {
+    partition: i32,
+    generation: u64,
+    lookup: Option<tokio::task::JoinHandle<Option<Offset>>>,
+    /// Once looked up: where it starts (`None`: the committed offset).
+    start: Option<Option<Offset>>,
+    seek_attempts: u32,
+}
+
+/// How many ticks a seek that fails is tried again before the partition
+/// is read from the group's committed offset instead.
+const SEEK_ATTEMPTS: u32 = 50;
+
+impl KafkaSource {
+    /// Seeks and resumes the partitions whose start is known; returns
+    /// those still waiting.
+    async fn start_partitions(&self, name: &str, starting: Vec<Starting>) -> Vec<Starting> {
+        let context = self.consumer.context();
+        let mut waiting = Vec::new();
+        for mut s in starting {
+            if !context.awaits_start_of(s.partition, s.generation) {
+                continue; // revoked meanwhile
+            }
+            if let Some(lookup) = s.lookup.take_if(|l| l.is_finished()) {
+                s.start = Some(lookup.await.unwrap_or(None));
+            }
+            let Some(start) = s.start else {
+                waiting.push(s);
+                continue;
+            };
+            if let Some(offset) = start {
+                // Local to the client (the partition is paused): quick.
+                match self
+                    .consumer
+                    .seek(&self.config.topic, s.partition, offset, Duration::from_secs(1))
+                {
+                    Ok(()) => tracing::info!(
+                        source = name,
+                        partition = s.partition,
+                        "reading the partition from {offset:?}, where its checkpoint resumes"
+                    ),
+                    Err(e) if s.seek_attempts < SEEK_ATTEMPTS => {
+                        s.seek_attempts += 1;
+                        tracing::debug!(source = name, partition = s.partition, "seek failed ({e}); trying again");
+                        waiting.push(s);
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(
+                        source = name,
+                        partition = s.partition,
+                        "cannot seek to where the partition's checkpoint resumes ({e}); reading from the group's committed offset (what the checkpoint holds is skipped)"
+                    ),
+                }
+            }
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&self.config.topic, s.partition);
+            context.started(s.partition);
+            if let Err(e) = self.consumer.resume(&list) {
+                // It stays paused, its lag growing in /status, until the
+                // group assigns it anew.
+                tracing::error!(
+                    source = name,
+                    partition = s.partition,
+                    "cannot resume the partition: {e}"
+                );
+            }
+        }
+        waiting
+    }
 }
 
 /// How often the topic's partition count is checked.
@@ -630,6 +821,7 @@ fn decode(
 /// Sends a filled batch on and remembers its receipt.
 async fn send(
     cx: &mut SourceContext,
+    topic: &str,
     origin: Arc<Origin>,
     filling: Filling,
     in_flight: &mut InFlight,
@@ -643,7 +835,10 @@ async fn send(
         records = filling.records.len(),
         "batch sent"
     );
-    let batch = Batch::new(filling.records, vec![ack]).with_positions(origin, filling.offsets);
+    let own = format!("{topic}/{}", filling.partition);
+    let batch = Batch::new(filling.records, vec![ack])
+        .with_positions(origin, filling.offsets)
+        .with_resume(own, filling.last_offset.max(0) as u128);
     cx.out.send(batch).await;
     in_flight
         .partitions
@@ -667,6 +862,7 @@ impl Source for KafkaSource {
         let mut filling: HashMap<Arc<Origin>, Filling> = HashMap::new();
         let mut origins: HashMap<Origin, Arc<Origin>> = HashMap::new();
         let mut in_flight = InFlight::default();
+        let mut starting: Vec<Starting> = Vec::new();
         let mut last_record = Instant::now();
         let mut assigned_once = false;
         // The partition count, checked now and then off the runtime.
@@ -690,6 +886,10 @@ impl Source for KafkaSource {
                 Some(Ok(message)) => {
                     outage.recovered(&name, &brokers);
                     self.consumer.context().reached();
+                    if self.consumer.context().awaits_start(message.partition()) {
+                        // Fetched before the pause: read again after the seek.
+                        continue;
+                    }
                     stats.received(1);
                     last_record = Instant::now();
                     let generation = self.consumer.context().generation(message.partition());
@@ -725,7 +925,7 @@ impl Source for KafkaSource {
                     batch.last_offset = offset;
                     if batch.records.len() >= self.config.batch_size {
                         if let Some(full) = filling.remove(&origin) {
-                            send(&mut cx, origin, full, &mut in_flight).await;
+                            send(&mut cx, &self.config.topic, origin, full, &mut in_flight).await;
                         }
                     }
                 }
@@ -739,6 +939,24 @@ impl Source for KafkaSource {
                 None => {
                     for change in self.consumer.context().take_changes() {
                         assigned_once |= !change.released;
+                        let partition = change.id as i32;
+                        if let Some(lookup) = self.lookup.as_ref().filter(|_| {
+                            !change.released
+                                && self
+                                    .consumer
+                                    .context()
+                                    .awaits_start_of(partition, change.generation)
+                        }) {
+                            starting.push(Starting {
+                                partition,
+                                generation: change.generation,
+                                lookup: Some(tokio::spawn(
+                                    lookup.clone().start_retrying(partition),
+                                )),
+                                start: None,
+                                seek_attempts: 0,
+                            });
+                        }
                         if change.released {
                             // What was read of it goes first: nothing of
                             // this assignment follows the notice.
@@ -749,7 +967,14 @@ impl Source for KafkaSource {
                                 .collect();
                             for origin in of_partition {
                                 if let Some(batch) = filling.remove(&origin) {
-                                    send(&mut cx, origin, batch, &mut in_flight).await;
+                                    send(
+                                        &mut cx,
+                                        &self.config.topic,
+                                        origin,
+                                        batch,
+                                        &mut in_flight,
+                                    )
+                                    .await;
                                 }
                             }
                         }
@@ -760,6 +985,9 @@ impl Source for KafkaSource {
                         };
                         cx.out.send(Batch::notice(Arc::new(origin))).await;
                     }
+                    if !starting.is_empty() {
+                        starting = self.start_partitions(&name, starting).await;
+                    }
                     let due: Vec<Arc<Origin>> = filling
                         .iter()
                         .filter(|(_, f)| f.since.elapsed() >= self.config.linger)
@@ -767,7 +995,7 @@ impl Source for KafkaSource {
                         .collect();
                     for origin in due {
                         if let Some(batch) = filling.remove(&origin) {
-                            send(&mut cx, origin, batch, &mut in_flight).await;
+                            send(&mut cx, &self.config.topic, origin, batch, &mut in_flight).await;
                         }
                     }
                     in_flight.settle(&self.consumer, &self.config.topic, &name, &stats);
@@ -819,6 +1047,10 @@ impl Source for KafkaSource {
         // consumer's position: that would skip what is still in flight.)
         in_flight.settle(&self.consumer, &self.config.topic, &name, &stats);
         in_flight.commit(&self.consumer, &self.config.topic, &name);
+        self.consumer
+            .context()
+            .closing
+            .store(true, Ordering::Release);
         Ok(())
     }
 }
