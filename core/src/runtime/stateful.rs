@@ -741,6 +741,40 @@ mod tests {
         assert!(shown.contains("5 records"), "{shown}");
     }
 
+    /// Where a source read its own partition up to is checkpointed beside
+    /// the records' positions, under a key of its own: it says where the
+    /// source resumes, and never drops a record.
+    #[tokio::test]
+    async fn where_the_source_read_up_to_is_kept_apart_and_filters_nothing() {
+        let store = Arc::new(MemoryStore::default());
+        let mut state = Counter::default();
+        let mut keeper = keeper_on(&store, &mut state).await;
+        let (batch, _receipt) = source_batch(&[10, 11]);
+        fold(
+            &mut keeper,
+            &mut state,
+            batch.with_resume("topic/3".into(), 500),
+        );
+        let stats = ComponentStats::default();
+        keeper.checkpoint(&mut state, true, &stats).await;
+        let positions = checkpoint::load_positions(store.as_ref(), "k")
+            .await
+            .unwrap()
+            .unwrap();
+        let read = PositionKey::resume("events", "events", "topic/3");
+        assert_eq!(read.resumes(), Some("topic/3"));
+        assert_eq!(positions.get(&read), Some(&500));
+        drop(keeper);
+
+        // Restored: records of the stream past 11 fold, whatever the
+        // (larger) read offset says.
+        let mut restored = Counter::default();
+        let mut keeper = keeper_on(&store, &mut restored).await;
+        let (batch, _receipt) = source_batch(&[11, 12, 13]);
+        fold(&mut keeper, &mut restored, batch);
+        assert_eq!(restored.0, 4);
+    }
+
     /// Emits each batch it folds downstream with a handle of its own, and
     /// snapshots only what downstream has confirmed taking (as a processor
     /// committing alert transitions only once stored would).
