@@ -198,9 +198,26 @@ fn a_bridge_and_a_worker_count_exactly_and_keep_each_workflow_in_order() {
         read.len() as u64,
         entries - expect["malformed"].as_u64().unwrap()
     );
+    assert_in_redis_order(&read);
+
+    produce_raw(&broker.address(), "events", &["{not json"]);
+    let worker = t.worker("stop_after_idle = \"3s\"", SMALL_WINDOW, "");
+    let output = t.run_worker(&worker);
+    let doc = t.document().expect("a cached document");
+    assert_matches_expectation(&doc, expect);
+    let summaries = summaries(&output.stderr);
+    assert_eq!(counter(&summaries, "log", "malformed"), 1);
+    let letters = std::fs::read_to_string(dir.path().join("worker-data/log/dead-letters.jsonl"))
+        .expect("a dead-letter file");
+    assert!(letters.contains("{not json"), "{letters}");
+}
+
+/// Each workflow in one partition, every partition's positions rising in
+/// Redis order, and the workflows spread over several partitions.
+fn assert_in_redis_order(read: &[Read]) {
     let mut partition_of: HashMap<&str, i32> = HashMap::new();
     let mut last_position: BTreeMap<i32, u128> = BTreeMap::new();
-    for r in &read {
+    for r in read {
         let first = *partition_of.entry(&r.workflow_id).or_insert(r.partition);
         assert_eq!(first, r.partition, "{} in two partitions", r.workflow_id);
         let position = r.position.expect("every bridged record has its position");
@@ -216,17 +233,65 @@ fn a_bridge_and_a_worker_count_exactly_and_keep_each_workflow_in_order() {
         last_position.len() > 1,
         "the workflows spread over the partitions"
     );
+}
 
-    produce_raw(&broker.address(), "events", &["{not json"]);
-    let worker = t.worker("stop_after_idle = \"3s\"", SMALL_WINDOW, "");
-    let output = t.run_worker(&worker);
-    let doc = t.document().expect("a cached document");
-    assert_matches_expectation(&doc, expect);
-    let summaries = summaries(&output.stderr);
-    assert_eq!(counter(&summaries, "log", "malformed"), 1);
-    let letters = std::fs::read_to_string(dir.path().join("worker-data/log/dead-letters.jsonl"))
-        .expect("a dead-letter file");
-    assert!(letters.contains("{not json"), "{letters}");
+/// librdkafka's queue holds 50 records here and the bridge reads batches
+/// of 500, so every batch fills it many times over: the sink waits for
+/// room rather than dropping or reordering. Every entry reaches the topic,
+/// each workflow's first copies in Redis order, nothing stays pending, and
+/// a worker's document is exact. (Under this pressure Tansu 0.6 stores a
+/// retried batch twice, which an idempotent producer's broker would not:
+/// the copies come after the first ones, and positions drop them.)
+#[test]
+fn a_full_producer_queue_makes_the_bridge_wait_without_losing_or_reordering() {
+    let url = redis_url();
+    let prefix = prefix(&url, "kafka-queue-full");
+    let stream = format!("{prefix}:events");
+    let expect = publish(&url, &stream, 20_000, &["--duplicates", "0.05"]);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("events", PARTITIONS);
+    let bridge = bridge_config(
+        dir.path(),
+        &url,
+        &prefix,
+        &broker.address(),
+        "events",
+        "batch_size = 500\nstop_after_idle = \"2s\"",
+    );
+    // The sink's table is the file's last.
+    let mut config = std::fs::read_to_string(&bridge).unwrap();
+    config.push_str("options = { \"queue.buffering.max.messages\" = \"50\" }\n");
+    std::fs::write(&bridge, config).unwrap();
+    let output = run_bridge(dir.path(), &bridge);
+    let waits = extra_counter(&summaries(&output.stderr), "log", "producer_queue_full");
+    assert!(waits > 0, "the producer's queue never filled");
+
+    let mut conn = connection(&url);
+    assert_eq!(pending_count(&mut conn, &stream), 0);
+    let entries: u64 = redis::cmd("XLEN").arg(&stream).query(&mut conn).unwrap();
+    let read = read_topic(&broker.address(), "events");
+    let first_copies: Vec<Read> = {
+        let mut seen = std::collections::HashSet::new();
+        read.into_iter()
+            .filter(|r| seen.insert(r.position))
+            .collect()
+    };
+    assert_eq!(first_copies.len() as u64, entries, "entries lost");
+    assert_in_redis_order(&first_copies);
+
+    let worker = worker_config(
+        dir.path(),
+        &url,
+        &prefix,
+        &broker.address(),
+        "events",
+        "stop_after_idle = \"3s\"",
+        SMALL_WINDOW,
+    );
+    assert_success(&run_to_end(dir.path(), &worker, Duration::from_secs(120)));
+    let doc = cached_metrics(&url, &format!("{prefix}:metrics")).expect("a cached document");
+    assert_matches_expectation(&doc, &expect);
 }
 
 /// Everything the bridge sent is sent again (its group rewound, as after a

@@ -170,6 +170,59 @@ fn a_dead_consumers_pending_entries_are_claimed_processed_and_acked() {
         .contains("took over every entry pending in the group"));
 }
 
+/// The pipeline is slower than the reads (100 ms a batch of 100), so
+/// batches wait in the source's read-ahead buffer longer than `claim_idle`
+/// (1 s; claims are tried every half of it): they are this consumer's,
+/// not abandoned, and no claim sends them a second time. Every entry
+/// reaches the file once.
+#[test]
+fn entries_waiting_in_the_read_ahead_buffer_are_not_claimed_back() {
+    let url = redis_url();
+    let prefix = prefix(&url, "read-ahead");
+    let stream = format!("{prefix}:events");
+    publish(&url, &stream, 3_000, &[]);
+    let mut conn = connection(&url);
+    let entries: u64 = redis::cmd("XLEN").arg(&stream).query(&mut conn).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[pipeline]
+data_dir = "data"
+
+[sources.events]
+type = "redis_stream"
+url = "{url}"
+stream = "{stream}"
+consumer = "only"
+batch_size = 100
+block = "100ms"
+claim_idle = "1s"
+stop_after_idle = "2s"
+
+[processors.slow]
+type = "passthrough"
+inputs = ["events"]
+delay_per_batch = "100ms"
+
+[sinks.out]
+type = "file"
+inputs = ["slow"]
+path = "out.jsonl"
+"#
+        ),
+    )
+    .unwrap();
+    let output = run_to_end(dir.path(), &config, Duration::from_secs(60));
+    assert_success(&output);
+    let lines = read_lines(&dir.path().join("out.jsonl"));
+    assert_eq!(lines.len() as u64, entries, "sent twice or lost");
+    assert_eq!(pending_count(&mut conn, &stream), 0);
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("claimed entries"));
+}
+
 #[test]
 fn acl_user_and_password_work_and_never_appear_in_logs() {
     let url = redis_url();

@@ -44,8 +44,9 @@ pub(crate) struct Partitioning {
     pub store: Option<(Arc<dyn CheckpointStore>, Duration)>,
 }
 
-/// How long a partition's state is retried when the store cannot give it.
-const ACQUIRE_ATTEMPTS: u32 = 30;
+/// The longest wait between attempts to take a partition's state over
+/// while the store cannot give it.
+const ACQUIRE_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// One partition owned here.
 struct Owned {
@@ -191,8 +192,13 @@ impl Partitions {
             return Ok(());
         }
         if !owned {
-            match self.acquire(shard).await {
-                Ok(owned) => {
+            match self.acquire(&source, shard).await {
+                Ok(None) => {
+                    // Revoked while the store was away: not ours to take.
+                    batch.fail();
+                    return Ok(());
+                }
+                Ok(Some(owned)) => {
                     self.owned.insert(shard.id, owned);
                     self.lost.remove(&shard.id);
                     self.owned_gauge.set(self.owned.len() as i64);
@@ -217,10 +223,21 @@ impl Partitions {
     }
 
     /// Takes partition `shard.id`: its fencing token, then its checkpoint.
-    async fn acquire(&mut self, shard: Shard) -> Result<Owned, ComponentError> {
-        let mut attempt = 0;
+    /// While the store cannot give them, tried again (the outage shown)
+    /// for as long as `source` still reads that generation of it; `None`
+    /// once it does not (taking the token then would take it from the
+    /// partition's new owner).
+    async fn acquire(
+        &mut self,
+        source: &str,
+        shard: Shard,
+    ) -> Result<Option<Owned>, ComponentError> {
+        let mut wait = Duration::from_millis(250);
+        let mut failing = false;
         loop {
-            attempt += 1;
+            if !self.setup.assignments.is_current(source, shard) {
+                return Ok(None);
+            }
             let mut processor = (self.setup.factory)()
                 .await
                 .map_err(|e| ComponentError::Fatal(e.0))?;
@@ -241,25 +258,28 @@ impl Partitions {
             .await
             {
                 Ok(keeper) => {
+                    if failing {
+                        self.stats.set_outage(None);
+                    }
                     info!(component = %self.name, partition = shard.id, "took over the partition's state");
-                    return Ok(Owned {
+                    return Ok(Some(Owned {
                         generation: shard.generation,
                         processor,
                         keeper,
-                    });
-                }
-                Err(e) if attempt < ACQUIRE_ATTEMPTS => {
-                    if attempt == 1 {
-                        warn!(component = %self.name, partition = shard.id, "cannot take over the partition's state ({e}); retrying");
-                    }
-                    self.stats.error(e);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    }));
                 }
                 Err(e) => {
-                    return Err(ComponentError::Fatal(format!(
+                    if !failing {
+                        warn!(component = %self.name, partition = shard.id, "cannot take over the partition's state ({e}); retrying while the source reads it");
+                        failing = true;
+                    }
+                    self.stats.set_outage(Some(format!(
                         "cannot take over the state of partition {}: {e}",
                         shard.id
-                    )))
+                    )));
+                    self.stats.error(e);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(ACQUIRE_BACKOFF_MAX);
                 }
             }
         }

@@ -130,6 +130,10 @@ impl SinkConfig for KafkaSinkConfig {
             stats: Arc::clone(&cx.stats),
             reach,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_BATCHES_IN_FLIGHT)),
+            queue_full: cx.stats.counter(
+                "producer_queue_full",
+                "times a record waited for room in the Kafka producer's queue",
+            ),
             refused: Arc::new(std::sync::Mutex::new(None)),
         }))
     }
@@ -187,6 +191,8 @@ struct KafkaSink {
     reach: Arc<Reach>,
     /// Permits for batches awaiting the broker.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Times a record waited for room in librdkafka's queue.
+    queue_full: Arc<flowpulse_core::telemetry::Counter>,
     /// Why the broker refused a record for good, once it has: every later
     /// write fails, so nothing overtakes it.
     refused: Arc<std::sync::Mutex<Option<String>>>,
@@ -286,6 +292,7 @@ impl Sink for KafkaSink {
                     // librdkafka's queue is full (an outage, or a burst):
                     // wait for room rather than drop.
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        self.queue_full.inc();
                         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                     }
                     Err((e, _)) => {

@@ -17,6 +17,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::{entry_key, lock_ids, SharedIds};
 use crate::redis_util::{self, connect};
 
 /// Most entry ids in one XACK: enough that one round trip carries plenty,
@@ -35,6 +36,11 @@ pub(super) struct AckTarget {
     pub stream: String,
     pub group: String,
     pub component: String,
+    /// The source's entries in flight: ids queued here stay in it until
+    /// Redis has acknowledged them, so no claim takes them back meanwhile
+    /// (they are still pending, and may have been for longer than
+    /// `claim_idle`).
+    pub held: SharedIds,
 }
 
 /// The handle of the acknowledging task: entry ids sent here are
@@ -42,6 +48,7 @@ pub(super) struct AckTarget {
 pub(super) struct Acker {
     tx: mpsc::UnboundedSender<Vec<String>>,
     task: JoinHandle<()>,
+    held: SharedIds,
 }
 
 impl Acker {
@@ -50,13 +57,15 @@ impl Acker {
         let (tx, rx) = mpsc::unbounded_channel();
         // The source logs this server's outage; this only backs off.
         let outage = redis_util::outage(stats).unlogged();
+        let held = Arc::clone(&target.held);
         let task = tokio::spawn(run(target, rx, outage));
-        Acker { tx, task }
+        Acker { tx, task, held }
     }
 
     /// Queues `ids` for acknowledgement.
     pub fn ack(&self, ids: Vec<String>) {
         if !ids.is_empty() {
+            lock_ids(&self.held).extend(ids.iter().map(|id| entry_key(id)));
             // The task outlives every sender; a send fails only if it
             // panicked, and then the entries are re-read after a restart.
             let _ = self.tx.send(ids);
@@ -105,6 +114,11 @@ async fn run(
         match ack(&target, &mut conn, &chunk).await {
             Ok(()) => {
                 outage.recovered(&target.component, &target.url);
+                let mut held = lock_ids(&target.held);
+                for id in &chunk {
+                    held.remove(&entry_key(id));
+                }
+                drop(held);
                 chunk.clear();
                 attempts = 0;
             }
@@ -166,6 +180,7 @@ mod tests {
             stream: stream.to_owned(),
             group: "g".to_owned(),
             component: "events".to_owned(),
+            held: Default::default(),
         }
     }
 

@@ -273,6 +273,16 @@ type AckFuture = BoxFuture<'static, (Vec<String>, BatchStatus)>;
 /// profiles.
 type InFlightIds = std::collections::HashSet<u128, rustc_hash::FxBuildHasher>;
 
+/// [`InFlightIds`] shared with the task reading ahead, which adds what it
+/// reads before handing it over: entries waiting in its buffer (the
+/// pipeline slowed down) are ours too, however long they wait there.
+type SharedIds = Arc<std::sync::Mutex<InFlightIds>>;
+
+fn lock_ids(ids: &SharedIds) -> std::sync::MutexGuard<'_, InFlightIds> {
+    ids.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// An entry id as a number (ids Redis gives always parse; anything else
 /// maps to 0, which no entry has).
 fn entry_key(id: &str) -> u128 {
@@ -283,19 +293,23 @@ fn entry_key(id: &str) -> u128 {
 #[derive(Default)]
 struct InFlight {
     acks: FuturesUnordered<AckFuture>,
-    /// Their entry ids: a claim must not take these back from ourselves.
-    ids: InFlightIds,
+    /// Their entry ids, and those read ahead and not yet handed over: a
+    /// claim (or a recovery) must not take these back from ourselves.
+    ids: SharedIds,
 }
 
 impl InFlight {
-    /// Takes a settled batch: the ids of its entries are no longer in
-    /// flight, and are acknowledged if it was delivered.
+    /// Takes a settled batch: acknowledged if it was delivered (its ids
+    /// held until Redis has it), else no longer in flight (a claim retries
+    /// it once it has been idle `claim_idle`).
     fn settle(&mut self, ids: Vec<String>, status: BatchStatus, acker: &Acker) {
-        for id in &ids {
-            self.ids.remove(&entry_key(id));
-        }
         if status == BatchStatus::Delivered {
             acker.ack(ids);
+        } else {
+            let mut held = lock_ids(&self.ids);
+            for id in &ids {
+                held.remove(&entry_key(id));
+            }
         }
     }
 
@@ -378,6 +392,15 @@ impl Reader<'_> {
         if entries.is_empty() {
             return Ok(());
         }
+        // Taken out of the read-ahead buffer: in flight again below only if
+        // they go out in the batch (what fails midway stays pending for
+        // recovery).
+        {
+            let mut held = lock_ids(&track.ids);
+            for entry in &entries {
+                held.remove(&entry_key(&entry.id));
+            }
+        }
         self.stats.received(entries.len());
         let mut records = Vec::with_capacity(entries.len());
         let mut ids = Vec::with_capacity(entries.len());
@@ -421,7 +444,7 @@ impl Reader<'_> {
             let (handle, receipt) = AckHandle::new();
             // Each id parsed once: tracked in flight, and the batch's positions.
             let keys: Vec<u128> = ids.iter().map(|id| entry_key(id)).collect();
-            track.ids.extend(keys.iter().copied());
+            lock_ids(&track.ids).extend(keys.iter().copied());
             let mut batch = Batch::new(records, vec![handle]);
             if !keys.contains(&0) {
                 batch = batch.with_positions(self.source.origin.clone(), keys);
@@ -501,6 +524,9 @@ impl Reader<'_> {
         let mut after = "0-0".to_owned();
         let mut recovered = 0;
         loop {
+            // Taken before asking Redis: an entry acknowledged (and let go
+            // of) between its reply and the check below is still ours.
+            let held = lock_ids(&track.ids).clone();
             let pending = self.own_pending(&after).await?;
             let Some((last, _)) = pending.last() else {
                 break;
@@ -509,7 +535,7 @@ impl Reader<'_> {
             // Entries still in the pipeline are not lost: leave them be.
             let pending: Vec<(String, u64)> = pending
                 .into_iter()
-                .filter(|(id, _)| !track.ids.contains(&entry_key(id)))
+                .filter(|(id, _)| !held.contains(&entry_key(id)))
                 .collect();
             let ids: Vec<String> = pending.iter().map(|(id, _)| id.clone()).collect();
             let entries = self.fetch(&ids).await?;
@@ -570,6 +596,9 @@ impl Reader<'_> {
     ) -> Result<(), StepError> {
         let mut start = "0-0".to_owned();
         loop {
+            // Taken before the claim: an entry acknowledged (and let go of)
+            // between the claim and the check below is still ours.
+            let held = lock_ids(&track.ids).clone();
             let reply: Value = redis::cmd("XAUTOCLAIM")
                 .arg(&self.cfg().stream)
                 .arg(&self.cfg().group)
@@ -591,8 +620,8 @@ impl Reader<'_> {
                 .unwrap_or_default()
                 .into_iter()
                 // Our own entries still in the pipeline (held for a checkpoint,
-                // say) are not abandoned: leave them be.
-                .filter(|e| !track.ids.contains(&entry_key(&e.id)))
+                // say) or read ahead are not abandoned: leave them be.
+                .filter(|e| !held.contains(&entry_key(&e.id)))
                 .collect();
             if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
                 tracing::info!(source = %self.name, entries = entries.len(), "claimed entries idle longer than claim_idle");
@@ -660,6 +689,7 @@ fn spawn_reads(
     last_id: String,
     shutdown: flowpulse_core::plugin::Shutdown,
     stats: &Arc<ComponentStats>,
+    held: SharedIds,
 ) -> tokio::sync::mpsc::Receiver<Vec<StreamEntry>> {
     // Some 25 ms of processing ahead: enough to ride out Redis busy with a
     // checkpoint piece or an XACK without the pipeline running dry.
@@ -723,6 +753,7 @@ fn spawn_reads(
                         last_id = last.id.clone();
                     }
                     if !entries.is_empty() {
+                        lock_ids(&held).extend(entries.iter().map(|e| entry_key(&e.id)));
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
                             sent = tx.send(entries) => if sent.is_err() { break },
@@ -769,6 +800,7 @@ impl Source for RedisStreamSource {
                 stream: config.stream.clone(),
                 group: config.group.clone(),
                 component: name.clone(),
+                held: Arc::clone(&track.ids),
             },
             &stats,
         );
@@ -824,7 +856,14 @@ impl Source for RedisStreamSource {
                     last_recovered = last;
                 }
                 if reads.is_none() {
-                    reads = Some(spawn_reads(&self, &name, last_recovered.clone(), reads_stop.clone(), &stats));
+                    reads = Some(spawn_reads(
+                        &self,
+                        &name,
+                        last_recovered.clone(),
+                        reads_stop.clone(),
+                        &stats,
+                        Arc::clone(&track.ids),
+                    ));
                 }
                 let Some(entries_rx) = reads.as_mut() else {
                     return Ok(());
