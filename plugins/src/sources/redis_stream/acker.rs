@@ -62,14 +62,19 @@ impl Acker {
         Acker { tx, task, held }
     }
 
-    /// Queues `ids` for acknowledgement.
+    /// Queues `ids`, all held in flight already, for acknowledgement.
     pub fn ack(&self, ids: Vec<String>) {
         if !ids.is_empty() {
-            lock_ids(&self.held).extend(ids.iter().map(|id| entry_key(id)));
             // The task outlives every sender; a send fails only if it
             // panicked, and then the entries are re-read after a restart.
             let _ = self.tx.send(ids);
         }
+    }
+
+    /// Queues `ids` for acknowledgement, holding them in flight until then.
+    pub fn ack_untracked(&self, ids: Vec<String>) {
+        lock_ids(&self.held).extend(ids.iter().map(|id| entry_key(id)));
+        self.ack(ids);
     }
 
     /// Stops at once, acknowledging nothing more.
@@ -244,13 +249,17 @@ mod tests {
         assert_eq!(pending(&mut conn, &stream).await, n as i64);
 
         let stats = Arc::new(ComponentStats::default());
-        let acker = Acker::start(target(&url, &stream), &stats);
+        let target = target(&url, &stream);
+        let held = Arc::clone(&target.held);
+        let acker = Acker::start(target, &stats);
         let rest = ids.split_off(7);
-        acker.ack(ids);
+        acker.ack_untracked(ids);
         acker.ack(Vec::new());
-        acker.ack(rest);
+        acker.ack_untracked(rest);
         acker.finish().await;
         assert_eq!(pending(&mut conn, &stream).await, 0);
+        // Held in flight until acknowledged, then let go of.
+        assert!(lock_ids(&held).is_empty());
         let _: () = redis::cmd("DEL")
             .arg(&stream)
             .query_async(&mut conn)

@@ -376,7 +376,7 @@ impl Reader<'_> {
             .arg("delivery_count")
             .arg(deliveries);
         cmd.query_async::<String>(&mut self.commands).await?;
-        self.acker.ack(vec![entry.id.clone()]);
+        self.acker.ack_untracked(vec![entry.id.clone()]);
         Ok(())
     }
 
@@ -439,7 +439,7 @@ impl Reader<'_> {
                 }
             }
         }
-        self.acker.ack(ignored);
+        self.acker.ack_untracked(ignored);
         if !records.is_empty() {
             let (handle, receipt) = AckHandle::new();
             // Each id parsed once: tracked in flight, and the batch's positions.
@@ -547,7 +547,7 @@ impl Reader<'_> {
                 .filter(|id| !found.contains(id.as_str()))
                 .cloned()
                 .collect();
-            self.acker.ack(gone);
+            self.acker.ack_untracked(gone);
             recovered += entries.len();
             let counts: std::collections::HashMap<String, u64> = pending.into_iter().collect();
             self.process(
