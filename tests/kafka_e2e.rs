@@ -115,15 +115,46 @@ struct Bridged {
     bridge: PathBuf,
 }
 
+/// A test's own stream of `n` seeded events (generator options
+/// `generate`) and its own broker with a topic of [`PARTITIONS`]
+/// partitions, before any bridge has run.
+struct Fresh {
+    url: String,
+    prefix: String,
+    stream: String,
+    expect: serde_json::Value,
+    dir: tempfile::TempDir,
+    broker: Broker,
+}
+
+fn fresh(test: &str, n: u64, generate: &[&str]) -> Fresh {
+    let url = redis_url();
+    let prefix = prefix(&url, test);
+    let stream = format!("{prefix}:events");
+    let expect = publish(&url, &stream, n, generate);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("events", PARTITIONS);
+    Fresh {
+        url,
+        prefix,
+        stream,
+        expect,
+        dir,
+        broker,
+    }
+}
+
 impl Bridged {
     fn new(test: &str, n: u64, generate: &[&str]) -> Bridged {
-        let url = redis_url();
-        let prefix = prefix(&url, test);
-        let stream = format!("{prefix}:events");
-        let expect = publish(&url, &stream, n, generate);
-        let dir = tempfile::tempdir().unwrap();
-        let broker = Broker::start(dir.path());
-        broker.create_topic("events", PARTITIONS);
+        let Fresh {
+            url,
+            prefix,
+            stream,
+            expect,
+            dir,
+            broker,
+        } = fresh(test, n, generate);
         let bridge = bridge_config(
             dir.path(),
             &url,
@@ -244,13 +275,14 @@ fn assert_in_redis_order(read: &[Read]) {
 /// the copies come after the first ones, and positions drop them.)
 #[test]
 fn a_full_producer_queue_makes_the_bridge_wait_without_losing_or_reordering() {
-    let url = redis_url();
-    let prefix = prefix(&url, "kafka-queue-full");
-    let stream = format!("{prefix}:events");
-    let expect = publish(&url, &stream, 20_000, &["--duplicates", "0.05"]);
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path());
-    broker.create_topic("events", PARTITIONS);
+    let Fresh {
+        url,
+        prefix,
+        stream,
+        expect,
+        dir,
+        broker,
+    } = fresh("kafka-queue-full", 20_000, &["--duplicates", "0.05"]);
     let bridge = bridge_config(
         dir.path(),
         &url,
@@ -334,13 +366,14 @@ fn what_a_bridge_sends_again_counts_once() {
 /// a dedup window of 1 s, so only upstream positions drop them.
 #[test]
 fn sigkill_of_the_bridge_and_of_the_worker_loses_and_doubles_nothing() {
-    let url = redis_url();
-    let prefix = prefix(&url, "kafka-kill");
-    let stream = format!("{prefix}:events");
-    let expect = publish(&url, &stream, 60_000, &["--duplicates", "0.01"]);
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path());
-    broker.create_topic("events", PARTITIONS);
+    let Fresh {
+        url,
+        prefix,
+        stream,
+        expect,
+        dir,
+        broker,
+    } = fresh("kafka-kill", 60_000, &["--duplicates", "0.01"]);
     let mut conn = connection(&url);
     let entries: u64 = redis::cmd("XLEN").arg(&stream).query(&mut conn).unwrap();
 

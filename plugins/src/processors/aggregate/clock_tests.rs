@@ -16,8 +16,8 @@ use super::config::AggregateConfig;
 use super::processor::Aggregate;
 use super::snapshot;
 use super::state::{AggregateState, Limits};
+use super::tests::{event, BASE_MS};
 
-const BASE_MS: i64 = 1_795_774_502_000;
 /// When the test's partitions last folded an event (wall clock).
 const WALL_MS: i64 = BASE_MS + 3_600_000;
 const INTERVAL_MS: i64 = 5_000;
@@ -37,17 +37,7 @@ fn limits() -> Limits {
 }
 
 fn created(workflow: &str, ts: i64) -> WorkflowEvent {
-    WorkflowEvent {
-        id: Some(format!("{workflow}-created")),
-        kind: EventKind::WorkflowCreated,
-        timestamp_ms: BASE_MS + ts,
-        workflow_id: workflow.into(),
-        workflow_type: Some("feature".into()),
-        agent_type: None,
-        stage: None,
-        duration_ms: None,
-        error: None,
-    }
+    event(EventKind::WorkflowCreated, workflow, ts)
 }
 
 /// A partition that folded `events` (ms after BASE) and was last active at

@@ -11,11 +11,11 @@ use proptest::prelude::*;
 
 use super::oracle::WorkflowCounts;
 use super::state::{AggregateState, Limits};
+use super::tests::{event, BASE_MS};
 
 const BOUND_MS: i64 = 5_000;
 /// Short, so that lateness of twice the window stays a small test.
 const WINDOW_MS: i64 = 60_000;
-const BASE_MS: i64 = 1_795_774_502_000;
 const WALL_MS: i64 = BASE_MS + 365 * 24 * 3600 * 1000;
 
 fn limits() -> Limits {
@@ -28,20 +28,6 @@ fn limits() -> Limits {
         max_workflow_types: 100,
         history_interval_ms: 5_000,
         history_points: 720,
-    }
-}
-
-fn event(kind: EventKind, workflow: &str, ts: i64) -> WorkflowEvent {
-    WorkflowEvent {
-        id: Some(format!("{workflow}-{kind:?}-{ts}")),
-        kind,
-        timestamp_ms: BASE_MS + ts,
-        workflow_id: workflow.into(),
-        workflow_type: Some("feature".into()),
-        agent_type: None,
-        stage: None,
-        duration_ms: None,
-        error: None,
     }
 }
 

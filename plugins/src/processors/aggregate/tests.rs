@@ -14,7 +14,8 @@ use super::snapshot::{self, restore, snapshot};
 use super::state::{AggregateState, Limits};
 
 const BOUND_MS: i64 = 5_000;
-const BASE_MS: i64 = 1_795_774_502_000;
+/// Event time zero of the test events.
+pub(super) const BASE_MS: i64 = 1_795_774_502_000;
 /// A wall clock far ahead of every test event, so nothing is clamped.
 const WALL_MS: i64 = BASE_MS + 365 * 24 * 3600 * 1000;
 
@@ -426,7 +427,8 @@ fn a_partial_is_small_beside_the_snapshot() {
     );
 }
 
-fn event(kind: EventKind, workflow: &str, ts: i64) -> WorkflowEvent {
+/// A workflow-level event of `workflow` at `ts` ms after [`BASE_MS`].
+pub(super) fn event(kind: EventKind, workflow: &str, ts: i64) -> WorkflowEvent {
     WorkflowEvent {
         id: Some(format!("{workflow}-{kind:?}-{ts}")),
         kind,
