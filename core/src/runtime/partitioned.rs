@@ -522,3 +522,122 @@ impl Partitions {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::state::{SavedState, Snapshot, StateError, StateFormat};
+
+    /// A checkpoint store that cannot be reached.
+    struct Away;
+
+    #[async_trait]
+    impl CheckpointStore for Away {
+        async fn load(&self, _key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Err(StoreError::Unavailable("connection refused".into()))
+        }
+        async fn save(&self, _key: &str, _bytes: &[u8]) -> Result<(), StoreError> {
+            Err(StoreError::Unavailable("connection refused".into()))
+        }
+        async fn delete(&self, _key: &str) -> Result<(), StoreError> {
+            Err(StoreError::Unavailable("connection refused".into()))
+        }
+        async fn keys_with_prefix(&self, _prefix: &str) -> Result<Vec<String>, StoreError> {
+            Err(StoreError::Unavailable("connection refused".into()))
+        }
+        async fn take_fence(&self, _fence_key: &str) -> Result<u64, StoreError> {
+            Err(StoreError::Unavailable("connection refused".into()))
+        }
+    }
+
+    /// The smallest state a partition can keep.
+    #[derive(Default)]
+    struct Nothing;
+
+    impl ProcessorState for Nothing {
+        fn format(&self) -> StateFormat {
+            StateFormat {
+                kind: "nothing",
+                version: 1,
+            }
+        }
+        fn snapshot(&mut self, _stored: &dyn Fn(u64) -> bool) -> Snapshot {
+            Snapshot::default()
+        }
+        fn restore(&mut self, _saved: SavedState) -> Result<(), StateError> {
+            Ok(())
+        }
+        fn merge(&mut self, _saved: SavedState) -> Result<(), StateError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "nothing".into()
+        }
+    }
+
+    #[derive(Default)]
+    struct Keeps(Nothing);
+
+    #[async_trait]
+    impl Processor for Keeps {
+        async fn process(
+            &mut self,
+            _batch: Batch,
+            _out: &mut Output,
+        ) -> Result<(), ComponentError> {
+            Ok(())
+        }
+        fn state(&mut self) -> Option<&mut dyn ProcessorState> {
+            Some(&mut self.0)
+        }
+    }
+
+    /// While the store is away, taking a partition over is retried (the
+    /// outage shown) rather than failing the pipeline, and given up once
+    /// the source no longer reads that assignment: taking the token then
+    /// would take it from the partition's new owner.
+    #[tokio::test]
+    async fn a_takeover_waits_out_the_store_while_the_partition_is_read_and_no_longer() {
+        let assignments = Assignments::default();
+        let shard = Shard {
+            id: 3,
+            generation: 1,
+            released: false,
+        };
+        assignments.assigned("log", shard.id, shard.generation);
+        let factory: Factory =
+            Arc::new(|| Box::pin(async { Ok(Box::new(Keeps::default()) as Box<dyn Processor>) }));
+        let stats = Arc::new(ComponentStats::default());
+        let mut parts = Partitions {
+            name: "metrics".into(),
+            setup: Partitioning {
+                pipeline: "p".into(),
+                assignments: assignments.clone(),
+                factory,
+                store: Some((Arc::new(Away), Duration::from_secs(1))),
+            },
+            owned: BTreeMap::new(),
+            lost: BTreeMap::new(),
+            stats: stats.clone(),
+            owned_gauge: stats.gauge("partitions_owned", "test"),
+            template: Box::new(Keeps::default()),
+            listed: None,
+        };
+        let revoke = {
+            let (assignments, stats) = (assignments.clone(), stats.clone());
+            async move {
+                // Attempts at 0, 0.25, 0.75 and 1.75 s by then.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                assert!(stats
+                    .outage()
+                    .is_some_and(|o| o.contains("partition 3") && o.contains("refused")));
+                assignments.revoked("log", shard.id, shard.generation);
+            }
+        };
+        let (taken, ()) = tokio::join!(parts.acquire("log", shard), revoke);
+        assert!(matches!(taken, Ok(None)), "taken over, or failed");
+        assert!(stats.snapshot().errors >= 3, "not retried");
+    }
+}
