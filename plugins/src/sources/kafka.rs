@@ -194,7 +194,7 @@ impl SourceConfig for KafkaSourceConfig {
             source: cx.name.clone(),
             brokers: kafka_util::display_brokers(&self.brokers),
             down: AtomicBool::new(false),
-            generations: Mutex::new(HashMap::new()),
+            partitions: Mutex::new(HashMap::new()),
             assignments_made: AtomicU64::new(0),
             changes: Mutex::new(Vec::new()),
             assignments: cx.resources.get_or_insert_with(Assignments::default),
@@ -203,8 +203,6 @@ impl SourceConfig for KafkaSourceConfig {
                 .stats
                 .gauge("partitions_assigned", "Kafka partitions this member reads"),
             seek_on_assign: lookup.is_some(),
-            awaiting_start: Mutex::new(HashMap::new()),
-            reading: Mutex::new(Default::default()),
             closing: AtomicBool::new(false),
         };
         let consumer: StreamConsumer<GroupContext> = config
@@ -236,10 +234,8 @@ struct GroupContext {
     assigned: Arc<Gauge>,
     /// The broker could not be reached (librdkafka retries on its own).
     down: AtomicBool,
-    /// Per partition, which assignment of it this member is reading: a
-    /// stateful processor keeps state per partition, and a partition given
-    /// back after it was elsewhere must be taken over afresh.
-    generations: Mutex<HashMap<i32, u64>>,
+    /// What this member knows of each partition it was ever assigned.
+    partitions: Mutex<HashMap<i32, Held>>,
     assignments_made: AtomicU64,
     /// Partitions assigned and revoked since the source last looked, for
     /// the notices it sends downstream.
@@ -249,11 +245,6 @@ struct GroupContext {
     /// Whether partitions are paused as they are assigned, to be read from
     /// where their checkpoints say (see [`resume`]).
     seek_on_assign: bool,
-    /// Partitions paused until their start is known, with the assignment
-    /// they were paused in: their records are not read meanwhile.
-    awaiting_start: Mutex<HashMap<i32, u64>>,
-    /// The partitions assigned now.
-    reading: Mutex<std::collections::BTreeSet<i32>>,
     /// Set once the source stops reading: a rebalance served while the
     /// consumer closes pauses nothing (nothing will read it).
     closing: AtomicBool,
@@ -276,33 +267,47 @@ impl GroupContext {
             .unwrap_or_default()
     }
 
-    /// Whether `partition` waits for its start (its records are dropped
-    /// until then: the seek reads them again).
-    fn awaits_start(&self, partition: i32) -> bool {
-        self.awaiting_start
-            .lock()
-            .is_ok_and(|a| a.contains_key(&partition))
+    /// Which assignment of `partition` a record of it belongs to, or
+    /// `None` while the partition waits for its start (its records are
+    /// dropped until then: the seek reads them again).
+    fn readable(&self, partition: i32) -> Option<u64> {
+        let partitions = self.partitions.lock().ok()?;
+        match partitions.get(&partition) {
+            Some(held) if held.awaiting_start => None,
+            Some(held) => Some(held.generation),
+            None => Some(0),
+        }
     }
 
     /// Whether `partition` still waits for the start of `generation`.
     fn awaits_start_of(&self, partition: i32, generation: u64) -> bool {
-        self.awaiting_start
-            .lock()
-            .is_ok_and(|a| a.get(&partition) == Some(&generation))
+        self.partitions.lock().is_ok_and(|p| {
+            p.get(&partition)
+                .is_some_and(|held| held.awaiting_start && held.generation == generation)
+        })
     }
 
+    /// `partition` is read from now on.
     fn started(&self, partition: i32) {
-        if let Ok(mut awaiting) = self.awaiting_start.lock() {
-            awaiting.remove(&partition);
+        if let Ok(mut partitions) = self.partitions.lock() {
+            if let Some(held) = partitions.get_mut(&partition) {
+                held.awaiting_start = false;
+            }
         }
     }
+}
 
-    /// Which assignment of `partition` this member is reading.
-    fn generation(&self, partition: i32) -> u64 {
-        self.generations
-            .lock()
-            .map_or(0, |g| g.get(&partition).copied().unwrap_or(0))
-    }
+/// What a member knows of one partition.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// Which assignment of it this member holds, or last held: a stateful
+    /// processor keeps state per partition, and a partition given back
+    /// after it was elsewhere must be taken over afresh.
+    generation: u64,
+    /// Assigned to this member now.
+    assigned: bool,
+    /// Paused until its start is known (see [`resume`]).
+    awaiting_start: bool,
 }
 
 impl ClientContext for GroupContext {
@@ -345,15 +350,14 @@ impl GroupContext {
             // Plain entries: pausing must not carry an offset.
             paused.add_partition(element.topic(), element.partition());
         }
-        let generations: Vec<(i32, u64)> = list
-            .elements()
-            .iter()
-            .map(|e| (e.partition(), self.generation(e.partition())))
-            .collect();
         match consumer.pause(&paused) {
             Ok(()) => {
-                if let Ok(mut awaiting) = self.awaiting_start.lock() {
-                    awaiting.extend(generations);
+                if let Ok(mut partitions) = self.partitions.lock() {
+                    for element in list.elements() {
+                        if let Some(held) = partitions.get_mut(&element.partition()) {
+                            held.awaiting_start = true;
+                        }
+                    }
                 }
             }
             Err(e) => tracing::warn!(
@@ -375,12 +379,19 @@ impl ConsumerContext for GroupContext {
         };
         match rebalance {
             Rebalance::Assign(list) => {
-                if let (Ok(mut generations), Ok(mut changes)) =
-                    (self.generations.lock(), self.changes.lock())
+                if let (Ok(mut partitions), Ok(mut changes)) =
+                    (self.partitions.lock(), self.changes.lock())
                 {
                     for element in list.elements() {
                         let generation = self.assignments_made.fetch_add(1, Ordering::Relaxed) + 1;
-                        generations.insert(element.partition(), generation);
+                        partitions.insert(
+                            element.partition(),
+                            Held {
+                                generation,
+                                assigned: true,
+                                awaiting_start: false,
+                            },
+                        );
                         let id = element.partition().max(0) as u32;
                         self.assignments.assigned(&self.source, id, generation);
                         changes.push(Shard {
@@ -396,14 +407,19 @@ impl ConsumerContext for GroupContext {
                 }
             }
             Rebalance::Revoke(list) => {
-                if let (Ok(generations), Ok(mut changes)) =
-                    (self.generations.lock(), self.changes.lock())
+                if let (Ok(mut partitions), Ok(mut changes)) =
+                    (self.partitions.lock(), self.changes.lock())
                 {
                     for element in list.elements() {
-                        self.started(element.partition());
                         let id = element.partition().max(0) as u32;
-                        let generation =
-                            generations.get(&element.partition()).copied().unwrap_or(0);
+                        let generation = match partitions.get_mut(&element.partition()) {
+                            Some(held) => {
+                                held.assigned = false;
+                                held.awaiting_start = false;
+                                held.generation
+                            }
+                            None => 0,
+                        };
                         self.assignments.revoked(&self.source, id, generation);
                         changes.push(Shard {
                             id,
@@ -418,28 +434,13 @@ impl ConsumerContext for GroupContext {
                 tracing::warn!(source = %self.source, "the group's rebalance failed: {e}");
             }
         }
-        // Kept here rather than asked of the consumer: asking blocks on the
-        // group's thread, which does not answer while the consumer closes
-        // (a rebalance served by its drop would hang there).
-        if let Ok(mut reading) = self.reading.lock() {
-            for element in list_of(rebalance) {
-                match rebalance {
-                    Rebalance::Assign(_) => reading.insert(element.partition()),
-                    _ => reading.remove(&element.partition()),
-                };
-            }
-            self.assigned.set(reading.len() as i64);
+        // Counted here rather than asked of the consumer: asking blocks on
+        // the group's thread, which does not answer while the consumer
+        // closes (a rebalance served by its drop would hang there).
+        if let Ok(partitions) = self.partitions.lock() {
+            let assigned = partitions.values().filter(|held| held.assigned).count();
+            self.assigned.set(assigned as i64);
         }
-    }
-}
-
-/// The partitions a rebalance assigns or revokes.
-fn list_of<'a>(
-    rebalance: &'a Rebalance<'_>,
-) -> Vec<rdkafka::topic_partition_list::TopicPartitionListElem<'a>> {
-    match rebalance {
-        Rebalance::Assign(list) | Rebalance::Revoke(list) => list.elements(),
-        Rebalance::Error(_) => Vec::new(),
     }
 }
 
@@ -458,10 +459,18 @@ struct KafkaSource {
 struct Starting {
     partition: i32,
     generation: u64,
-    lookup: Option<tokio::task::JoinHandle<Option<Offset>>>,
-    /// Once looked up: where it starts (`None`: the committed offset).
-    start: Option<Option<Offset>>,
+    start: StartAt,
     seek_attempts: u32,
+}
+
+/// Where a [`Starting`] partition is read from.
+enum StartAt {
+    /// Its checkpoints are being read.
+    LookingUp(tokio::task::JoinHandle<Option<Offset>>),
+    /// From this offset.
+    Offset(Offset),
+    /// From the group's committed offset: the checkpoints could not say.
+    Committed,
 }
 
 /// How many ticks a seek that fails is tried again before the partition
@@ -478,14 +487,18 @@ impl KafkaSource {
             if !context.awaits_start_of(s.partition, s.generation) {
                 continue; // revoked meanwhile
             }
-            if let Some(lookup) = s.lookup.take_if(|l| l.is_finished()) {
-                s.start = Some(lookup.await.unwrap_or(None));
-            }
-            let Some(start) = s.start else {
+            s.start = match s.start {
+                StartAt::LookingUp(lookup) if lookup.is_finished() => match lookup.await {
+                    Ok(Some(offset)) => StartAt::Offset(offset),
+                    Ok(None) | Err(_) => StartAt::Committed,
+                },
+                start => start,
+            };
+            if let StartAt::LookingUp(_) = s.start {
                 waiting.push(s);
                 continue;
-            };
-            if let Some(offset) = start {
+            }
+            if let StartAt::Offset(offset) = s.start {
                 // Local to the client (the partition is paused): quick.
                 match self
                     .consumer
@@ -886,13 +899,13 @@ impl Source for KafkaSource {
                 Some(Ok(message)) => {
                     outage.recovered(&name, &brokers);
                     self.consumer.context().reached();
-                    if self.consumer.context().awaits_start(message.partition()) {
+                    let Some(generation) = self.consumer.context().readable(message.partition())
+                    else {
                         // Fetched before the pause: read again after the seek.
                         continue;
-                    }
+                    };
                     stats.received(1);
                     last_record = Instant::now();
-                    let generation = self.consumer.context().generation(message.partition());
                     let (origin, position) = place(&name, &message, generation);
                     let partition = message.partition();
                     let offset = message.offset();
@@ -950,10 +963,9 @@ impl Source for KafkaSource {
                             starting.push(Starting {
                                 partition,
                                 generation: change.generation,
-                                lookup: Some(tokio::spawn(
+                                start: StartAt::LookingUp(tokio::spawn(
                                     lookup.clone().start_retrying(partition),
                                 )),
-                                start: None,
                                 seek_attempts: 0,
                             });
                         }
