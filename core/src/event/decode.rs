@@ -164,10 +164,31 @@ struct RawAny<'a> {
 /// `fallback_id` is the identity to use when the document has none of its own
 /// (a stream entry id).
 pub fn decode_json(bytes: &[u8], fallback_id: Option<&str>) -> Result<Decoded, DecodeError> {
-    let raw: RawAny<'_> = serde_json::from_slice(bytes).map_err(|e| DecodeError::Json {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => decode_json_str(text, fallback_id),
+        // Parsed as bytes only to say where the bad bytes are.
+        Err(_) => match serde_json::from_slice::<RawAny<'_>>(bytes) {
+            Err(e) => Err(json_error(&e)),
+            Ok(_) => Err(DecodeError::NotUtf8 {
+                field: "document".into(),
+            }),
+        },
+    }
+}
+
+fn json_error(e: &serde_json::Error) -> DecodeError {
+    DecodeError::Json {
         column: e.column(),
         message: strip_position(e.to_string()),
-    })?;
+    }
+}
+
+/// [`decode_json`] of a document known to be UTF-8. It is checked once, as
+/// a whole: given bytes, serde_json checks every string on its own, and
+/// strings this short miss the standard library's word-at-a-time path
+/// (that was an eighth of decoding's instructions).
+fn decode_json_str(text: &str, fallback_id: Option<&str>) -> Result<Decoded, DecodeError> {
+    let raw: RawAny<'_> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
     let message = match raw.msg {
         Some(msg) => msg,
         None if raw.metadata.is_some() => RawMessage {
@@ -232,12 +253,10 @@ where
         }
     }
     let payload = payload.ok_or(DecodeError::MissingPayloadField)?;
-    if std::str::from_utf8(payload).is_err() {
-        return Err(DecodeError::NotUtf8 {
-            field: "payload".into(),
-        });
-    }
-    decode_json(payload, Some(entry_id))
+    let payload = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8 {
+        field: "payload".into(),
+    })?;
+    decode_json_str(payload, Some(entry_id))
 }
 
 fn build(
@@ -400,5 +419,31 @@ mod tests {
         };
         assert!(message.contains("invalid type"), "{message}");
         assert!(column > 40, "column {column}");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_reported_where_they_are() {
+        // A valid event but for one byte of its workflow id.
+        let mut input =
+            br#"{"type":"workflow.created","workflow_id":"wf-X","timestamp":"2026-11-27T10:15:02Z"}"#
+                .to_vec();
+        let at = input.iter().position(|&b| b == b'X').unwrap();
+        input[at] = 0xff;
+        let DecodeError::Json { column, message } = decode_json(&input, None).unwrap_err() else {
+            panic!("expected a JSON error");
+        };
+        assert!(message.contains("unicode"), "{message}");
+        assert!(
+            column >= at && column <= at + 2,
+            "column {column}, byte {}",
+            at + 1
+        );
+        // As a stream entry's payload, the field is named.
+        let fields = [
+            ("topic", WORKFLOW_TOPIC.as_bytes()),
+            ("payload", &input[..]),
+        ];
+        let err = decode_stream_entry("1-0", &fields).unwrap_err();
+        assert_eq!(err.kind(), "not_utf8", "{err}");
     }
 }
