@@ -537,3 +537,86 @@ token = "{token}"
     );
     assert!(server.stop().success());
 }
+
+#[tokio::test]
+async fn a_rule_removed_from_the_config_is_disabled_in_postgres_not_deleted() {
+    let database = format!("flowpulse_test_removed_rule_{}", std::process::id());
+    let _cleanup = DropDatabase(database.clone());
+    let base = server_url();
+    let server_part = base.rsplit_once('/').map_or(base.as_str(), |(s, _)| s);
+    let dir = tempfile::tempdir().unwrap();
+    let rule = |name: &str| {
+        format!(
+            r#"
+[[processors.alerts.rules]]
+name = "{name}"
+severity = "info"
+condition = {{ metric = "overview.total_workflows", operator = ">", value = 1000000000 }}
+"#
+        )
+    };
+    let sinks = |rules: &str| {
+        format!(
+            r#"[stores.main]
+url = "{server_part}/{database}"
+
+[processors.alerts]
+type = "alert_rules"
+inputs = ["metrics"]
+store = "main"
+{rules}
+[sinks.alert_db]
+type = "alert_store"
+inputs = ["alerts"]
+store = "main"
+
+[sinks.api]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+store = "main"
+"#
+        )
+    };
+    let rules_in_store = || {
+        psql(
+            &database,
+            "SELECT name || '=' || enabled FROM alert_rules ORDER BY name",
+        )
+    };
+    let wait_for = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = rules_in_store().replace('\n', ",");
+            if rows == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rules in the store: {rows}, want {want}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let config = write_config(
+        dir.path(),
+        "",
+        "200ms",
+        &sinks(&(rule("kept") + &rule("removed"))),
+    );
+    let server = start(dir.path(), &config);
+    wait_for("kept=true,removed=true");
+    assert!(server.stop().success());
+
+    // The same pipeline without one of its rules.
+    let config = write_config(dir.path(), "", "200ms", &sinks(&rule("kept")));
+    let server = start(dir.path(), &config);
+    wait_for("kept=true,removed=false");
+    let log = server.log_lines().join("\n");
+    assert!(
+        !log.contains("cannot write the config's rules"),
+        "the config's rules were not written: {log}"
+    );
+    assert!(server.stop().success());
+}

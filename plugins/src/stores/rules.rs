@@ -247,10 +247,11 @@ pub async fn sync_config_rules(store: &Store, rules: &[Rule]) -> Result<(), Rule
     match &store.pool {
         StorePool::Postgres(pool) => {
             sqlx::query(
-                "UPDATE alert_rules SET enabled = false, updated_at = now_rfc3339() \
+                "UPDATE alert_rules SET enabled = false, updated_at = $2::timestamptz \
                  WHERE source = 'config' AND enabled AND id::text NOT IN (SELECT jsonb_array_elements_text($1::jsonb))",
             )
             .bind(&list)
+            .bind(now_rfc3339())
             .execute(pool)
             .await?;
         }
