@@ -18,22 +18,22 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Events per second of event time.
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = 1000.0, value_parser = positive)]
     rate: f64,
     /// Workflows in flight.
-    #[arg(long, default_value_t = 1000)]
-    in_flight: usize,
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    in_flight: u32,
     /// Event form.
     #[arg(long, value_enum, default_value_t = Form::Flat)]
     form: Form,
-    /// Fraction of events sent a second time (same identity).
-    #[arg(long, default_value_t = 0.0)]
+    /// Fraction of events sent a second time (same identity), 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     duplicates: f64,
-    /// Fraction of extra malformed lines.
-    #[arg(long, default_value_t = 0.0)]
+    /// Fraction of extra malformed lines, 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     malformed: f64,
     /// Output file [default: standard output].
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "redis_url")]
     output: Option<PathBuf>,
     /// XADD the events (envelope form, `topic`/`payload` fields) to a Redis
     /// stream at this URL instead of writing lines.
@@ -45,6 +45,24 @@ pub struct GenerateArgs {
     /// Print the exact expected counts to standard error as JSON.
     #[arg(long)]
     expect: bool,
+}
+
+/// A fraction from 0 to 1.
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        Ok(_) => Err("must be from 0 to 1".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A number above 0.
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f > 0.0 && f.is_finite() => Ok(f),
+        Ok(_) => Err("must be above 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// How each event is written.
@@ -159,7 +177,7 @@ fn generate(
     let mut generator = WorkloadGenerator::new(WorkloadConfig {
         seed: args.seed,
         rate: args.rate,
-        in_flight: args.in_flight,
+        in_flight: args.in_flight as usize,
         ..WorkloadConfig::default()
     });
     let mut noise = rand::rngs::SmallRng::seed_from_u64(args.seed ^ 0x5eed);
@@ -173,11 +191,11 @@ fn generate(
             _ => serde_json::to_writer(&mut line, &event.to_envelope_json())?,
         }
         out.line(&line)?;
-        if args.duplicates > 0.0 && noise.random_bool(args.duplicates.min(1.0)) {
+        if args.duplicates > 0.0 && noise.random_bool(args.duplicates) {
             out.line(&line)?;
             duplicates += 1;
         }
-        if args.malformed > 0.0 && noise.random_bool(args.malformed.min(1.0)) {
+        if args.malformed > 0.0 && noise.random_bool(args.malformed) {
             out.line(MALFORMED[(malformed % 3) as usize].as_bytes())?;
             malformed += 1;
         }

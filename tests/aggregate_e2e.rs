@@ -279,6 +279,53 @@ fn checkpointed_state_continues_across_runs_and_state_commands_show_and_clear_it
 }
 
 #[test]
+fn state_show_says_a_checkpoint_of_events_without_positions_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = Command::new(binary())
+        .args(["generate", "-n", "300", "--seed", "5"])
+        .output()
+        .unwrap();
+    assert_success(&generated);
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"np\"\n\n[checkpoint]\nurl = \"file://{}\"\n\n\
+             [sources.in]\ntype = \"stdin\"\n\n\
+             [processors.metrics]\ntype = \"aggregate\"\ninputs = [\"in\"]\n\n\
+             [sinks.out]\ntype = \"blackhole\"\ninputs = [\"metrics\"]\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = run_command(dir.path(), &config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&generated.stdout).unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let output = Command::new(binary())
+        .args(["state", "show", "-c"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let shown = String::from_utf8_lossy(&output.stdout);
+    // Standard input has no positions: nothing to do with an old format.
+    assert!(
+        shown.contains("; no positions; ") && shown.contains(" 300 events folded"),
+        "{shown}"
+    );
+    assert!(!shown.contains("written before"), "{shown}");
+}
+
+#[test]
 fn checkpoint_of_other_settings_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -134,6 +134,58 @@ fn generate_expect_reports_counts_that_add_up() {
 }
 
 #[test]
+fn text_logs_carry_no_colour_codes_when_not_at_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        "[sources.in]\ntype = \"stdin\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\n",
+    )
+    .unwrap();
+    // Text logs (the default format), to a pipe.
+    let output = Command::new(binary())
+        .current_dir(dir.path())
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes in a pipe: {stderr:?}"
+    );
+}
+
+#[test]
+fn generate_refuses_options_out_of_range_or_in_conflict() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--duplicates", "2"], "--duplicates"),
+        (&["--malformed=-1"], "--malformed"),
+        (&["--rate", "0"], "--rate"),
+        (&["--in-flight", "0"], "--in-flight"),
+        (
+            &["-o", "/dev/null", "--redis-url", "redis://127.0.0.1:1"],
+            "cannot be used with",
+        ),
+    ];
+    for (args, named) in cases {
+        let output = Command::new(binary())
+            .args(["generate", "-n", "10"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?} wrote events");
+    }
+}
+
+#[test]
 fn test_rules_passes_the_default_rules_tests() {
     let output = Command::new(binary())
         .current_dir(env!("CARGO_MANIFEST_DIR"))

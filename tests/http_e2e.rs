@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::http_helpers::{rest_and_websocket, start, write_config, Running};
+use common::http_helpers::{rest_and_websocket, start, start_listening, write_config, Running};
 use common::redis_helpers::{connection, prefix, redis_url};
 use common::*;
 use serde_json::{json, Value};
@@ -91,6 +91,113 @@ async fn call(
     };
     spec.check(method, path, status, &body);
     (status, headers, body)
+}
+
+#[tokio::test]
+async fn health_answers_while_a_source_waits_for_its_redis_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: the source (the reader of a stateful
+    // processor) keeps trying to take its lease, and the pipeline waits.
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[pipeline]
+data_dir = "{data}"
+
+[sources.events]
+type = "redis_stream"
+url = "redis://127.0.0.1:1"
+
+[processors.metrics]
+type = "aggregate"
+inputs = ["events"]
+
+[sinks.api]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+"#,
+            data = dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let server = start_listening(dir.path(), &config);
+    // A server that accepted and never answered would hang a probe.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = http
+            .get(server.url("/api/v1/monitoring/health"))
+            .send()
+            .await
+            .expect("an answer while the pipeline waits");
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        let check = body["checks"]["events"].as_str().unwrap_or("");
+        if check.contains("cannot reach") {
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["healthy"], false);
+            assert_eq!(body["aggregator_ready"], false);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the outage never showed: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !server
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("pipeline started")),
+        "the pipeline started without its source"
+    );
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_dashboard_as_pages_and_each_operation_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = rest_and_websocket("").replace("[sinks.live]", "dashboard = true\n\n[sinks.live]");
+    let config = write_config(dir.path(), "", "1s", &sinks);
+    let server = start(dir.path(), &config);
+    let spec = Spec::fetch(&server).await;
+    let responses = |path: &str| -> BTreeSet<String> {
+        spec.0["paths"][path]["get"]["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no GET {path}"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    for path in ["/", "/assets/{file}"] {
+        let statuses = responses(path);
+        assert!(
+            statuses.contains("200") && statuses.contains("304"),
+            "{path}: {statuses:?}"
+        );
+        assert!(
+            !statuses.contains("101"),
+            "{path} shown as a WebSocket: {statuses:?}"
+        );
+    }
+    assert!(responses("/assets/{file}").contains("404"));
+    assert!(responses("/ws/monitoring").contains("101"));
+    // Operation ids are unique (OpenAPI requires it).
+    let mut ids = Vec::new();
+    for item in spec.0["paths"].as_object().unwrap().values() {
+        for operation in item.as_object().unwrap().values() {
+            ids.extend(operation["operationId"].as_str().map(str::to_owned));
+        }
+    }
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    // And the page is there.
+    let page = reqwest::get(server.url("/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(server.stop().success());
 }
 
 #[tokio::test]

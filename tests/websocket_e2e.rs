@@ -364,6 +364,28 @@ async fn sigterm_closes_clients_with_1001_and_exits_zero() {
 }
 
 #[tokio::test]
+async fn a_client_that_closes_gets_the_server_close_frame_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "300ms", &websocket_sink(""));
+    let server = start(dir.path(), &config);
+    let mut socket = connect(&server).await;
+    next_of(&mut socket, "connected").await;
+    socket
+        .send(Message::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: 1000.into(),
+                reason: "done".into(),
+            },
+        )))
+        .await
+        .unwrap();
+    // A clean close: the server answers with a Close frame of its own
+    // (the library echoes the code) before the connection ends.
+    assert_eq!(close_code(&mut socket).await, Some(1000));
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
 async fn a_frame_far_over_the_limit_also_closes_with_1009() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "", "1s", &websocket_sink(""));

@@ -396,6 +396,8 @@ pub struct Restored {
     pub legacy_keys: Vec<String>,
     /// Parts read.
     pub part_count: usize,
+    /// Written before checkpoints had envelopes (and positions).
+    pub pre_envelope: bool,
 }
 
 /// The envelope's header: a checkpoint is this followed by the snapshot's
@@ -520,6 +522,7 @@ pub async fn load_saved(
         }
         None => {
             // Written before envelopes: the state's own bytes, positions unknown.
+            restored.pre_envelope = true;
             let legacy = state.legacy_parts(&main).map_err(refused)?;
             saved.body = main;
             saved.version = 0;
@@ -639,8 +642,12 @@ pub async fn describe(
         return Ok(None);
     };
     let format = state.format();
-    let positions = if restored.positions.is_empty() {
+    let positions = if restored.pre_envelope {
         "positions unknown (written before positions were kept)".to_owned()
+    } else if restored.positions.is_empty() {
+        // A processor fed by sources without positions (`demo`, `stdin`,
+        // another processor's output) has none to keep.
+        "no positions".to_owned()
     } else {
         restored
             .positions

@@ -180,6 +180,8 @@ pub struct BuildContext {
     /// Cancelled (resolved) once every component is built, just before the
     /// tasks start; see [`BuildContext::started`].
     pub started: CancellationToken,
+    /// Cancelled once every sink is built; see [`BuildContext::serving`].
+    pub sinks_built: CancellationToken,
     /// For a source: whether a stateful processor, or a sink that keeps its
     /// input's order, reads what it emits (directly or through others). Such
     /// a source must deliver each partition in order, oldest first, as one
@@ -205,6 +207,16 @@ impl BuildContext {
     pub fn started(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let started = self.started.clone();
         async move { started.cancelled().await }
+    }
+
+    /// Resolves once every sink is built; never if one fails to build.
+    /// Sinks are built before sources and processors, and a source may
+    /// wait long for its group's lease or its server, so a server the
+    /// sinks share accepts from then: every sink's routes are mounted, and
+    /// `/health` can say why the pipeline is still starting.
+    pub fn serving(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let built = self.sinks_built.clone();
+        async move { built.cancelled().await }
     }
 }
 

@@ -79,6 +79,16 @@ impl Drop for Running {
 /// Starts `flowpulse run -c config` in `dir` and waits until it logs
 /// `listening` (with the bound address) and `pipeline started`.
 pub fn start(dir: &Path, config: &Path) -> Running {
+    start_waiting(dir, config, true)
+}
+
+/// The same, waiting only until it listens (the pipeline may still be
+/// waiting for a lease or a server).
+pub fn start_listening(dir: &Path, config: &Path) -> Running {
+    start_waiting(dir, config, false)
+}
+
+fn start_waiting(dir: &Path, config: &Path, until_started: bool) -> Running {
     let mut child = run_command(dir, config)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -102,7 +112,7 @@ pub fn start(dir: &Path, config: &Path) -> Running {
                 (v["fields"]["message"] == "listening")
                     .then(|| v["fields"]["address"].as_str()?.parse::<SocketAddr>().ok())?
             });
-            let started = lines.iter().any(|l| l.contains("pipeline started"));
+            let started = !until_started || lines.iter().any(|l| l.contains("pipeline started"));
             let token = lines
                 .iter()
                 .position(|l| l.starts_with("API token for"))

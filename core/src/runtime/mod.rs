@@ -117,14 +117,24 @@ impl Pipeline {
         let singletons = singleton_processors(&config, &partitioned);
         let topology = crate::topology::TopologyView::new(&config.components, &config.stores);
         let started = Shutdown::new();
+        let sinks_built = Shutdown::new();
         let mut built = Vec::new();
         let mut build_errors = Vec::new();
-        // Sources first: one may wait for a lease before the state that
-        // depends on it is restored.
+        // Sinks first, so that the HTTP API answers (and `/health` says
+        // why) while a source waits for a lease or for its server; then
+        // sources, since one may wait for a lease before the state that
+        // depends on it is restored; then processors.
         let mut build_order: Vec<&crate::config::ComponentSpec> =
             config.components.iter().collect();
-        build_order.sort_by_key(|spec| spec.role);
+        build_order.sort_by_key(|spec| match spec.role {
+            ComponentRole::Sink => 0,
+            ComponentRole::Source => 1,
+            ComponentRole::Processor => 2,
+        });
         for spec in build_order {
+            if spec.role != ComponentRole::Sink && build_errors.is_empty() {
+                sinks_built.cancel();
+            }
             let cx = BuildContext {
                 name: spec.name.clone(),
                 pipeline: config.pipeline.clone(),
@@ -136,6 +146,7 @@ impl Pipeline {
                 shutdown: shutdown.clone(),
                 topology: topology.clone(),
                 started: started.clone(),
+                sinks_built: sinks_built.clone(),
                 feeds_stateful: feeds_stateful.contains(&spec.name),
                 partitioned_readers: partitioned
                     .iter()

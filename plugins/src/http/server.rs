@@ -182,7 +182,7 @@ impl HttpServers {
             listener,
             options.cors_origins.clone(),
             counters,
-            cx.started(),
+            cx.serving(),
         ));
         servers.insert(options.address.clone(), Arc::clone(&server));
         Ok(server)
@@ -255,19 +255,19 @@ struct Counters {
     failed: Arc<Counter>,
 }
 
-/// Waits for the pipeline to start, then serves every mounted filter until
-/// the last mount is let go.
+/// Waits for every sink to be built (so every filter is mounted), then
+/// serves them until the last mount is let go.
 async fn serve(
     server: Arc<SharedServer>,
     listener: tokio::net::TcpListener,
     cors_origins: Vec<String>,
     counters: Counters,
-    started: impl std::future::Future<Output = ()>,
+    mounted: impl std::future::Future<Output = ()>,
 ) {
     // However this ends, the last mount's release stops waiting.
     let _finished = server.finished.clone().drop_guard();
     tokio::select! {
-        () = started => {}
+        () = mounted => {}
         () = server.released.cancelled() => return,
     }
     let (filters, routes) = {

@@ -169,7 +169,7 @@ fn alert_filter(query: &str) -> Result<AlertFilter, ApiError> {
 }
 
 /// Alerts, newest first.
-#[utoipa::path(get, path = "/api/v1/monitoring/alerts", tag = "alerts",
+#[utoipa::path(get, path = "/api/v1/monitoring/alerts", operation_id = "list_alerts", tag = "alerts",
     params(
         ("status" = Option<String>, Query, description = "Comma list of triggered, acknowledged, resolved"),
         ("severity" = Option<String>, Query, description = "critical, warning or info"),
@@ -228,7 +228,7 @@ pub struct AlertAnswer {
 }
 
 /// One alert with its history.
-#[utoipa::path(get, path = "/api/v1/monitoring/alerts/{id}", tag = "alerts",
+#[utoipa::path(get, path = "/api/v1/monitoring/alerts/{id}", operation_id = "get_alert", tag = "alerts",
     params(("id" = String, Path, description = "The alert's id")),
     responses(
         (status = 200, description = "The alert and its history", body = AlertWithHistoryAnswer),
@@ -302,7 +302,7 @@ fn answer(outcome: ChangeOutcome, id: &str) -> Result<Response, ApiError> {
 
 /// Acknowledges an alert: notifications about it stop until `until` (or
 /// until it resolves). Acknowledging again changes nothing.
-#[utoipa::path(post, path = "/api/v1/monitoring/alerts/{id}/acknowledge", tag = "alerts",
+#[utoipa::path(post, path = "/api/v1/monitoring/alerts/{id}/acknowledge", operation_id = "acknowledge_alert", tag = "alerts",
     params(("id" = String, Path, description = "The alert's id"),
            ("X-Requested-By" = Option<String>, Header, description = "Recorded as `api:NAME`")),
     request_body = AcknowledgeRequest,
@@ -346,7 +346,7 @@ pub async fn acknowledge(
 
 /// Resolves an alert by hand: it fires again only after its condition has
 /// cleared once.
-#[utoipa::path(post, path = "/api/v1/monitoring/alerts/{id}/resolve", tag = "alerts",
+#[utoipa::path(post, path = "/api/v1/monitoring/alerts/{id}/resolve", operation_id = "resolve_alert", tag = "alerts",
     params(("id" = String, Path, description = "The alert's id"),
            ("X-Requested-By" = Option<String>, Header, description = "Recorded as `api:NAME`")),
     request_body = ResolveRequest,

@@ -582,6 +582,28 @@ pub async fn control(
 #[allow(dead_code)]
 fn websocket_doc() {}
 
+/// The dashboard's page, as the OpenAPI document shows it.
+#[utoipa::path(get, path = "/", operation_id = "dashboard_page", tag = "dashboard",
+    responses(
+        (status = 200, description = "The dashboard's page (`text/html`), with an `ETag`"),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+        (status = 405, description = "`method_not_allowed`, with `Allow`", body = ErrorBody),
+    ))]
+#[allow(dead_code)]
+fn dashboard_doc() {}
+
+/// The dashboard's scripts and styles, as the OpenAPI document shows them.
+#[utoipa::path(get, path = "/assets/{file}", operation_id = "dashboard_asset", tag = "dashboard",
+    params(("file" = String, Path, description = "The asset's file name")),
+    responses(
+        (status = 200, description = "The asset, with its content type and an `ETag`"),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+        (status = 404, description = "`not_found`: no such asset", body = ErrorBody),
+        (status = 405, description = "`method_not_allowed`, with `Allow`", body = ErrorBody),
+    ))]
+#[allow(dead_code)]
+fn dashboard_asset_doc() {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -597,6 +619,8 @@ fn websocket_doc() {}
         metrics_text,
         control,
         websocket_doc,
+        dashboard_doc,
+        dashboard_asset_doc,
         super::alerts::list,
         super::alerts::one,
         super::alerts::acknowledge,
@@ -638,15 +662,33 @@ fn openapi_document(state: &RestState) -> utoipa::openapi::OpenApi {
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     let mounted = state.server.routes();
     let ws_item = doc.paths.paths.remove("/ws/monitoring");
-    if !state.prometheus {
-        doc.paths.paths.remove("/metrics");
-    }
+    // Only what is mounted: `/metrics` only with `prometheus`, the
+    // dashboard only beside a `dashboard` sink.
+    doc.paths
+        .paths
+        .retain(|path, _| mounted.iter().any(|route| &route.path == path));
+    // The other GET routes are the WebSocket sinks' (their paths are
+    // configured), each its own operation.
     if let Some(item) = ws_item {
         for route in &mounted {
             if route.method == Method::GET && !doc.paths.paths.contains_key(&route.path) {
-                doc.paths.paths.insert(route.path.clone(), item.clone());
+                let mut item = item.clone();
+                if let Some(get) = item.get.as_mut() {
+                    get.operation_id = Some(websocket_operation_id(&route.path));
+                }
+                doc.paths.paths.insert(route.path.clone(), item);
             }
         }
     }
     doc
+}
+
+/// A WebSocket path's operation id: `websocket` and the path's letters and
+/// digits (`/ws/monitoring` → `websocket_ws_monitoring`), unique per path.
+fn websocket_operation_id(path: &str) -> String {
+    let words: Vec<&str> = path
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    format!("websocket_{}", words.join("_"))
 }

@@ -191,7 +191,7 @@ fn checked(mut rule: Rule, channels: &[String]) -> Result<Rule, ApiError> {
 }
 
 /// Rules by name.
-#[utoipa::path(get, path = "/api/v1/monitoring/rules", tag = "rules",
+#[utoipa::path(get, path = "/api/v1/monitoring/rules", operation_id = "list_rules", tag = "rules",
     params(
         ("enabled" = Option<bool>, Query, description = "true or false"),
         ("severity" = Option<String>, Query, description = "critical, warning or info"),
@@ -281,7 +281,7 @@ pub async fn list(state: Arc<RestState>, query: String) -> Result<Response, ApiE
 }
 
 /// Creates a rule, or with `?dry_run=true` says what it would fire for now.
-#[utoipa::path(post, path = "/api/v1/monitoring/rules", tag = "rules",
+#[utoipa::path(post, path = "/api/v1/monitoring/rules", operation_id = "create_rule", tag = "rules",
     params(("dry_run" = Option<bool>, Query, description = "Check against the newest document; store nothing")),
     request_body = Rule,
     responses(
@@ -379,7 +379,7 @@ async fn fetch_rule(store: &Store, id: &str) -> Result<Rule, ApiError> {
 }
 
 /// One rule.
-#[utoipa::path(get, path = "/api/v1/monitoring/rules/{id}", tag = "rules",
+#[utoipa::path(get, path = "/api/v1/monitoring/rules/{id}", operation_id = "get_rule", tag = "rules",
     params(("id" = String, Path, description = "The rule's id")),
     responses(
         (status = 200, description = "The rule", body = RuleAnswer),
@@ -396,7 +396,7 @@ pub async fn one(state: Arc<RestState>, id: String) -> Result<Response, ApiError
 }
 
 /// Replaces a rule made over the API (config rules change only in the file).
-#[utoipa::path(put, path = "/api/v1/monitoring/rules/{id}", tag = "rules",
+#[utoipa::path(put, path = "/api/v1/monitoring/rules/{id}", operation_id = "replace_rule", tag = "rules",
     params(("id" = String, Path, description = "The rule's id")),
     request_body = Rule,
     responses(
@@ -435,7 +435,7 @@ fn config_rule(id: &str) -> ApiError {
 }
 
 /// Deletes a rule made over the API that has no open alerts.
-#[utoipa::path(delete, path = "/api/v1/monitoring/rules/{id}", tag = "rules",
+#[utoipa::path(delete, path = "/api/v1/monitoring/rules/{id}", operation_id = "delete_rule", tag = "rules",
     params(("id" = String, Path, description = "The rule's id")),
     responses(
         (status = 204, description = "Deleted"),
@@ -472,7 +472,7 @@ pub async fn remove(state: Arc<RestState>, id: String) -> Result<Response, ApiEr
 
 /// Mutes a rule (config rules too): its alerts are still evaluated, stored
 /// and shown, but notification sinks skip them until `until`.
-#[utoipa::path(post, path = "/api/v1/monitoring/rules/{id}/mute", tag = "rules",
+#[utoipa::path(post, path = "/api/v1/monitoring/rules/{id}/mute", operation_id = "mute_rule", tag = "rules",
     params(("id" = String, Path, description = "The rule's id")),
     request_body = MuteRequest,
     responses(
@@ -512,7 +512,7 @@ pub async fn mute(
 }
 
 /// Unmutes a rule.
-#[utoipa::path(delete, path = "/api/v1/monitoring/rules/{id}/mute", tag = "rules",
+#[utoipa::path(delete, path = "/api/v1/monitoring/rules/{id}/mute", operation_id = "unmute_rule", tag = "rules",
     params(("id" = String, Path, description = "The rule's id")),
     responses(
         (status = 200, description = "The rule, not muted", body = RuleAnswer),

@@ -67,6 +67,8 @@ fn error_frame(code: &str, message: &str) -> Arc<str> {
 enum Ending {
     /// The client left, or the connection failed.
     Gone,
+    /// The client closed: its Close frame is answered.
+    ClosedByClient,
     /// Close with this code and reason.
     Close(u16, &'static str),
 }
@@ -131,7 +133,7 @@ pub async fn serve(socket: WebSocket, hub: Arc<Hub>, client: Arc<Client>, settin
                 };
                 heard_since_ping = true;
                 if message.is_close() {
-                    break Ending::Gone;
+                    break Ending::ClosedByClient;
                 }
                 if message.as_bytes().len() > MAX_CLIENT_MESSAGE {
                     break Ending::Close(1009, "message too big");
@@ -154,10 +156,18 @@ pub async fn serve(socket: WebSocket, hub: Arc<Hub>, client: Arc<Client>, settin
             }
         }
     };
-    if let Ending::Close(code, reason) = ending {
-        let _ =
-            tokio::time::timeout(CLOSE_TIMEOUT, tx.send(Message::close_with(code, reason))).await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, tx.close()).await;
+    match ending {
+        Ending::Close(code, reason) => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, tx.send(Message::close_with(code, reason)))
+                .await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, tx.close()).await;
+        }
+        // The library queued the answering Close frame as it read the
+        // client's; closing sends it, for a clean close (RFC 6455 §5.5.1).
+        Ending::ClosedByClient => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, tx.close()).await;
+        }
+        Ending::Gone => {}
     }
 }
 
