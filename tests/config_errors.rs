@@ -94,6 +94,68 @@ fn wrong_value_type_is_reported_at_the_value() {
 }
 
 #[test]
+fn every_problem_of_one_table_is_reported_at_once() {
+    let errors: Vec<Diagnostic> = diagnostics(&format!(
+        "[pipeline]\nshutdown_deadline = \"5 parsecs\"\nfavourite = 1\n\n\
+         [sources.in]\ntype = \"demo\"\nrate = \"fast\"\nsed = 3\nworkflows_in_flight = -2\n{SINK}"
+    ))
+    .into_iter()
+    .filter(|d| d.level == Level::Error)
+    .collect();
+    let found: Vec<(usize, &str)> = errors
+        .iter()
+        .map(|d| (d.line, d.message.as_str()))
+        .collect();
+    let has = |line: usize, text: &str| {
+        assert!(
+            found.iter().any(|(l, m)| *l == line && m.contains(text)),
+            "no `{text}` on line {line}: {errors:#?}"
+        )
+    };
+    has(2, "5 parsecs");
+    has(3, "unknown field `favourite`");
+    has(7, "invalid type: string \"fast\"");
+    has(8, "unknown field `sed`");
+    has(9, "invalid value: integer `-2`");
+    assert_eq!(errors.len(), 5, "{errors:#?}");
+}
+
+#[test]
+fn a_bad_buffer_or_when_full_names_its_component() {
+    let errors: Vec<Diagnostic> = diagnostics(
+        "[sources.in]\ntype = \"demo\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\nbuffer = \"big\"\nwhen_full = \"explode\"\n",
+    )
+    .into_iter()
+    .filter(|d| d.level == Level::Error)
+    .collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    for (d, line) in errors.iter().zip([7, 8]) {
+        assert_eq!(d.line, line, "{d}");
+        assert!(d.message.starts_with("sink \"out\": "), "{d}");
+    }
+}
+
+#[test]
+fn a_required_key_with_a_bad_value_is_reported_once_not_also_as_missing() {
+    let errors: Vec<Diagnostic> = diagnostics(&format!(
+        "[sources.in]\ntype = \"file\"\npath = 5\nfolow = true\n{SINK}"
+    ))
+    .into_iter()
+    .filter(|d| d.level == Level::Error)
+    .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|d| d.line == 3 && d.message.contains("invalid type")),
+        "{errors:#?}"
+    );
+    assert!(
+        !errors.iter().any(|d| d.message.contains("missing field")),
+        "{errors:#?}"
+    );
+}
+
+#[test]
 fn dangling_input_suggests_the_nearest_name() {
     let d = only_error("[sources.events]\ntype = \"demo\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"evnts\"]\n");
     assert_eq!(at(&d), (6, 11));
@@ -154,6 +216,19 @@ fn missing_variable_is_named_at_its_position() {
             .contains("environment variable EVENTS_FILE is not set"),
         "{d}"
     );
+}
+
+#[test]
+fn a_bare_variable_that_does_not_parse_is_named_without_its_value() {
+    // `many` is not a TOML value: the document itself does not parse.
+    let d = only_error(&format!(
+        "[sources.in]\ntype = \"demo\"\nrate = ${{BATCH}}\n{SINK}"
+    ));
+    assert_eq!(at(&d), (3, 8));
+    let help = d.help.clone().unwrap_or_default();
+    assert!(help.contains("${BATCH}"), "{d}");
+    assert!(help.contains("\"${BATCH}\""), "{d}");
+    assert!(!d.to_string().contains("many"), "{d}");
 }
 
 #[test]

@@ -41,6 +41,15 @@ impl Interpolated {
         (offset as isize + shift).max(0) as usize
     }
 
+    /// The range in the original text of the `${…}` reference whose value
+    /// sits at `offset` of the substituted text, if one does.
+    pub fn reference_at(&self, offset: usize) -> Option<std::ops::Range<usize>> {
+        self.substitutions
+            .iter()
+            .find(|&&(new_start, new_end, _, _)| new_start <= offset && offset < new_end)
+            .map(|&(_, _, orig_start, orig_end)| orig_start..orig_end)
+    }
+
     /// Replaces every substituted value in `message` with `***`.
     pub fn redact(&self, message: &str) -> String {
         let mut out = message.to_owned();

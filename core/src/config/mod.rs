@@ -352,7 +352,18 @@ impl Parser<'_> {
 
     fn toml_error(&mut self, e: &toml::de::Error, fallback: usize) {
         let offset = e.span().map_or(fallback, |s| s.start);
-        self.error_at(offset, e.message().trim().to_owned(), None);
+        // A bare `${VAR}` is substituted as it is: say so where its value
+        // does not parse (without the value, which may be a secret).
+        let help = self
+            .interpolated
+            .reference_at(offset)
+            .and_then(|range| self.source.text.get(range))
+            .map(|reference| {
+                format!(
+                    "this value comes from {reference}, substituted as it is: a bare reference must hold a number, `true` or `false`; quote it (\"{reference}\") for text"
+                )
+            });
+        self.error_at(offset, e.message().trim().to_owned(), help);
     }
 
     fn root(&mut self, root: Spanned<DeTable<'_>>) -> PipelineConfig {
@@ -484,11 +495,29 @@ impl Parser<'_> {
         &mut self,
         value: &Spanned<DeValue<'_>>,
     ) -> Option<T> {
-        let de = toml::de::ValueDeserializer::from(value.clone());
-        match T::deserialize(de) {
+        match parse_every_problem(value, |de| T::deserialize(de)) {
+            Ok(v) => Some(v),
+            Err(errors) => {
+                for e in &errors {
+                    self.toml_error(e, value.span().start);
+                }
+                None
+            }
+        }
+    }
+
+    /// [`Self::deserialize`] of a component's key: its errors name the
+    /// component (`label`).
+    fn deserialize_in<T: serde::de::DeserializeOwned>(
+        &mut self,
+        label: &str,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Option<T> {
+        match T::deserialize(toml::de::ValueDeserializer::from(value.clone())) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.toml_error(&e, value.span().start);
+                let at = e.span().map_or(value.span().start, |s| s.start);
+                self.error_at(at, format!("{label}: {}", e.message().trim()), None);
                 None
             }
         }
@@ -672,7 +701,7 @@ impl Parser<'_> {
 
         let buffer = match table.get("buffer") {
             None => DEFAULT_BUFFER,
-            Some(v) => match self.deserialize::<usize>(v) {
+            Some(v) => match self.deserialize_in::<usize>(&label, v) {
                 Some(0) => {
                     self.error_at(
                         v.span().start,
@@ -691,10 +720,12 @@ impl Parser<'_> {
         };
         let when_full = match table.get("when_full") {
             None => WhenFull::Block,
-            Some(v) => self.deserialize::<WhenFull>(v).unwrap_or_else(|| {
-                ok = false;
-                WhenFull::Block
-            }),
+            Some(v) => self
+                .deserialize_in::<WhenFull>(&label, v)
+                .unwrap_or_else(|| {
+                    ok = false;
+                    WhenFull::Block
+                }),
         };
 
         let mut options = table.clone();
@@ -702,15 +733,14 @@ impl Parser<'_> {
             options.remove(key);
         }
         let options = Spanned::new(body.span(), DeValue::Table(options));
-        let config = plugin.and_then(|plugin| {
-            match (plugin.parse)(toml::de::ValueDeserializer::from(options)) {
-                Ok(config) => Some(config),
-                Err(e) => {
-                    let fallback = offset;
-                    let offset = e.span().map_or(fallback, |s| s.start);
-                    self.error_at(offset, format!("{label}: {}", e.message().trim()), None);
-                    None
+        let config = plugin.and_then(|plugin| match parse_every_problem(&options, plugin.parse) {
+            Ok(config) => Some(config),
+            Err(errors) => {
+                for e in errors {
+                    let at = e.span().map_or(offset, |s| s.start);
+                    self.error_at(at, format!("{label}: {}", e.message().trim()), None);
                 }
+                None
             }
         });
         let (Some(config), Some((type_name, _)), true) = (config, type_name, ok) else {
@@ -734,6 +764,55 @@ impl Parser<'_> {
             input_offsets,
         })
     }
+}
+
+/// The most problems reported for one table.
+const MAX_PROBLEMS_PER_TABLE: usize = 20;
+
+/// Deserializes `value` with `parse`, reporting every key's problem at once
+/// rather than the first only (serde stops at the first): where `parse`
+/// fails on one key of a table, it is tried again without that key. A
+/// later error about a key taken out (a required key, now missing) is an
+/// echo of the first, and ends the search.
+fn parse_every_problem<T>(
+    value: &Spanned<DeValue<'_>>,
+    parse: impl Fn(toml::de::ValueDeserializer<'_>) -> Result<T, toml::de::Error>,
+) -> Result<T, Vec<toml::de::Error>> {
+    let first = match parse(toml::de::ValueDeserializer::from(value.clone())) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let DeValue::Table(table) = value.get_ref() else {
+        return Err(vec![first]);
+    };
+    let mut table = table.clone();
+    let mut removed: Vec<String> = Vec::new();
+    let mut errors = Vec::new();
+    let mut next = Some(first);
+    while let Some(e) = next.take() {
+        if removed.iter().any(|key| {
+            e.message()
+                .trim()
+                .starts_with(&format!("missing field `{key}`"))
+        }) {
+            break;
+        }
+        let culprit = e.span().and_then(|at| {
+            table
+                .iter()
+                .find(|(k, v)| k.span().contains(&at.start) || v.span().contains(&at.start))
+                .map(|(k, _)| k.get_ref().to_string())
+        });
+        errors.push(e);
+        let Some(key) = culprit.filter(|_| errors.len() < MAX_PROBLEMS_PER_TABLE) else {
+            break;
+        };
+        table.remove(key.as_str());
+        removed.push(key);
+        let rest = Spanned::new(value.span(), DeValue::Table(table.clone()));
+        next = parse(toml::de::ValueDeserializer::from(rest)).err();
+    }
+    Err(errors)
 }
 
 fn known_types(role: ComponentRole) -> Vec<&'static str> {

@@ -291,10 +291,26 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let mut error =
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", inner.to_string());
-            if let Some(field) = unknown_field(&inner.to_string()).or((path != ".").then_some(path))
-            {
+            let message = inner.to_string();
+            let at_root = path == "." || path == "?";
+            if at_root && inner.is_data() && !body.trim_ascii_start().starts_with(b"{") {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    "the body must be a JSON object",
+                ));
+            }
+            // Named from the root (`condition.durationms`), and only where
+            // a field is to blame, not the syntax.
+            let field = match unknown_field(&message) {
+                Some(name) if at_root => Some(name),
+                Some(name) if path.ends_with(&name) => Some(path),
+                Some(name) => Some(format!("{path}.{name}")),
+                None if inner.is_data() && !at_root => Some(path),
+                None => None,
+            };
+            let mut error = ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message);
+            if let Some(field) = field {
                 error = error.field(field);
             }
             Err(error)
@@ -376,6 +392,27 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("action"));
         let e = parse_json::<Body>(b"{\n\"action\"").unwrap_err();
         assert!(e.message.contains("line 2"), "{}", e.message);
+        // Truncated: the syntax is to blame, no field.
+        assert_eq!(e.field, None);
+        let e = parse_json::<Body>(b"[]").unwrap_err();
+        assert_eq!(e.message, "the body must be a JSON object");
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        condition: Body,
+    }
+
+    #[test]
+    fn a_nested_field_is_named_from_the_root() {
+        let e = parse_json::<Outer>(br#"{"condition": {"action": "x", "colour": 1}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("condition.colour"));
+        let e = parse_json::<Outer>(br#"{"condition": {}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("condition.action"));
+        let e = parse_json::<Outer>(br#"{"condition": {"action": 3}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("condition.action"));
     }
 
     #[tokio::test]
