@@ -118,6 +118,9 @@ fn every_problem_of_one_table_is_reported_at_once() {
     has(8, "unknown field `sed`");
     has(9, "invalid value: integer `-2`");
     assert_eq!(errors.len(), 5, "{errors:#?}");
+    // In the order of the file.
+    let lines: Vec<usize> = errors.iter().map(|d| d.line).collect();
+    assert_eq!(lines, [2, 3, 7, 8, 9]);
 }
 
 #[test]
@@ -328,12 +331,14 @@ fn cycle_through_a_component_with_a_field_error_is_reported_with_it() {
         .filter(|d| d.level == Level::Error)
         .collect();
     assert_eq!(errors.len(), 2, "{errors:#?}");
+    // In the order of the file: the cycle where `a` is declared, then the
+    // unknown key below it.
     assert!(
-        errors[0].message.contains("unknown field `speed`"),
+        errors[0].message.contains("cycle in the pipeline") && errors[0].line == 4,
         "{errors:#?}"
     );
     assert!(
-        errors[1].message.contains("cycle in the pipeline"),
+        errors[1].message.contains("unknown field `speed`") && errors[1].line == 7,
         "{errors:#?}"
     );
 }

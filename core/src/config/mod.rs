@@ -309,6 +309,8 @@ impl PipelineConfig {
                 None
             }
         };
+        // In the order of the file, whatever order they were found in.
+        parser.diagnostics.sort_by_key(|d| (d.line, d.column));
         let errors = parser.diagnostics.iter().any(|d| d.level == Level::Error);
         match config {
             Some(mut config) if !errors => {
