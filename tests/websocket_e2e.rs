@@ -124,6 +124,12 @@ async fn a_client_is_greeted_then_gets_the_newest_metrics_and_answers_to_its_mes
         ("not json", "invalid_json"),
         (r#"{"type":"dance"}"#, "unknown_type"),
         (r#"{"channels":["metrics"]}"#, "missing_field"),
+        (r#"{"type":7}"#, "invalid_field"),
+        (r#"{"type":"subscribe"}"#, "missing_field"),
+        (
+            r#"{"type":"subscribe","channels":"metrics"}"#,
+            "invalid_field",
+        ),
     ] {
         socket.send(Message::text(bad)).await.unwrap();
         let error = next_of(&mut socket, "error").await;
@@ -157,7 +163,7 @@ async fn a_client_is_greeted_then_gets_the_newest_metrics_and_answers_to_its_mes
 
     let live = &status(&server).await["components"]["live"];
     assert_eq!(
-        live["messages_refused"], 4,
+        live["messages_refused"], 7,
         "every refused message is counted: {live}"
     );
 

@@ -189,7 +189,10 @@ fn answer(hub: &Hub, client: &Client, settings: &Settings, bytes: &[u8]) {
         return;
     };
     let Some(kind) = message.get("type").and_then(Value::as_str) else {
-        refuse("missing_field", "the message has no string `type`");
+        match message.get("type") {
+            None => refuse("missing_field", "the message has no `type`"),
+            Some(_) => refuse("invalid_field", "`type` must be a string"),
+        }
         return;
     };
     let subscribe = match kind {
@@ -209,10 +212,11 @@ fn answer(hub: &Hub, client: &Client, settings: &Settings, bytes: &[u8]) {
         }
     };
     let Some(names) = message.get("channels").and_then(Value::as_array) else {
-        refuse(
-            "missing_field",
-            "`channels` must be an array of channel names",
-        );
+        let code = match message.get("channels") {
+            None => "missing_field",
+            Some(_) => "invalid_field",
+        };
+        refuse(code, "`channels` must be an array of channel names");
         return;
     };
     let mut unknown = Vec::new();
