@@ -158,6 +158,89 @@ address = "127.0.0.1:0"
 }
 
 #[tokio::test]
+async fn a_standby_instance_waiting_for_the_lease_is_healthy_and_initializing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = redis_url();
+    let stream = format!("{}:events", prefix(&url, "standby"));
+    // Another live instance (consumer "a") holds the group's lease for a minute.
+    let lease = format!("flowpulse:lease:flowpulse:{stream}");
+    let mut redis = connection(&url);
+    let _: () = redis::cmd("SET")
+        .arg(&lease)
+        .arg("0123:a")
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut redis)
+        .unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[pipeline]
+data_dir = "{data}"
+
+[sources.events]
+type = "redis_stream"
+url = "{url}"
+stream = "{stream}"
+consumer = "b"
+
+[processors.metrics]
+type = "aggregate"
+inputs = ["events"]
+
+[sinks.api]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+"#,
+            data = dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let server = start_listening(dir.path(), &config);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("holds this group's lease"))
+    {
+        assert!(Instant::now() < deadline, "never waited for the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let health = http
+        .get(server.url("/api/v1/monitoring/health"))
+        .send()
+        .await
+        .expect("an answer while the instance waits");
+    assert_eq!(health.status(), 200);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(
+        (
+            body["healthy"].as_bool(),
+            body["aggregator_ready"].as_bool()
+        ),
+        (Some(true), Some(false)),
+        "{body}"
+    );
+    let status: Value = http
+        .get(server.url("/api/v1/monitoring/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "initializing", "{status}");
+    assert!(server.stop().success());
+    let _: () = redis::cmd("DEL").arg(&lease).query(&mut redis).unwrap();
+}
+
+#[tokio::test]
 async fn the_openapi_document_describes_the_dashboard_as_pages_and_each_operation_once() {
     let dir = tempfile::tempdir().unwrap();
     let sinks = rest_and_websocket("").replace("[sinks.live]", "dashboard = true\n\n[sinks.live]");
