@@ -93,41 +93,37 @@ async fn call(
     (status, headers, body)
 }
 
+/// `redis_stream` (with `source`'s settings) → `aggregate` → `rest`: the
+/// source must take its group's lease before the pipeline starts.
+fn leased_pipeline(dir: &std::path::Path, source: &str) -> std::path::PathBuf {
+    let config = dir.join("pipeline.toml");
+    let text = format!(
+        "[pipeline]\ndata_dir = \"{}\"\n\n[sources.events]\ntype = \"redis_stream\"\n{source}\n\n\
+         [processors.metrics]\ntype = \"aggregate\"\ninputs = [\"events\"]\n\n\
+         [sinks.api]\ntype = \"rest\"\ninputs = [\"metrics\"]\naddress = \"127.0.0.1:0\"\n",
+        dir.join("data").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// A client that gives up after 5 s: a server that accepted and never
+/// answered would otherwise hang the test.
+fn probe_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn health_answers_while_a_source_waits_for_its_redis_at_start() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on port 1: the source (the reader of a stateful
     // processor) keeps trying to take its lease, and the pipeline waits.
-    let config = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[pipeline]
-data_dir = "{data}"
-
-[sources.events]
-type = "redis_stream"
-url = "redis://127.0.0.1:1"
-
-[processors.metrics]
-type = "aggregate"
-inputs = ["events"]
-
-[sinks.api]
-type = "rest"
-inputs = ["metrics"]
-address = "127.0.0.1:0"
-"#,
-            data = dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let config = leased_pipeline(dir.path(), "url = \"redis://127.0.0.1:1\"");
     let server = start_listening(dir.path(), &config);
-    // A server that accepted and never answered would hang a probe.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let http = probe_client();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let response = http
@@ -172,32 +168,10 @@ async fn a_standby_instance_waiting_for_the_lease_is_healthy_and_initializing() 
         .arg(60_000)
         .query(&mut redis)
         .unwrap();
-    let config = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[pipeline]
-data_dir = "{data}"
-
-[sources.events]
-type = "redis_stream"
-url = "{url}"
-stream = "{stream}"
-consumer = "b"
-
-[processors.metrics]
-type = "aggregate"
-inputs = ["events"]
-
-[sinks.api]
-type = "rest"
-inputs = ["metrics"]
-address = "127.0.0.1:0"
-"#,
-            data = dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let config = leased_pipeline(
+        dir.path(),
+        &format!("url = \"{url}\"\nstream = \"{stream}\"\nconsumer = \"b\""),
+    );
     let server = start_listening(dir.path(), &config);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !server
@@ -208,10 +182,7 @@ address = "127.0.0.1:0"
         assert!(Instant::now() < deadline, "never waited for the lease");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let http = probe_client();
     let health = http
         .get(server.url("/api/v1/monitoring/health"))
         .send()
