@@ -222,6 +222,21 @@ fn missing_variable_is_named_at_its_position() {
 }
 
 #[test]
+fn an_unset_variable_is_the_only_error_of_its_line() {
+    // Empty, the URL would not parse either; saying so would point away
+    // from the unset variable. An error of another line still shows.
+    let all: Vec<_> = diagnostics(&format!(
+        "[sources.in]\ntype = \"demo\"\nrate = 0\n\n[sources.more]\ntype = \"redis_stream\"\nurl = \"${{STREAM_URL}}\"\nstream = \"s\"\n{SINK}"
+    ))
+    .into_iter()
+    .filter(|d| d.level == Level::Error)
+    .collect();
+    let lines: Vec<usize> = all.iter().map(|d| d.line).collect();
+    assert_eq!(lines, [3, 7], "{all:#?}");
+    assert!(all[1].message.contains("STREAM_URL is not set"), "{all:#?}");
+}
+
+#[test]
 fn a_bare_variable_that_does_not_parse_is_named_without_its_value() {
     // `many` is not a TOML value: the document itself does not parse.
     let d = only_error(&format!(

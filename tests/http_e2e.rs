@@ -732,6 +732,29 @@ async fn control_without_redis_answers_503_writes_nothing_and_recovers_when_redi
     let config = write_config(dir.path(), "", "1s", &sinks);
     let server = start(dir.path(), &config);
     let http = reqwest::Client::new();
+    // Found at start, before anyone asks for control.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health: Value = http
+            .get(server.url("/api/v1/monitoring/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if health["healthy"] == false {
+            assert!(
+                health["checks"]
+                    .to_string()
+                    .contains(&format!("127.0.0.1:{port}")),
+                "{health}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not found at start: {health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for _ in 0..3 {
         let response = http
             .post(server.url("/api/v1/workflows/wf-1/control"))
@@ -1329,6 +1352,47 @@ async fn on_the_default_pipeline_a_rule_posted_at_runtime_fires_and_is_acknowled
             .unwrap()
             .contains("dashboard"),
         "{body}"
+    );
+    // A value of the wrong type or out of range is the rule's fault too
+    // (`invalid_rule`); only a body that is not JSON is `invalid_json`.
+    let condition = json!({"metric": "overview.total_workflows", "operator": ">", "value": 0});
+    let bad_severity = json!({"name": "x", "severity": "urgent", "condition": condition});
+    let mut bad_duration = bad_severity.clone();
+    bad_duration["severity"] = json!("info");
+    bad_duration["condition"]["duration_ms"] = json!(-5);
+    let mut bad_template = bad_duration.clone();
+    bad_template["condition"]["duration_ms"] = json!(0);
+    bad_template["message"] = json!("{{nope}} at {{value}}");
+    for (body, field) in [
+        (bad_severity, "severity"),
+        (bad_duration, "condition.duration_ms"),
+        (bad_template, "message"),
+    ] {
+        let (status, _, answer) = call(&server, &spec, post(body), "post", rules).await;
+        assert_eq!(
+            (
+                status,
+                answer["error"]["code"].as_str(),
+                answer["error"]["field"].as_str()
+            ),
+            (400, Some("invalid_rule"), Some(field)),
+            "{answer}"
+        );
+    }
+    let (status, _, answer) = call(
+        &server,
+        &spec,
+        http.post(server.url(rules))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body("{\"name\": "),
+        "post",
+        rules,
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("invalid_json"))
     );
 
     let rule = json!({"name": "Any workflow", "severity": "warning", "channels": ["dashboard"],

@@ -677,6 +677,59 @@ address = "127.0.0.1:0"
 }
 
 #[tokio::test]
+async fn credentials_the_smtp_server_offers_no_login_for_fail_the_notice_at_once() {
+    // The test server offers no AUTH, so lettre cannot log in: a setting no
+    // retry changes. The first retry is an hour away, so a notice given up
+    // within the test's deadline was given up without one.
+    let smtp = SmtpServer::start(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = format!(
+        r#"[processors.alerts]
+type = "alert_rules"
+inputs = ["metrics"]
+
+[[processors.alerts.rules]]
+name = "too many workflows"
+severity = "critical"
+condition = {{ metric = "overview.total_workflows", operator = ">", value = 5 }}
+channels = ["mail"]
+
+[sinks.mail]
+type = "email"
+inputs = ["alerts"]
+smtp_url = "smtp://alerts:Sm7pPassw0rd@{addr}"
+from = "flowpulse@example.com"
+to = ["oncall@example.com"]
+retry_initial = "1h"
+retry_max = "1h"
+
+[sinks.api]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+"#,
+        addr = smtp.addr,
+    );
+    let config = write_config(dir.path(), "", "200ms", &sinks);
+    let server = start(dir.path(), &config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let given_up = |log: &str| log.contains("notice not delivered, given up");
+    while !given_up(&server.log_lines().join("\n")) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = server.log_lines().join("\n");
+    drop(server);
+    assert!(given_up(&log), "the notice is given up at once: {log}");
+    assert!(
+        log.contains("No compatible authentication mechanism"),
+        "the reason is logged: {log}"
+    );
+    assert!(!log.contains("retrying"), "nothing is retried: {log}");
+    assert!(!log.contains("Sm7pPassw0rd"), "the password is not logged");
+    assert!(smtp.mails.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn channels_and_min_severity_route_and_a_burst_reaches_slack_as_at_most_two_messages() {
     let slack = Receiver::start(|_| Answer::Status(200)).await;
     let hook = Receiver::start(|_| Answer::Status(200)).await;

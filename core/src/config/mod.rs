@@ -297,6 +297,7 @@ impl PipelineConfig {
             diagnostics: Vec::new(),
         };
         let (interpolated, errors) = interpolate(text, env);
+        let unresolved = errors.len();
         for e in errors {
             parser.push(e.span.start, Level::Error, e.message, None);
         }
@@ -309,6 +310,17 @@ impl PipelineConfig {
                 None
             }
         };
+        // A value whose variable is not set is empty: what the key then
+        // says of it (`not a valid URL`) would point away from the cause.
+        let unset_lines: std::collections::HashSet<usize> = parser.diagnostics[..unresolved]
+            .iter()
+            .map(|d| d.line)
+            .collect();
+        let mut index = 0;
+        parser.diagnostics.retain(|d| {
+            index += 1;
+            index <= unresolved || !unset_lines.contains(&d.line)
+        });
         // In the order of the file, whatever order they were found in.
         parser.diagnostics.sort_by_key(|d| (d.line, d.column));
         let errors = parser.diagnostics.iter().any(|d| d.level == Level::Error);

@@ -211,6 +211,16 @@ const DRAIN_LIMIT: u64 = 1024 * 1024;
 /// taken too; a refused body is drained (up to 1 MiB) so that the client
 /// reads the answer.
 pub fn json_body<T: DeserializeOwned + Send + 'static>(max_body: ByteSize) -> BoxedFilter<(T,)> {
+    json_body_as(max_body, "invalid_json")
+}
+
+/// [`json_body`], answering a body that is JSON but whose field is wrong
+/// (a bad value, a missing or unknown field) with `field_code` rather than
+/// `invalid_json`, as `invalid_rule` for a rule.
+pub fn json_body_as<T: DeserializeOwned + Send + 'static>(
+    max_body: ByteSize,
+    field_code: &'static str,
+) -> BoxedFilter<(T,)> {
     let max = max_body.as_u64();
     warp::header::optional::<String>("content-type")
         .and(warp::header::optional::<u64>("content-length"))
@@ -243,7 +253,7 @@ pub fn json_body<T: DeserializeOwned + Send + 'static>(max_body: ByteSize) -> Bo
                         "the body must be JSON with `Content-Type: application/json`",
                     )));
                 }
-                parse_json(&bytes).map_err(Rejection::from)
+                parse_json_as(&bytes, field_code).map_err(Rejection::from)
             },
         )
         .boxed()
@@ -285,6 +295,14 @@ where
 
 /// Parses a JSON body, naming the offending field where serde knows it.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    parse_json_as(body, "invalid_json")
+}
+
+/// [`parse_json`], with `field_code` for an error a field is to blame for.
+pub fn parse_json_as<T: DeserializeOwned>(
+    body: &[u8],
+    field_code: &'static str,
+) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     match serde_path_to_error::deserialize(&mut de) {
         Ok(value) => Ok(value),
@@ -307,13 +325,17 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
                 Some(name) if path.ends_with(&name) => Some(path),
                 Some(name) => Some(format!("{path}.{name}")),
                 None if inner.is_data() && !at_root => Some(path),
+                // A number past f64's range is a value, though serde_json
+                // calls it syntax.
+                None if message.starts_with("number out of range") && !at_root => Some(path),
                 None => None,
             };
-            let mut error = ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message);
-            if let Some(field) = field {
-                error = error.field(field);
-            }
-            Err(error)
+            Err(match field {
+                Some(field) => {
+                    ApiError::new(StatusCode::BAD_REQUEST, field_code, message).field(field)
+                }
+                None => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message),
+            })
         }
     }
 }
@@ -413,6 +435,39 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("condition.action"));
         let e = parse_json::<Outer>(br#"{"condition": {"action": 3}}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("condition.action"));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Numbers {
+        value: f64,
+    }
+
+    #[test]
+    fn a_field_error_takes_the_routes_code_and_syntax_stays_invalid_json() {
+        let e =
+            parse_json_as::<Outer>(br#"{"condition": {"action": 3}}"#, "invalid_rule").unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("invalid_rule", Some("condition.action"))
+        );
+        let e =
+            parse_json_as::<Outer>(br#"{"condition": {"action": "#, "invalid_rule").unwrap_err();
+        assert_eq!((e.code, e.field), ("invalid_json", None));
+        let e = parse_json_as::<Outer>(b"[]", "invalid_rule").unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        // Out of f64's range: the value is to blame.
+        let e = parse_json_as::<Numbers>(br#"{"value": 1e400}"#, "invalid_rule").unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("invalid_rule", Some("value"))
+        );
+        assert_eq!(
+            parse_json::<Numbers>(br#"{"value": 1e400}"#)
+                .unwrap_err()
+                .code,
+            "invalid_json"
+        );
     }
 
     #[tokio::test]

@@ -392,7 +392,7 @@ impl AlertRulesProcessor {
             }
             // The same checks as the API's: a row edited by hand to name a
             // sink that is gone, say, is skipped rather than half-applied.
-            let problems = rule.problems(&self.known_channels);
+            let problems = rule.lasting_problems(&self.known_channels);
             let checked = match problems.first() {
                 Some(p) => Err(format!("`{}`: {}", p.field, p.message)),
                 None => CompiledRule::new(rule).map_err(|e| e.to_string()),

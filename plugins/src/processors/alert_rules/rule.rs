@@ -164,6 +164,15 @@ impl Rule {
     /// Every problem found without I/O; `channels` must name one of
     /// `known_channels` (the notification sinks, and `dashboard`).
     pub fn problems(&self, known_channels: &[String]) -> Vec<RuleProblem> {
+        let mut problems = self.lasting_problems(known_channels);
+        problems.extend(self.admission_problems());
+        problems
+    }
+
+    /// What makes a rule unusable, checked again on every rule read from a
+    /// store: a rule stored by an earlier version that fails only the
+    /// [`Self::admission_problems`] added since keeps firing.
+    pub fn lasting_problems(&self, known_channels: &[String]) -> Vec<RuleProblem> {
         let mut problems = Vec::new();
         let mut problem = |field: &str, message: String| {
             problems.push(RuleProblem {
@@ -212,13 +221,74 @@ impl Rule {
         problems
     }
 
+    /// Mistakes a new or changed rule is refused for: a blank name, a
+    /// message template with a placeholder it cannot fill, a runbook that
+    /// is not a web address, hysteresis on the wrong side of the threshold.
+    fn admission_problems(&self) -> Vec<RuleProblem> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            problems.push(RuleProblem {
+                field: field.to_owned(),
+                message,
+            })
+        };
+        if !self.name.is_empty() && self.name.trim().is_empty() {
+            problem("name", "must not be blank".into());
+        }
+        if let Some(message) = self.message.as_deref().and_then(template_problem) {
+            problem("message", message);
+        }
+        if let Some(url) = &self.runbook_url {
+            let web = reqwest::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if !web {
+                problem(
+                    "runbook_url",
+                    format!("`{url}` is not an http:// or https:// address"),
+                );
+            }
+        }
+        let Condition {
+            operator,
+            value,
+            resolve_value,
+            ..
+        } = &self.condition;
+        if let Some(resolve) = resolve_value.filter(|r| r.is_finite() && value.is_finite()) {
+            // Firing while `metric OP value` holds and resolving once
+            // `metric OP resolve_value` no longer does: past the threshold,
+            // a rule would resolve as soon as it fired.
+            let wrong_side = match operator {
+                Operator::Gt | Operator::Ge => resolve > *value,
+                Operator::Lt | Operator::Le => resolve < *value,
+                Operator::Eq | Operator::Ne => false,
+            };
+            if wrong_side {
+                let (side, word) = match operator {
+                    Operator::Gt | Operator::Ge => ("at most", "above"),
+                    _ => ("at least", "below"),
+                };
+                problem(
+                    "condition.resolve_value",
+                    format!(
+                        "must be {side} the threshold {} (it fires {word} it and resolves \
+                         once past `resolve_value`), not {}",
+                        format_number(*value),
+                        format_number(resolve)
+                    ),
+                );
+            }
+        }
+        problems
+    }
+
     /// The message of an alert: the template filled in, or a default.
     pub fn render_message(&self, instance: &str, metric: &str, value: Option<f64>) -> String {
-        let value_text = value.map_or_else(|| "no value".to_owned(), |v| format!("{v}"));
+        let value_text = value.map_or_else(|| "no value".to_owned(), format_number);
         match &self.message {
             Some(template) => template
                 .replace("{{value}}", &value_text)
-                .replace("{{threshold}}", &format!("{}", self.condition.value))
+                .replace("{{threshold}}", &format_number(self.condition.value))
                 .replace("{{instance}}", instance)
                 .replace("{{metric}}", metric)
                 .replace("{{rule}}", &self.name),
@@ -226,9 +296,48 @@ impl Rule {
                 "{}: {metric} is {value_text} ({} {})",
                 self.name,
                 self.condition.operator.as_str(),
-                self.condition.value
+                format_number(self.condition.value)
             ),
         }
+    }
+}
+
+/// The placeholders a message template may use.
+pub const PLACEHOLDERS: [&str; 5] = ["value", "threshold", "instance", "metric", "rule"];
+
+/// What is wrong with a message template, if anything: a `{{` that is not
+/// closed, or a placeholder that is not one of [`PLACEHOLDERS`] (either
+/// would reach every notification as written).
+fn template_problem(template: &str) -> Option<String> {
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Some(format!(
+                "`{{{{` at character {} is not closed with `}}}}`",
+                template.len() - rest.len() + start + 1
+            ));
+        };
+        let name = after[..end].trim();
+        if !PLACEHOLDERS.contains(&name) {
+            return Some(format!(
+                "`{{{{{name}}}}}` is not a placeholder; known: {}",
+                PLACEHOLDERS.map(|p| format!("{{{{{p}}}}}")).join(", ")
+            ));
+        }
+        rest = &after[end + 2..];
+    }
+    None
+}
+
+/// Formats a number the way people write it: no trailing `.0`, at most
+/// three decimals (the alert's `value` keeps the exact one).
+pub fn format_number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{value:.0}")
+    } else {
+        let text = format!("{value:.3}");
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
     }
 }
 
@@ -286,6 +395,58 @@ mod tests {
     }
 
     #[test]
+    fn a_new_rule_is_refused_for_what_would_reach_people_wrong() {
+        let fields =
+            |r: &Rule| -> Vec<String> { r.problems(&[]).into_iter().map(|p| p.field).collect() };
+        let mut r = rule(BASE);
+        assert!(fields(&r).is_empty());
+        r.name = "   ".into();
+        assert_eq!(fields(&r), ["name"]);
+
+        let mut r = rule(BASE);
+        for bad in ["{{nope}} at {{value}}", "at {{value", "{{ value }} {{"] {
+            r.message = Some(bad.into());
+            let problems = r.problems(&[]);
+            assert_eq!(problems.len(), 1, "{bad}");
+            assert_eq!(problems[0].field, "message");
+        }
+        assert!(r.problems(&[])[0].message.contains("character 13"));
+        r.message = Some("{{rule}}: {{ value }} {{threshold}} {{instance}} {{metric}}".into());
+        assert!(fields(&r).is_empty());
+
+        let mut r = rule(BASE);
+        for bad in ["not a url", "ftp://example.com/x", "https://"] {
+            r.runbook_url = Some(bad.into());
+            assert_eq!(fields(&r), ["runbook_url"], "{bad}");
+        }
+        r.runbook_url = Some("https://runbooks.example.com/scaffold".into());
+        assert!(fields(&r).is_empty());
+
+        // BASE fires below 90: resolving must wait for a value at least 90.
+        let mut r = rule(BASE);
+        r.condition.resolve_value = Some(85.0);
+        assert_eq!(fields(&r), ["condition.resolve_value"]);
+        assert!(r.problems(&[])[0]
+            .message
+            .contains("at least the threshold 90"));
+        r.condition.resolve_value = Some(95.0);
+        assert!(fields(&r).is_empty());
+        r.condition.operator = Operator::Gt;
+        assert_eq!(fields(&r), ["condition.resolve_value"]);
+        r.condition.resolve_value = Some(80.0);
+        assert!(fields(&r).is_empty());
+    }
+
+    #[test]
+    fn a_stored_rule_is_not_dropped_for_a_check_added_later() {
+        let mut r = rule(BASE);
+        r.message = Some("{{nope}}".into());
+        r.condition.resolve_value = Some(1.0);
+        assert_eq!(r.problems(&[]).len(), 2);
+        assert!(r.lasting_problems(&[]).is_empty());
+    }
+
+    #[test]
     fn messages_fill_the_template() {
         let mut r = rule(BASE);
         r.message = Some("{{instance}} at {{value}}% (< {{threshold}})".into());
@@ -297,5 +458,10 @@ mod tests {
         assert!(r
             .render_message("", "agents[x].success_rate_percent", None)
             .contains("no value"));
+        // People read the message: three decimals at most.
+        assert_eq!(
+            r.render_message("x", "m", Some(100.0 / 7.0)),
+            "scaffold failing: m is 14.286 (< 90)"
+        );
     }
 }

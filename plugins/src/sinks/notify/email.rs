@@ -128,8 +128,13 @@ pub fn subject(alert: &Alert, prefix: &str) -> String {
         AlertStatus::Acknowledged => "Acknowledged: ",
         AlertStatus::Resolved => "Resolved: ",
     };
-    // A subject is one line, whatever the message template holds.
+    // A subject is one line, whatever the message template holds; the
+    // default message starts with the rule's name, which the title has.
     let message = f.message.replace(['\r', '\n'], " ");
+    let message = message
+        .strip_prefix(alert.rule_name.as_str())
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(&message);
     format!("{prefix}{status}[{}] {}: {message}", f.severity, f.title)
 }
 
@@ -227,6 +232,16 @@ impl Channel for EmailChannel {
                 match sent {
                     Ok(Ok(_)) => delivered += 1,
                     Ok(Err(e)) if e.is_permanent() => refused.push(format!("{to}: SMTP: {e}")),
+                    // lettre's own refusals (no authentication mechanism in
+                    // common, STARTTLS required but not offered): a setting
+                    // that does not fit the server, which no retry changes.
+                    Ok(Err(e)) if e.is_client() => {
+                        return Err(DeliveryError::Refused {
+                            reason: format!(
+                                "SMTP: {e} (the sink's settings do not fit this server)"
+                            ),
+                        })
+                    }
                     // 4xx replies, connection and TLS errors: later.
                     Ok(Err(e)) => {
                         return Err(DeliveryError::Retry {
@@ -291,5 +306,20 @@ mod tests {
         };
         assert!(subject(&r, "").starts_with("Resolved: [CRITICAL]"));
         assert!(plain(&r).contains("Resolved by rule at 2026-11-30T10:05:00.000Z"));
+    }
+
+    /// The default message starts with the rule's name, which the subject's
+    /// title already gives.
+    #[test]
+    fn the_subject_names_the_rule_once() {
+        let a = Alert {
+            message: "agent success rate: agents[scaffold].success_rate_percent is 71.5 (< 80)"
+                .into(),
+            ..sample()
+        };
+        assert_eq!(
+            subject(&a, ""),
+            "[CRITICAL] agent success rate (scaffold): agents[scaffold].success_rate_percent is 71.5 (< 80)"
+        );
     }
 }

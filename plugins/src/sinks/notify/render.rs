@@ -3,6 +3,8 @@
 
 use flowpulse_core::alert::{Alert, AlertStatus, Severity};
 
+pub use crate::processors::alert_rules::rule::format_number as number;
+
 /// A notice's facts, in words.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Facts {
@@ -24,17 +26,6 @@ pub struct Facts {
     pub by: Option<String>,
     /// The rule's runbook.
     pub runbook_url: Option<String>,
-}
-
-/// Formats a number the way people write it: no trailing `.0`, at most
-/// three decimals.
-pub fn number(value: f64) -> String {
-    if value.fract() == 0.0 && value.abs() < 1e15 {
-        format!("{value:.0}")
-    } else {
-        let text = format!("{value:.3}");
-        text.trim_end_matches('0').trim_end_matches('.').to_owned()
-    }
 }
 
 impl Facts {

@@ -127,18 +127,20 @@ impl Control {
         stats: &Arc<ComponentStats>,
         shutdown: CancellationToken,
     ) -> Result<Control, String> {
-        Ok(Control {
-            inner: Arc::new(Inner {
-                client: redis_util::client(&config.url)?,
-                config: config.clone(),
-                conn: tokio::sync::Mutex::new(None),
-                outage: Mutex::new(redis_util::outage(stats)),
-                probing: AtomicBool::new(false),
-                component: component.to_owned(),
-                script: redis::Script::new(QUEUE_SCRIPT),
-                shutdown,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            client: redis_util::client(&config.url)?,
+            config: config.clone(),
+            conn: tokio::sync::Mutex::new(None),
+            outage: Mutex::new(redis_util::outage(stats)),
+            probing: AtomicBool::new(true),
+            component: component.to_owned(),
+            script: redis::Script::new(QUEUE_SCRIPT),
+            shutdown,
+        });
+        // Checked at start, not at the first request: `/health` tells of a
+        // Redis it cannot reach before anyone needs it.
+        tokio::spawn(Arc::clone(&inner).probe());
+        Ok(Control { inner })
     }
 
     /// Queues `request` for `workflow_id`: the answer of §6, or 400 (bad

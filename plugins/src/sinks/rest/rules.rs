@@ -15,7 +15,9 @@ use warp::Filter;
 use super::config::{RestConfig, PREFIX};
 use super::routes::{store_unavailable, ErrorBody, RestState};
 use crate::http::error::json_response;
-use crate::http::{authorize, get_or_head, guarded, json_body, Access, ApiError, Route};
+use crate::http::{
+    authorize, get_or_head, guarded, json_body, json_body_as, Access, ApiError, Route,
+};
 use crate::processors::alert_rules::evaluator::CompiledRule;
 use crate::processors::alert_rules::path::SelfSample;
 use crate::processors::alert_rules::rule::{Rule, RuleSource};
@@ -55,7 +57,7 @@ pub fn filter(state: Arc<RestState>, config: &RestConfig) -> Handler {
         .and(warp::post())
         .and(token.clone())
         .and(query())
-        .and(json_body::<Rule>(max))
+        .and(json_body_as::<Rule>(max, "invalid_rule"))
         .and(with_state.clone())
         .and_then(|q: String, rule: Rule, s: Arc<RestState>| guarded(create(s, q, rule)));
     let one_route = warp::path!("api" / "v1" / "monitoring" / "rules" / String)
@@ -66,7 +68,7 @@ pub fn filter(state: Arc<RestState>, config: &RestConfig) -> Handler {
     let replace_route = warp::path!("api" / "v1" / "monitoring" / "rules" / String)
         .and(warp::put())
         .and(token.clone())
-        .and(json_body::<Rule>(max))
+        .and(json_body_as::<Rule>(max, "invalid_rule"))
         .and(with_state.clone())
         .and_then(|id: String, rule: Rule, s: Arc<RestState>| guarded(replace(s, id, rule)));
     let delete_route = warp::path!("api" / "v1" / "monitoring" / "rules" / String)
