@@ -205,6 +205,15 @@ fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    // Shared with other instances running from the same directory; a
+    // `state reset` takes it alone, and waits for none of them.
+    let _running = match flowpulse_core::run_lock::running(&config.pipeline.data_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -299,6 +308,20 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // A pipeline still running would write its state straight back: a
+    // reset waits for none, it refuses. Held until the reset is done, so a
+    // pipeline starting meanwhile waits for it.
+    let _alone = if reset {
+        match refuse_while_running(&config, &runtime) {
+            Ok(lock) => Some(lock),
+            Err(why) => {
+                eprintln!("error: nothing deleted: {why}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    } else {
+        None
+    };
     runtime.block_on(async {
         // Every stateful processor, whatever its type: each says what a
         // fresh state of its settings is, and reads its checkpoint into it.
@@ -353,6 +376,34 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The data directory's lock, held alone, if no pipeline of `config` runs:
+/// none from its data directory on this machine, and no reader holding a
+/// source's lease anywhere. Otherwise, who runs.
+fn refuse_while_running(
+    config: &PipelineConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<flowpulse_core::run_lock::RunLock, String> {
+    let lock = flowpulse_core::run_lock::exclusive(&config.pipeline.data_dir)
+        .map_err(|e| e.to_string())?;
+    let readers = runtime.block_on(async {
+        let mut readers = Vec::new();
+        for c in &config.components {
+            if let Some(reader) = c.config.reader().await {
+                readers.push(format!("source \"{}\": {reader}", c.name));
+            }
+        }
+        readers
+    });
+    if readers.is_empty() {
+        Ok(lock)
+    } else {
+        Err(format!(
+            "a pipeline is reading; stop it first (a lease left by one that was killed lapses by itself): {}",
+            readers.join("; ")
+        ))
+    }
 }
 
 /// `flowpulse state show|reset` for a processor whose state is kept per

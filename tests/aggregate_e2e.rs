@@ -372,3 +372,62 @@ fn checkpoint_of_other_settings_is_refused_with_a_clear_message() {
         .status
         .success());
 }
+
+/// A pipeline running from the same data directory would write its state
+/// straight back after a reset: `state reset` refuses while it runs and
+/// deletes nothing, and resets once it has stopped.
+#[test]
+fn state_reset_refuses_while_the_pipeline_runs_on_this_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        r#"
+[checkpoint]
+interval = "200ms"
+
+[sources.demo]
+type = "demo"
+rate = 200
+
+[processors.metrics]
+type = "aggregate"
+inputs = ["demo"]
+
+[sinks.out]
+type = "blackhole"
+inputs = ["metrics"]
+"#,
+    )
+    .unwrap();
+    let state = |action: &str| {
+        Command::new(binary())
+            .args(["state", action, "-c"])
+            .arg(&config)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let child = spawn_logged(dir.path(), &config, "run");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&state("show").stdout).contains("events folded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint written"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = state("reset");
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    terminate(&child);
+    let stopped = wait_with_timeout(child, Duration::from_secs(30));
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("nothing deleted: a pipeline is running from data"),
+        "{stderr}"
+    );
+    assert_success(&stopped);
+    assert!(String::from_utf8_lossy(&state("show").stdout).contains("events folded"));
+    assert_success(&state("reset"));
+    assert!(String::from_utf8_lossy(&state("show").stdout).contains("no checkpoint"));
+}

@@ -561,3 +561,69 @@ async fn the_redis_and_file_stores_lease_to_one_owner_at_a_time() {
     )
     .await;
 }
+
+/// `flowpulse state` on `config`, run from `dir`.
+fn state_command(
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    action: &str,
+) -> std::process::Output {
+    Command::new(binary())
+        .args(["state", action, "-c"])
+        .arg(config)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// A reader holding the group's lease (here a key set by hand, as a reader
+/// on another machine would hold it) would write its state straight back:
+/// `state reset` refuses, says who holds it, and deletes nothing; once the
+/// lease is gone it resets.
+#[test]
+fn state_reset_refuses_while_a_reader_holds_the_groups_lease() {
+    let url = redis_url();
+    let prefix = prefix(&url, "reset-lease");
+    publish(&url, &format!("{prefix}:events"), 500, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        &url,
+        &prefix,
+        "group = \"readers\"\nstop_after_idle = \"1s\"",
+    );
+    assert_success(&run_to_end(dir.path(), &config, Duration::from_secs(60)));
+    let checkpoint = format!("flowpulse:checkpoint:{prefix}:metrics:0");
+    let shown =
+        String::from_utf8_lossy(&state_command(dir.path(), &config, "show").stdout).into_owned();
+    assert!(shown.contains("500 events folded"), "{shown}");
+
+    let lease = format!("flowpulse:lease:readers:{prefix}:events");
+    let mut conn = connection(&url);
+    let _: () = redis::cmd("SET")
+        .arg(&lease)
+        .arg("00ff:elsewhere-1")
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut conn)
+        .unwrap();
+    let refused = state_command(dir.path(), &config, "reset");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("nothing deleted"), "{stderr}");
+    assert!(stderr.contains("consumer \"elsewhere-1\""), "{stderr}");
+    assert!(stderr.contains(&lease), "{stderr}");
+    let shown =
+        String::from_utf8_lossy(&state_command(dir.path(), &config, "show").stdout).into_owned();
+    assert!(
+        shown.contains(&checkpoint) && shown.contains("500 events folded"),
+        "{shown}"
+    );
+
+    let _: () = redis::cmd("DEL").arg(&lease).query(&mut conn).unwrap();
+    let reset = state_command(dir.path(), &config, "reset");
+    assert_success(&reset);
+    let shown =
+        String::from_utf8_lossy(&state_command(dir.path(), &config, "show").stdout).into_owned();
+    assert!(shown.contains("no checkpoint"), "{shown}");
+}

@@ -19,6 +19,7 @@ pub mod outage;
 pub mod plugin;
 pub mod record;
 pub mod redact;
+pub mod run_lock;
 pub mod runtime;
 pub mod state;
 pub mod telemetry;

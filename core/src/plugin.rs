@@ -312,6 +312,12 @@ pub trait SourceConfig: DeserializeOwned + Send + Sync + 'static {
     fn shards(&self) -> bool {
         false
     }
+    /// Who reads it now, if a reader holds it (a lease): `flowpulse state
+    /// reset` refuses while one does, since that reader would write its
+    /// state straight back. `None` when nobody does or it cannot tell.
+    async fn reader(&self) -> Option<String> {
+        None
+    }
     /// Builds the running source (may do I/O).
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Source>, BuildError>;
 }
@@ -415,6 +421,10 @@ pub trait ComponentConfig: Send + Sync {
     fn shards(&self) -> bool {
         false
     }
+    /// Who reads it now (see [`SourceConfig::reader`]).
+    fn reader(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async { None })
+    }
     /// The plugin's own typed config, for tools that know its type.
     fn as_any(&self) -> &dyn Any;
 }
@@ -438,6 +448,9 @@ impl<T: SourceConfig> ComponentConfig for SourceAdapter<T> {
     }
     fn shards(&self) -> bool {
         self.0.shards()
+    }
+    fn reader(&self) -> BoxFuture<'_, Option<String>> {
+        self.0.reader()
     }
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Component, BuildError>> {
         Box::pin(async move { self.0.build(cx).await.map(Component::Source) })

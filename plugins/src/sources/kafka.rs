@@ -287,6 +287,13 @@ impl GroupContext {
         })
     }
 
+    /// Whether any partition held waits for its start.
+    fn awaits_any_start(&self) -> bool {
+        self.partitions
+            .lock()
+            .is_ok_and(|p| p.values().any(|held| held.awaiting_start))
+    }
+
     /// `partition` is read from now on.
     fn started(&self, partition: i32) {
         if let Ok(mut partitions) = self.partitions.lock() {
@@ -1035,13 +1042,18 @@ impl Source for KafkaSource {
                     }
                     // Idle counts from the group's first assignment (not
                     // reset by a later revocation: a member left without
-                    // partitions finishes too).
+                    // partitions finishes too), and not while a partition
+                    // waits for its start: its checkpoint's lookup may take
+                    // longer than `stop_after_idle` on a loaded machine.
                     if !assigned_once {
                         if self.consumer.assignment().is_ok_and(|a| a.count() > 0) {
                             assigned_once = true;
                         } else {
                             last_record = Instant::now();
                         }
+                    }
+                    if self.consumer.context().awaits_any_start() {
+                        last_record = Instant::now();
                     }
                     if let Some(idle) = self.config.stop_after_idle {
                         if last_record.elapsed() >= idle

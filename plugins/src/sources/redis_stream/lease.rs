@@ -48,6 +48,22 @@ pub fn lease_key(stream: &str, group: &str) -> String {
     format!("flowpulse:lease:{group}:{stream}")
 }
 
+/// The consumer holding the lease at `key`, and in how many ms it lapses
+/// unless renewed; `None` if nobody holds it.
+pub async fn holder(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+) -> redis::RedisResult<Option<(String, u64)>> {
+    let (value, left): (Option<String>, i64) = redis::pipe()
+        .cmd("GET")
+        .arg(key)
+        .cmd("PTTL")
+        .arg(key)
+        .query_async(conn)
+        .await?;
+    Ok(value.map(|v| (holder_of(&v).to_owned(), left.max(0) as u64)))
+}
+
 /// A held lease, renewed in the background until released or lost.
 pub struct Lease {
     client: redis::Client,

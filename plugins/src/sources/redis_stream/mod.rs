@@ -143,6 +143,25 @@ inventory::submit! {
 
 #[async_trait]
 impl SourceConfig for RedisStreamConfig {
+    async fn reader(&self) -> Option<String> {
+        let key = lease::lease_key(&self.stream, &self.group);
+        let ask = async {
+            let client = redis_util::client(&self.url).ok()?;
+            let mut conn = connect(&client, Duration::from_secs(5)).await.ok()?;
+            lease::holder(&mut conn, &key).await.ok()?
+        };
+        let (consumer, left_ms) = tokio::time::timeout(Duration::from_secs(5), ask)
+            .await
+            .ok()??;
+        Some(format!(
+            "consumer \"{consumer}\" holds group \"{}\"'s reader lease on stream \"{}\" \
+             ({key}; it lapses in {:.1} s unless its holder renews it)",
+            self.group,
+            self.stream,
+            left_ms as f64 / 1000.0
+        ))
+    }
+
     fn validate(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if let Err(e) = redis_util::client(&self.url) {
@@ -392,62 +411,77 @@ impl Reader<'_> {
         if entries.is_empty() {
             return Ok(());
         }
-        // Taken out of the read-ahead buffer: in flight again below only if
-        // they go out in the batch (what fails midway stays pending for
-        // recovery).
-        {
-            let mut held = lock_ids(&track.ids);
-            for entry in &entries {
-                held.remove(&entry_key(&entry.id));
-            }
-        }
+        // Each id parsed once. An entry held since the read-ahead buffer
+        // (out of a claim's reach) stays held if it goes out in the batch
+        // and is let go if not; if sorting fails midway, all are let go and
+        // stay pending for recovery.
+        let keys: Vec<u128> = entries.iter().map(|e| entry_key(&e.id)).collect();
         self.stats.received(entries.len());
         let mut records = Vec::with_capacity(entries.len());
         let mut ids = Vec::with_capacity(entries.len());
+        let mut sent = Vec::with_capacity(entries.len());
+        let mut let_go = Vec::new();
         let mut ignored = Vec::new();
-        for entry in entries {
-            let count = deliveries(&entry.id);
-            if count > self.cfg().max_deliveries {
-                let reason = format!(
-                    "delivered {count} times (max_deliveries = {})",
-                    self.cfg().max_deliveries
-                );
-                self.stats.error(format!("entry {}: {reason}", entry.id));
-                self.dead_letter(&entry, &reason, count).await?;
-                continue;
-            }
-            match decode_stream_entry(&entry.id, &entry.fields) {
-                Ok(Decoded::Event(event)) => {
-                    records.push(Record::Event(event));
-                    ids.push(entry.id);
+        let sorted = async {
+            for (entry, key) in entries.into_iter().zip(keys.iter().copied()) {
+                let count = deliveries(&entry.id);
+                if count > self.cfg().max_deliveries {
+                    let reason = format!(
+                        "delivered {count} times (max_deliveries = {})",
+                        self.cfg().max_deliveries
+                    );
+                    self.stats.error(format!("entry {}: {reason}", entry.id));
+                    self.dead_letter(&entry, &reason, count).await?;
+                    let_go.push(key);
+                    continue;
                 }
-                Ok(Decoded::Ignored(_)) => {
-                    self.stats.ignored(1);
-                    ignored.push(entry.id);
-                }
-                Err(e) => {
-                    let message = format!("entry {}: {e}", entry.id);
-                    if self.stats.malformed(e.kind(), &message) {
-                        tracing::warn!(
-                            source = %self.name,
-                            kind = e.kind(),
-                            dead_letter = %self.source.dead_letter_stream,
-                            "malformed entry ({message}); further ones of this kind are counted, not logged"
-                        );
+                match decode_stream_entry(&entry.id, &entry.fields) {
+                    Ok(Decoded::Event(event)) => {
+                        records.push(Record::Event(event));
+                        ids.push(entry.id);
+                        sent.push(key);
                     }
-                    self.dead_letter(&entry, &e.to_string(), count).await?;
+                    Ok(Decoded::Ignored(_)) => {
+                        self.stats.ignored(1);
+                        ignored.push(entry.id);
+                        let_go.push(key);
+                    }
+                    Err(e) => {
+                        let message = format!("entry {}: {e}", entry.id);
+                        if self.stats.malformed(e.kind(), &message) {
+                            tracing::warn!(
+                                source = %self.name,
+                                kind = e.kind(),
+                                dead_letter = %self.source.dead_letter_stream,
+                                "malformed entry ({message}); further ones of this kind are counted, not logged"
+                            );
+                        }
+                        self.dead_letter(&entry, &e.to_string(), count).await?;
+                        let_go.push(key);
+                    }
                 }
+            }
+            Ok::<(), StepError>(())
+        }
+        .await;
+        {
+            let mut held = lock_ids(&track.ids);
+            let released = if sorted.is_ok() { &let_go } else { &keys };
+            for key in released {
+                held.remove(key);
+            }
+            if sorted.is_ok() {
+                // Claimed entries were not held yet.
+                held.extend(sent.iter().copied());
             }
         }
+        sorted?;
         self.acker.ack_untracked(ignored);
         if !records.is_empty() {
             let (handle, receipt) = AckHandle::new();
-            // Each id parsed once: tracked in flight, and the batch's positions.
-            let keys: Vec<u128> = ids.iter().map(|id| entry_key(id)).collect();
-            lock_ids(&track.ids).extend(keys.iter().copied());
             let mut batch = Batch::new(records, vec![handle]);
-            if !keys.contains(&0) {
-                batch = batch.with_positions(self.source.origin.clone(), keys);
+            if !sent.contains(&0) {
+                batch = batch.with_positions(self.source.origin.clone(), sent);
             }
             out.send(batch).await;
             track.acks.push(async move { (ids, receipt.await) }.boxed());
