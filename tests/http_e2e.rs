@@ -7,7 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::http_helpers::{rest_and_websocket, start, start_listening, write_config, Running};
+use common::http_helpers::{
+    poll_json, rest_and_websocket, start, start_listening, write_config, Running,
+};
 use common::redis_helpers::{connection, prefix, redis_url};
 use common::*;
 use serde_json::{json, Value};
@@ -733,28 +735,20 @@ async fn control_without_redis_answers_503_writes_nothing_and_recovers_when_redi
     let server = start(dir.path(), &config);
     let http = reqwest::Client::new();
     // Found at start, before anyone asks for control.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let health: Value = http
-            .get(server.url("/api/v1/monitoring/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if health["healthy"] == false {
-            assert!(
-                health["checks"]
-                    .to_string()
-                    .contains(&format!("127.0.0.1:{port}")),
-                "{health}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "not found at start: {health}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let health = poll_json(
+        &server,
+        "/api/v1/monitoring/health",
+        Duration::from_secs(10),
+        "not found at start",
+        |health| health["healthy"] == false,
+    )
+    .await;
+    assert!(
+        health["checks"]
+            .to_string()
+            .contains(&format!("127.0.0.1:{port}")),
+        "{health}"
+    );
     for _ in 0..3 {
         let response = http
             .post(server.url("/api/v1/workflows/wf-1/control"))
@@ -783,25 +777,14 @@ async fn control_without_redis_answers_503_writes_nothing_and_recovers_when_redi
     // Redis comes up on that port: the outage ends without another request.
     let redis_dir = tempfile::tempdir().unwrap();
     common::redis_helpers::start_redis(redis_dir.path(), port, false);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let health: Value = http
-            .get(server.url("/api/v1/monitoring/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if health["healthy"] == true {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the outage never ended: {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll_json(
+        &server,
+        "/api/v1/monitoring/health",
+        Duration::from_secs(15),
+        "the outage never ended",
+        |health| health["healthy"] == true,
+    )
+    .await;
     let response = http
         .post(server.url("/api/v1/workflows/wf-1/control"))
         .bearer_auth(TOKEN)

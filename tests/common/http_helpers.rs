@@ -10,6 +10,34 @@ use std::time::{Duration, Instant};
 
 use super::{run_command, terminate};
 
+/// Polls `GET path` of `server` until `done` holds of its JSON body, and
+/// returns that body; fails naming `what` if it does not within `limit`.
+pub async fn poll_json(
+    server: &Running,
+    path: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + limit;
+    loop {
+        let body: serde_json::Value = http
+            .get(server.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{what}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A running `flowpulse` with HTTP sinks.
 pub struct Running {
     /// The process (killed on drop unless stopped).
