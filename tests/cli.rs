@@ -160,6 +160,64 @@ fn text_logs_carry_no_colour_codes_when_not_at_a_terminal() {
     );
 }
 
+/// Standard input left open (an interactive run): SIGTERM stops the
+/// pipeline, and the process exits though a read of stdin is still waiting.
+#[test]
+fn sigterm_ends_a_pipeline_reading_a_stdin_that_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        "[sources.in]\ntype = \"stdin\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\n",
+    )
+    .unwrap();
+    let mut child = Command::new(binary())
+        .current_dir(dir.path())
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Held open until the end: nothing ever closes it.
+    let _stdin = child.stdin.take();
+    std::thread::sleep(Duration::from_secs(1));
+    terminate(&child);
+    let output = wait_with_timeout(child, Duration::from_secs(15));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("pipeline stopped cleanly"), "{stderr}");
+}
+
+/// A pipeline whose state lives elsewhere may run from a data directory it
+/// cannot create (here: below a file): it runs, and says that a reset on
+/// this machine cannot see it.
+#[test]
+fn a_data_dir_that_cannot_be_locked_does_not_stop_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        "[pipeline]\ndata_dir = \"not-a-dir/data\"\n\n[sources.in]\ntype = \"stdin\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\n",
+    )
+    .unwrap();
+    let output = Command::new(binary())
+        .current_dir(dir.path())
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot tell that this pipeline runs"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn generate_refuses_options_out_of_range_or_in_conflict() {
     let cases: [(&[&str], &str); 5] = [
