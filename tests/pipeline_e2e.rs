@@ -279,6 +279,55 @@ fn a_component_that_cannot_start_is_named_and_the_exit_is_non_zero() {
     );
 }
 
+/// `copytruncate`: the file is cut in place and the writer writes more
+/// than had been read before the source looks again (a poll interval of
+/// 1 s leaves it the time). Its size alone would not show the cut: the
+/// reader would go on from its old offset in the new content.
+#[test]
+fn a_followed_file_cut_in_place_and_written_past_the_old_offset_is_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = flat_event_lines(300, 6);
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, lines[..100].join("\n") + "\n").unwrap();
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        "[sources.in]\ntype = \"file\"\npath = \"in.jsonl\"\nfollow = true\npoll_interval = \"1s\"\n\n[sinks.out]\ntype = \"file\"\npath = \"out.jsonl\"\ninputs = [\"in\"]\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let wait_for = |n: usize| {
+        let start = Instant::now();
+        while read_lines(&out).len() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "stuck at {}",
+                read_lines(&out).len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let child = run_command(dir.path(), &config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(100);
+    // Cut in place (same inode) and written past the old size at once.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&input)
+        .unwrap();
+    std::io::Write::write_all(&mut file, (lines[100..].join("\n") + "\n").as_bytes()).unwrap();
+    drop(file);
+    wait_for(300);
+    terminate(&child);
+    let output = wait_with_timeout(child, Duration::from_secs(20));
+    assert!(output.status.success());
+    assert_eq!(read_lines(&out), lines);
+}
+
 #[test]
 fn followed_file_is_read_across_rotation() {
     let dir = tempfile::tempdir().unwrap();

@@ -242,6 +242,27 @@ impl OpenFile {
         .map_err(std::io::Error::other)
     }
 
+    /// Up to `len` bytes from the start of the file, leaving the offset
+    /// where it is.
+    async fn read_head(&self, len: usize) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let file = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || {
+            let mut head = vec![0; len];
+            let mut filled = 0;
+            while filled < len {
+                match file.read_at(&mut head[filled..], filled as u64)? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            head.truncate(filled);
+            Ok(head)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
     /// Everything from the current offset to the end.
     async fn read_rest(&self) -> std::io::Result<Vec<u8>> {
         use std::io::Read;
@@ -382,6 +403,8 @@ impl Source for FileSource {
             std::mem::replace(&mut self.dead_letters, DeadLetterFile::new(PathBuf::new()));
         let decoder = LineDecoder::new(&name, stats.clone(), dead_letters);
         let mut in_flight = InFlight::new(start);
+        // The start of the file as read: rewritten in place, it differs.
+        let mut head = Vec::new();
         let mut reader = Reader {
             buf: Vec::with_capacity(READ_CHUNK * 2),
             base: start,
@@ -437,13 +460,22 @@ impl Source for FileSource {
             if let Err(e) = in_flight.store(&self.offsets, false).await {
                 stats.error(format!("cannot keep the offset: {e}"));
             }
+            // Just read, the start is what was read: kept before waiting, so
+            // that a rewrite while this waits shows.
+            let read_to = reader.base.offset + reader.buf.len() as u64;
+            let want = HEAD_LEN.min(read_to as usize);
+            if head.len() < want {
+                if let Ok(seen) = file.read_head(want).await {
+                    if seen.starts_with(&head) {
+                        head = seen;
+                    }
+                }
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.config.poll_interval) => {}
             }
-            match rotated_or_truncated(&path, &file, reader.base.offset + reader.buf.len() as u64)
-                .await
-            {
+            match rotated_or_truncated(&path, &file, read_to, &head).await {
                 Ok(Change::None) => {}
                 Ok(change) => {
                     // Finish the old file first: a writer may have appended before rotating.
@@ -460,6 +492,7 @@ impl Source for FileSource {
                     match self.open(false).await {
                         Ok((new_file, mut position)) => {
                             file = new_file;
+                            head.clear();
                             reader.buf.clear();
                             position.generation = reader.base.generation + 1;
                             reader.origin = origin_of(&name, &path, position);
@@ -523,10 +556,20 @@ enum Change {
     Truncated,
 }
 
+/// How much of a followed file's start is kept to tell it rewritten in
+/// place: its first line or more, which holds an event's id and time.
+const HEAD_LEN: usize = 1024;
+
+/// Whether the file at `path` is another file than `file` (rotated), or
+/// `file` was cut below `read_to` or rewritten from its start (truncated,
+/// e.g. `copytruncate`, even if the writer has since written past
+/// `read_to`): `head` is what its start was when last read, up to
+/// [`HEAD_LEN`] bytes.
 async fn rotated_or_truncated(
     path: &Path,
     file: &OpenFile,
     read_to: u64,
+    head: &[u8],
 ) -> std::io::Result<Change> {
     let current = file.metadata().await?;
     let at_path = match tokio::fs::metadata(path).await {
@@ -540,7 +583,12 @@ async fn rotated_or_truncated(
     } else if current.len() < read_to {
         Ok(Change::Truncated)
     } else {
-        Ok(Change::None)
+        let seen = file.read_head(head.len()).await?;
+        Ok(if seen == head {
+            Change::None
+        } else {
+            Change::Truncated
+        })
     }
 }
 
