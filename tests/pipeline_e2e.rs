@@ -328,6 +328,65 @@ fn a_followed_file_cut_in_place_and_written_past_the_old_offset_is_read_whole() 
     assert_eq!(read_lines(&out), lines);
 }
 
+/// Every line read is out, ignored or malformed: blank lines count as
+/// ignored, and a byte order mark before the first line is not part of it.
+#[test]
+fn blank_lines_are_counted_and_a_byte_order_mark_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = flat_event_lines(3, 8);
+    let text = format!("\u{feff}{}\n\n{}\n   \n{}\n", lines[0], lines[1], lines[2]);
+    std::fs::write(dir.path().join("in.jsonl"), text).unwrap();
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        "[sources.in]\ntype = \"file\"\npath = \"in.jsonl\"\n\n[sinks.out]\ntype = \"file\"\npath = \"out.jsonl\"\ninputs = [\"in\"]\n",
+    )
+    .unwrap();
+    let output = run_to_end(dir.path(), &config, Duration::from_secs(30));
+    assert_success(&output);
+    let summaries = summaries(&output.stderr);
+    assert_eq!(counter(&summaries, "in", "records_in"), 5);
+    assert_eq!(counter(&summaries, "in", "records_out"), 3);
+    assert_eq!(counter(&summaries, "in", "ignored"), 2);
+    assert_eq!(counter(&summaries, "in", "malformed"), 0);
+    assert_eq!(read_lines(&dir.path().join("out.jsonl")).len(), 3);
+}
+
+/// Followed, like `tail -F`: a file its writer has not made yet is waited
+/// for, not a reason to stop.
+#[test]
+fn a_followed_file_that_does_not_exist_yet_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = flat_event_lines(50, 7);
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        "[sources.in]\ntype = \"file\"\npath = \"later.jsonl\"\nfollow = true\npoll_interval = \"50ms\"\n\n[sinks.out]\ntype = \"file\"\npath = \"out.jsonl\"\ninputs = [\"in\"]\n",
+    )
+    .unwrap();
+    let child = run_command(dir.path(), &config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(dir.path().join("later.jsonl"), lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out.jsonl");
+    let start = Instant::now();
+    while read_lines(&out).len() < lines.len() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    terminate(&child);
+    let output = wait_with_timeout(child, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("does not exist yet; waiting for it"),
+        "{stderr}"
+    );
+    assert_eq!(read_lines(&out), lines);
+}
+
 #[test]
 fn followed_file_is_read_across_rotation() {
     let dir = tempfile::tempdir().unwrap();

@@ -395,10 +395,30 @@ impl Source for FileSource {
         } = cx;
         let follow = self.config.follow;
         let path = self.config.path.clone();
-        let (mut file, start) = self
-            .open(follow)
-            .await
-            .map_err(|e| ComponentError::Fatal(format!("cannot open {}: {e}", path.display())))?;
+        let mut waiting = false;
+        let (mut file, start) = loop {
+            match self.open(follow).await {
+                Ok(opened) => break opened,
+                // Followed, like `tail -F`: a file its writer has not made
+                // yet is waited for.
+                Err(e) if follow && e.kind() == std::io::ErrorKind::NotFound => {
+                    if !waiting {
+                        tracing::warn!(source = %name, path = %path.display(), "the file does not exist yet; waiting for it");
+                        waiting = true;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                    }
+                }
+                Err(e) => {
+                    return Err(ComponentError::Fatal(format!(
+                        "cannot open {}: {e}",
+                        path.display()
+                    )))
+                }
+            }
+        };
         let dead_letters =
             std::mem::replace(&mut self.dead_letters, DeadLetterFile::new(PathBuf::new()));
         let decoder = LineDecoder::new(&name, stats.clone(), dead_letters);

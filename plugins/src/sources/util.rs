@@ -94,12 +94,19 @@ impl LineDecoder {
         }
     }
 
-    /// Decodes one line (without its newline). Blank lines are skipped;
-    /// ignored and malformed lines are counted, and malformed ones logged once
-    /// per kind and dead-lettered.
+    /// Decodes one line (without its newline). Blank lines are skipped and,
+    /// like other ignored lines, counted as ignored (so that every line read
+    /// is out, ignored or malformed); malformed lines are counted, logged
+    /// once per kind and dead-lettered. A UTF-8 byte order mark before the
+    /// first line, which some editors write, is not part of it.
     pub fn decode(&mut self, line_number: u64, line: &[u8]) -> Option<WorkflowEvent> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = match line_number {
+            1 => line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line),
+            _ => line,
+        };
         if line.iter().all(u8::is_ascii_whitespace) {
+            self.stats.ignored(1);
             return None;
         }
         match decode_json(line, None) {
