@@ -938,3 +938,67 @@ events_interval = "100ms"
     drop(proxy);
     assert!(server.stop().success());
 }
+
+/// A server that keeps no alerts (no `store`): the page says so instead of
+/// "No open alerts", and does not ask for them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_alert_store_the_page_says_so_and_stops_asking() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[pipeline]
+data_dir = "{data}"
+
+[sources.demo]
+type = "demo"
+rate = 50
+
+[processors.metrics]
+type = "aggregate"
+inputs = ["demo"]
+interval = "300ms"
+
+[sinks.api]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+token = "{TOKEN}"
+dashboard = true
+
+[sinks.live]
+type = "websocket"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+token = "{TOKEN}"
+"#,
+            data = dir.path().join("data").display(),
+        ),
+    )
+    .unwrap();
+    let server = start(dir.path(), &config);
+    let driver = Driver::start();
+    let c = driver.browser(&dir.path().join("profile")).await;
+    c.goto(&server.url("/")).await.unwrap();
+    until(
+        &c,
+        "the empty alerts panel",
+        Duration::from_secs(20),
+        "const e = document.getElementById('alerts-empty'); return e && !e.hidden ? e.textContent : null;",
+        |v| v.as_str().is_some_and(|t| t.contains("No alert store")),
+    )
+    .await;
+    // Documents keep coming; the alerts are not asked for again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = c
+        .execute(
+            "return performance.getEntriesByType('resource').filter(e => e.name.includes('/alerts')).length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(asked, json!(1));
+    c.close().await.unwrap();
+    assert!(server.stop().success());
+}

@@ -25,6 +25,8 @@ const state = {
   eventsDropped: 0,
   eventsPaused: false,
   healthy: null,
+  // False once the server says it keeps no alerts (no `store`): not asked again.
+  alertStore: true,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -103,6 +105,9 @@ function drawAlerts() {
   // Resolved ones are drawn only while their panel is open.
   panels.alerts($("resolved"), $("resolved-panel").open ? state.resolved : [], alertActions);
   $("alerts-empty").hidden = open.length > 0;
+  $("alerts-empty").textContent = state.alertStore
+    ? "No open alerts."
+    : "No alert store on this server: alerts are not kept.";
   schedule("banner");
 }
 
@@ -212,6 +217,7 @@ function onEvents(events, dropped) {
  * the read was under way is newer than the snapshot and wins.
  */
 async function loadAlerts() {
+  if (!state.alertStore) return;
   const asked = performance.now();
   try {
     const answer = await api.get(`${M}/alerts?status=triggered,acknowledged&limit=500`);
@@ -232,7 +238,12 @@ async function loadAlerts() {
     }
     schedule("alerts");
   } catch (e) {
-    if (e.code !== "store_not_configured") showError(e);
+    if (e.code === "store_not_configured") {
+      state.alertStore = false;
+      schedule("alerts");
+    } else {
+      showError(e);
+    }
   }
 }
 
