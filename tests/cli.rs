@@ -8,6 +8,18 @@ use std::time::Duration;
 
 use common::*;
 
+/// Writes `dir/p.toml`: `head` (tables before the pipeline's, or empty),
+/// then stdin → blackhole; returns its path.
+fn stdin_to_blackhole(dir: &std::path::Path, head: &str) -> std::path::PathBuf {
+    let config = dir.join("p.toml");
+    std::fs::write(
+        &config,
+        format!("{head}[sources.in]\ntype = \"stdin\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\n"),
+    )
+    .unwrap();
+    config
+}
+
 #[test]
 fn validate_prints_the_topology_and_exits_zero() {
     let output = Command::new(binary())
@@ -136,12 +148,7 @@ fn generate_expect_reports_counts_that_add_up() {
 #[test]
 fn text_logs_carry_no_colour_codes_when_not_at_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("p.toml");
-    std::fs::write(
-        &config,
-        "[sources.in]\ntype = \"stdin\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\n",
-    )
-    .unwrap();
+    let config = stdin_to_blackhole(dir.path(), "");
     // Text logs (the default format), to a pipe.
     let output = Command::new(binary())
         .current_dir(dir.path())
@@ -165,12 +172,7 @@ fn text_logs_carry_no_colour_codes_when_not_at_a_terminal() {
 #[test]
 fn sigterm_ends_a_pipeline_reading_a_stdin_that_stays_open() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("p.toml");
-    std::fs::write(
-        &config,
-        "[sources.in]\ntype = \"stdin\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\n",
-    )
-    .unwrap();
+    let config = stdin_to_blackhole(dir.path(), "");
     let mut child = Command::new(binary())
         .current_dir(dir.path())
         .args(["run", "-c"])
@@ -197,12 +199,7 @@ fn sigterm_ends_a_pipeline_reading_a_stdin_that_stays_open() {
 fn a_data_dir_that_cannot_be_locked_does_not_stop_the_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
-    let config = dir.path().join("p.toml");
-    std::fs::write(
-        &config,
-        "[pipeline]\ndata_dir = \"not-a-dir/data\"\n\n[sources.in]\ntype = \"stdin\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\n",
-    )
-    .unwrap();
+    let config = stdin_to_blackhole(dir.path(), "[pipeline]\ndata_dir = \"not-a-dir/data\"\n\n");
     let output = Command::new(binary())
         .current_dir(dir.path())
         .args(["run", "-c"])
@@ -325,12 +322,7 @@ fn run_turns_transparent_huge_pages_off_unless_mimalloc_allow_thp_is_set() {
     }
     for (allow, expected) in [(None, false), (Some("1"), true)] {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("p.toml");
-        std::fs::write(
-            &config,
-            "[sources.in]\ntype = \"stdin\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\n",
-        )
-        .unwrap();
+        let config = stdin_to_blackhole(dir.path(), "");
         let mut command = run_command(dir.path(), &config);
         command.env_remove("MIMALLOC_ALLOW_THP");
         if let Some(value) = allow {

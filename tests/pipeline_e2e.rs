@@ -7,6 +7,37 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Starts a pipeline following `dir/path` into `dir/out.jsonl`, polling
+/// every `poll_interval`, its log piped.
+fn follow(dir: &std::path::Path, path: &str, poll_interval: &str) -> std::process::Child {
+    let config = dir.join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sources.in]\ntype = \"file\"\npath = \"{path}\"\nfollow = true\npoll_interval = \"{poll_interval}\"\n\n[sinks.out]\ntype = \"file\"\npath = \"out.jsonl\"\ninputs = [\"in\"]\n"
+        ),
+    )
+    .unwrap();
+    run_command(dir, &config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `out` holds `n` lines, failing after 20 s with how many it has.
+fn wait_for_lines(out: &std::path::Path, n: usize) {
+    let start = Instant::now();
+    while read_lines(out).len() < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "stuck at {}",
+            read_lines(out).len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn file_to_file_keeps_every_valid_event_in_order_and_counts_malformed_lines() {
     let dir = tempfile::tempdir().unwrap();
@@ -289,29 +320,9 @@ fn a_followed_file_cut_in_place_and_written_past_the_old_offset_is_read_whole() 
     let lines = flat_event_lines(300, 6);
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, lines[..100].join("\n") + "\n").unwrap();
-    let config = dir.path().join("p.toml");
-    std::fs::write(
-        &config,
-        "[sources.in]\ntype = \"file\"\npath = \"in.jsonl\"\nfollow = true\npoll_interval = \"1s\"\n\n[sinks.out]\ntype = \"file\"\npath = \"out.jsonl\"\ninputs = [\"in\"]\n",
-    )
-    .unwrap();
+    let child = follow(dir.path(), "in.jsonl", "1s");
     let out = dir.path().join("out.jsonl");
-    let wait_for = |n: usize| {
-        let start = Instant::now();
-        while read_lines(&out).len() < n {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "stuck at {}",
-                read_lines(&out).len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let child = run_command(dir.path(), &config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let wait_for = |n: usize| wait_for_lines(&out, n);
     wait_for(100);
     // Cut in place (same inode) and written past the old size at once.
     let mut file = std::fs::OpenOptions::new()
@@ -358,17 +369,7 @@ fn blank_lines_are_counted_and_a_byte_order_mark_is_not_an_error() {
 fn a_followed_file_that_does_not_exist_yet_is_waited_for() {
     let dir = tempfile::tempdir().unwrap();
     let lines = flat_event_lines(50, 7);
-    let config = dir.path().join("p.toml");
-    std::fs::write(
-        &config,
-        "[sources.in]\ntype = \"file\"\npath = \"later.jsonl\"\nfollow = true\npoll_interval = \"50ms\"\n\n[sinks.out]\ntype = \"file\"\npath = \"out.jsonl\"\ninputs = [\"in\"]\n",
-    )
-    .unwrap();
-    let child = run_command(dir.path(), &config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = follow(dir.path(), "later.jsonl", "50ms");
     std::thread::sleep(Duration::from_millis(500));
     std::fs::write(dir.path().join("later.jsonl"), lines.join("\n") + "\n").unwrap();
     let out = dir.path().join("out.jsonl");
@@ -393,29 +394,9 @@ fn followed_file_is_read_across_rotation() {
     let lines = flat_event_lines(300, 5);
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, lines[..100].join("\n") + "\n").unwrap();
-    let config = dir.path().join("p.toml");
-    std::fs::write(
-        &config,
-        "[sources.in]\ntype = \"file\"\npath = \"in.jsonl\"\nfollow = true\npoll_interval = \"20ms\"\n\n[sinks.out]\ntype = \"file\"\npath = \"out.jsonl\"\ninputs = [\"in\"]\n",
-    )
-    .unwrap();
+    let child = follow(dir.path(), "in.jsonl", "20ms");
     let out = dir.path().join("out.jsonl");
-    let wait_for = |n: usize| {
-        let start = Instant::now();
-        while read_lines(&out).len() < n {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "stuck at {}",
-                read_lines(&out).len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let child = run_command(dir.path(), &config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let wait_for = |n: usize| wait_for_lines(&out, n);
     wait_for(100);
     // Appended, then rotated away with a new file in its place.
     let mut file = std::fs::OpenOptions::new()

@@ -603,6 +603,9 @@ async fn rotated_or_truncated(
     } else if current.len() < read_to {
         Ok(Change::Truncated)
     } else {
+        if head.is_empty() {
+            return Ok(Change::None);
+        }
         let seen = file.read_head(head.len()).await?;
         Ok(if seen == head {
             Change::None

@@ -1052,10 +1052,10 @@ impl Source for KafkaSource {
                             last_record = Instant::now();
                         }
                     }
-                    if self.consumer.context().awaits_any_start() {
-                        last_record = Instant::now();
-                    }
                     if let Some(idle) = self.config.stop_after_idle {
+                        if self.consumer.context().awaits_any_start() {
+                            last_record = Instant::now();
+                        }
                         if last_record.elapsed() >= idle
                             && filling.is_empty()
                             && in_flight.is_empty()

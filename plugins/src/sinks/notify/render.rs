@@ -3,7 +3,7 @@
 
 use flowpulse_core::alert::{Alert, AlertStatus, Severity};
 
-pub use crate::processors::alert_rules::rule::format_number as number;
+use crate::processors::alert_rules::rule::format_number;
 
 /// A notice's facts, in words.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,14 +57,14 @@ impl Facts {
             format!("{} ({})", alert.rule_name, alert.instance)
         };
         let shown = match alert.value {
-            Some(v) => number(v),
+            Some(v) => format_number(v),
             None => "no value".to_owned(),
         };
         let value = format!(
             "{} = {shown} ({} {})",
             alert.metric,
             alert.operator,
-            number(alert.threshold)
+            format_number(alert.threshold)
         );
         let by = match alert.status {
             AlertStatus::Resolved => Some(format!(
@@ -180,9 +180,9 @@ pub(crate) mod tests {
 
     #[test]
     fn numbers_and_escapes() {
-        assert_eq!(number(80.0), "80");
-        assert_eq!(number(71.25), "71.25");
-        assert_eq!(number(0.1 + 0.2), "0.3");
+        assert_eq!(format_number(80.0), "80");
+        assert_eq!(format_number(71.25), "71.25");
+        assert_eq!(format_number(0.1 + 0.2), "0.3");
         assert_eq!(slack_escape("a<b>&c"), "a&lt;b&gt;&amp;c");
         assert_eq!(
             html_escape("<script>\"x\"&'y'"),
