@@ -339,6 +339,53 @@ fn a_followed_file_cut_in_place_and_written_past_the_old_offset_is_read_whole() 
     assert_eq!(read_lines(&out), lines);
 }
 
+/// A followed file stopped and started again resumes at its kept offset;
+/// rewritten in place while stopped (same inode, longer than the offset),
+/// it is read whole, not from the old offset into the new content.
+#[test]
+fn a_followed_file_rewritten_in_place_while_stopped_is_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = flat_event_lines(500, 9);
+    let input = dir.path().join("in.jsonl");
+    let out = dir.path().join("out.jsonl");
+    let run_until = |n: usize| {
+        let child = follow(dir.path(), "in.jsonl", "50ms");
+        wait_for_lines(&out, n);
+        terminate(&child);
+        let output = wait_with_timeout(child, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        stderr
+    };
+    std::fs::write(&input, lines[..100].join("\n") + "\n").unwrap();
+    run_until(100);
+    // Appended while stopped: only the new lines are read.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .unwrap();
+    std::io::Write::write_all(&mut file, (lines[100..200].join("\n") + "\n").as_bytes()).unwrap();
+    drop(file);
+    let stderr = run_until(200);
+    assert!(
+        stderr.contains("resuming from the acknowledged offset"),
+        "{stderr}"
+    );
+    assert_eq!(read_lines(&out), lines[..200]);
+    // Rewritten in place while stopped, past the kept offset.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&input)
+        .unwrap();
+    std::io::Write::write_all(&mut file, (lines[200..].join("\n") + "\n").as_bytes()).unwrap();
+    drop(file);
+    let stderr = run_until(500);
+    assert!(stderr.contains("reading it from the start"), "{stderr}");
+    assert!(!stderr.contains("malformed input"), "{stderr}");
+    assert_eq!(read_lines(&out), lines);
+}
+
 /// Every line read is out, ignored or malformed: blank lines count as
 /// ignored, and a byte order mark before the first line is not part of it.
 #[test]

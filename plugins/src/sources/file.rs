@@ -97,21 +97,57 @@ struct Position {
     generation: u64,
 }
 
+/// A fingerprint of a file's first bytes as they were read: a file
+/// rewritten in place (same inode, at least as long) while no pipeline ran
+/// has another start, and its kept offset would point into other content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct HeadPrint {
+    /// Bytes fingerprinted, from the start of the file.
+    len: u32,
+    /// Their XXH3 hash.
+    xxh3: u64,
+}
+
+impl HeadPrint {
+    /// The print of `head`; `None` for an empty one (nothing read yet).
+    fn of(head: &[u8]) -> Option<HeadPrint> {
+        (!head.is_empty()).then(|| HeadPrint {
+            len: head.len() as u32,
+            xxh3: xxhash_rust::xxh3::xxh3_64(head),
+        })
+    }
+}
+
+/// What the offset file holds. Offset files written before the print was
+/// kept have none, and resume as they did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Kept {
+    #[serde(flatten)]
+    position: Position,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    head: Option<HeadPrint>,
+}
+
 /// Where the acknowledged position is kept between runs.
 struct OffsetFile(PathBuf);
 
 impl OffsetFile {
     /// The kept position; `None` if there is none (a first run) or it
     /// cannot be read, and then the file is read from the start.
-    async fn load(&self) -> Option<Position> {
+    async fn load(&self) -> Option<Kept> {
         let text = tokio::fs::read(&self.0).await.ok()?;
         serde_json::from_slice(&text).ok()
     }
 
-    /// Keeps `position` so that a crash, even a power loss, leaves the old
-    /// offset or the new one, never a torn file.
-    async fn store(&self, position: Position) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(&position).map_err(std::io::Error::other)?;
+    /// Keeps `position` and the print of the file's start as read, so that
+    /// a crash, even a power loss, leaves the old offset or the new one,
+    /// never a torn file.
+    async fn store(&self, position: Position, head: &[u8]) -> std::io::Result<()> {
+        let kept = Kept {
+            position,
+            head: HeadPrint::of(head),
+        };
+        let bytes = serde_json::to_vec(&kept).map_err(std::io::Error::other)?;
         write_atomic(&self.0, &bytes).await
     }
 }
@@ -194,11 +230,18 @@ impl InFlight {
         }
     }
 
-    async fn store(&mut self, offsets: &OffsetFile, force: bool) -> std::io::Result<()> {
+    /// Keeps the acknowledged position if it moved (at most every 200 ms
+    /// unless `force`), with the print of `head`, the file's start as read.
+    async fn store(
+        &mut self,
+        offsets: &OffsetFile,
+        head: &[u8],
+        force: bool,
+    ) -> std::io::Result<()> {
         if self.acked != self.stored
             && (force || self.last_store.elapsed() >= Duration::from_millis(200))
         {
-            offsets.store(self.acked).await?;
+            offsets.store(self.acked, head).await?;
             self.stored = self.acked;
             self.last_store = Instant::now();
         }
@@ -284,7 +327,10 @@ impl OpenFile {
 }
 
 impl FileSource {
-    async fn open(&self, resume: bool) -> std::io::Result<(OpenFile, Position)> {
+    /// Opens the file, at its kept offset when `resume` and the kept
+    /// offset is of this file. Returns its start as verified against the
+    /// kept print (empty when not resuming).
+    async fn open(&self, resume: bool) -> std::io::Result<(OpenFile, Position, Vec<u8>)> {
         let mut file = tokio::fs::File::open(&self.config.path).await?;
         let metadata = file.metadata().await?;
         let id = file_id(&metadata);
@@ -298,14 +344,26 @@ impl FileSource {
             // offsets from 0 again) from the one a checkpoint has folded.
             position.generation = modified_ns(&metadata);
         }
+        let mut head = Vec::new();
         if resume {
             match self.offsets.load().await {
-                Some(saved) if saved.file_id == id && saved.offset <= metadata.len() => {
+                Some(Kept {
+                    position: saved,
+                    head: print,
+                }) if saved.file_id == id
+                    && saved.offset <= metadata.len()
+                    && starts_as_printed(&mut file, print, &mut head).await? =>
+                {
                     file.seek(std::io::SeekFrom::Start(saved.offset)).await?;
                     position = saved;
                     tracing::info!(path = %self.config.path.display(), offset = saved.offset, "resuming from the acknowledged offset");
                 }
-                Some(saved) => {
+                Some(Kept {
+                    position: saved, ..
+                }) => {
+                    // The print's check may have read some of it.
+                    head.clear();
+                    file.seek(std::io::SeekFrom::Start(0)).await?;
                     // Started over: a new generation, so its offsets are not
                     // taken for those of the old content.
                     position.generation = saved.generation + 1;
@@ -317,7 +375,40 @@ impl FileSource {
                 None => {}
             }
         }
-        Ok((OpenFile::from_tokio(file).await, position))
+        Ok((OpenFile::from_tokio(file).await, position, head))
+    }
+}
+
+/// Whether `file` starts as `print` says (true without a print), reading
+/// the printed bytes into `head`.
+async fn starts_as_printed(
+    file: &mut tokio::fs::File,
+    print: Option<HeadPrint>,
+    head: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let Some(print) = print else { return Ok(true) };
+    head.resize(print.len as usize, 0);
+    file.seek(std::io::SeekFrom::Start(0)).await?;
+    match file.read_exact(head).await {
+        Ok(_) => Ok(HeadPrint::of(head) == Some(print)),
+        // Shorter than what was read of it: not the same file.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Adds to `head` (the file's first bytes, up to [`HEAD_LEN`]) what `buf`,
+/// holding the file from offset `base`, has beyond it.
+fn extend_head(head: &mut Vec<u8>, base: u64, buf: &[u8]) {
+    let have = head.len() as u64;
+    if head.len() >= HEAD_LEN || base > have {
+        return;
+    }
+    let from = (have - base) as usize;
+    let to = buf.len().min(HEAD_LEN - base as usize);
+    if from < to {
+        head.extend_from_slice(&buf[from..to]);
     }
 }
 
@@ -396,7 +487,7 @@ impl Source for FileSource {
         let follow = self.config.follow;
         let path = self.config.path.clone();
         let mut waiting = false;
-        let (mut file, start) = loop {
+        let (mut file, start, mut head) = loop {
             match self.open(follow).await {
                 Ok(opened) => break opened,
                 // Followed, like `tail -F`: a file its writer has not made
@@ -423,8 +514,6 @@ impl Source for FileSource {
             std::mem::replace(&mut self.dead_letters, DeadLetterFile::new(PathBuf::new()));
         let decoder = LineDecoder::new(&name, stats.clone(), dead_letters);
         let mut in_flight = InFlight::new(start);
-        // The start of the file as read: rewritten in place, it differs.
-        let mut head = Vec::new();
         let mut reader = Reader {
             buf: Vec::with_capacity(READ_CHUNK * 2),
             base: start,
@@ -450,6 +539,8 @@ impl Source for FileSource {
             let (buf, read) = read.map_err(cannot_read)?;
             reader.buf = buf;
             let n = read.map_err(cannot_read)?;
+            // The start of the file as read: rewritten in place, it differs.
+            extend_head(&mut head, reader.base.offset, &reader.buf);
             if n > 0 {
                 let lines_before = reader.base.line;
                 reader.drain(false, &mut out, &mut in_flight).await;
@@ -457,7 +548,7 @@ impl Source for FileSource {
                 if follow {
                     // Throttled: at most every 200 ms, so a crash mid-file
                     // replays little.
-                    if let Err(e) = in_flight.store(&self.offsets, false).await {
+                    if let Err(e) = in_flight.store(&self.offsets, &head, false).await {
                         stats.error(format!("cannot keep the offset: {e}"));
                     }
                 }
@@ -477,7 +568,7 @@ impl Source for FileSource {
                 break;
             }
             in_flight.collect_ready(&name);
-            if let Err(e) = in_flight.store(&self.offsets, false).await {
+            if let Err(e) = in_flight.store(&self.offsets, &head, false).await {
                 stats.error(format!("cannot keep the offset: {e}"));
             }
             // Just read, the start is what was read: kept before waiting, so
@@ -510,7 +601,7 @@ impl Source for FileSource {
                     }
                     tracing::info!(source = %name, path = %path.display(), ?change, "reading the file from the start");
                     match self.open(false).await {
-                        Ok((new_file, mut position)) => {
+                        Ok((new_file, mut position, _)) => {
                             file = new_file;
                             head.clear();
                             reader.buf.clear();
@@ -532,7 +623,7 @@ impl Source for FileSource {
         in_flight.collect_all(&name).await;
         if follow {
             in_flight
-                .store(&self.offsets, true)
+                .store(&self.offsets, &head, true)
                 .await
                 .map_err(|e| ComponentError::Fatal(format!("cannot keep the offset: {e}")))?;
         }
@@ -630,7 +721,39 @@ mod tests {
             line: 10,
             generation: 2,
         };
-        offsets.store(position).await.unwrap();
-        assert_eq!(offsets.load().await, Some(position));
+        offsets.store(position, b"{\"id\"").await.unwrap();
+        let kept = offsets.load().await.unwrap();
+        assert_eq!(kept.position, position);
+        assert_eq!(kept.head, HeadPrint::of(b"{\"id\""));
+        assert_ne!(kept.head, HeadPrint::of(b"{\"iD\""));
+    }
+
+    /// Offset files from before the print was kept still resume.
+    #[tokio::test]
+    async fn an_offset_file_without_a_print_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offset.json");
+        std::fs::write(&path, r#"{"file_id":7,"offset":1024,"line":10}"#).unwrap();
+        let kept = OffsetFile(path).load().await.unwrap();
+        assert_eq!((kept.position.offset, kept.position.generation), (1024, 0));
+        assert_eq!(kept.head, None);
+    }
+
+    #[test]
+    fn the_head_grows_from_each_read_until_it_is_full() {
+        let file: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let mut head = Vec::new();
+        // Reads of 700 bytes, each buffer starting where the last one ended.
+        for base in (0..3000).step_by(700) {
+            extend_head(&mut head, base as u64, &file[base..(base + 700).min(3000)]);
+        }
+        assert_eq!(head, file[..HEAD_LEN]);
+        // A buffer starting past what the head holds (a resumed file) adds nothing.
+        let mut head = file[..10].to_vec();
+        extend_head(&mut head, 20, &file[20..100]);
+        assert_eq!(head, file[..10]);
+        // One starting inside it adds what follows.
+        extend_head(&mut head, 5, &file[5..100]);
+        assert_eq!(head, file[..100]);
     }
 }
