@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use flowpulse_core::checkpoint::{self, checkpoint_key};
-use flowpulse_core::config::{LoadError, PipelineConfig};
+use flowpulse_core::config::{LoadError, PipelineConfig, UnsetVariables};
 use flowpulse_core::plugin::{registered_plugins, Shutdown};
 use flowpulse_core::runtime::Pipeline;
 use flowpulse_core::topology;
@@ -118,15 +118,21 @@ fn init_logging(format: LogFormat) {
 
 /// Loads `path`, or `pipeline.toml`, or the built-in default.
 fn load(path: Option<&Path>) -> Result<PipelineConfig, LoadError> {
+    load_with(path, UnsetVariables::Error)
+}
+
+/// [`load`], with `unset` saying where an unset variable is an error.
+fn load_with(path: Option<&Path>, unset: UnsetVariables) -> Result<PipelineConfig, LoadError> {
     match path {
-        Some(path) => PipelineConfig::from_file(path),
+        Some(path) => PipelineConfig::from_file_with(path, unset),
         None if Path::new("pipeline.toml").exists() => {
-            PipelineConfig::from_file(Path::new("pipeline.toml"))
+            PipelineConfig::from_file_with(Path::new("pipeline.toml"), unset)
         }
-        None => Ok(PipelineConfig::parse(
+        None => Ok(PipelineConfig::parse_with(
             "<built-in pipeline.toml>",
             DEFAULT_PIPELINE,
             |name| std::env::var(name).ok(),
+            unset,
         )?),
     }
 }
@@ -304,7 +310,8 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
         StateAction::Show { config } => (config.as_deref(), false),
         StateAction::Reset { config } => (config.as_deref(), true),
     };
-    let config = match load(path) {
+    // No sink is opened here: its secrets need not be set in this shell.
+    let config = match load_with(path, UnsetVariables::AllowedInSinks) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{e}");

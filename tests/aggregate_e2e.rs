@@ -323,6 +323,29 @@ fn state_show_says_a_checkpoint_of_events_without_positions_has_none() {
         "{shown}"
     );
     assert!(!shown.contains("written before"), "{shown}");
+    // A sink's secret unset in this shell: `state` never opens a sink.
+    let with_secret = dir.path().join("secret.toml");
+    let text = std::fs::read_to_string(&config).unwrap()
+        + "\n[sinks.live]\ntype = \"websocket\"\ninputs = [\"metrics\"]\naddress = \"127.0.0.1:0\"\ntoken = \"${FLOWPULSE_TEST_UNSET_TOKEN}\"\n";
+    std::fs::write(&with_secret, text).unwrap();
+    let output = Command::new(binary())
+        .args(["state", "show", "-c"])
+        .arg(&with_secret)
+        .current_dir(dir.path())
+        .env_remove("FLOWPULSE_TEST_UNSET_TOKEN")
+        .output()
+        .unwrap();
+    assert_success(&output);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), shown);
+    let validated = Command::new(binary())
+        .args(["validate", "-c"])
+        .arg(&with_secret)
+        .env_remove("FLOWPULSE_TEST_UNSET_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!validated.status.success());
+    assert!(String::from_utf8_lossy(&validated.stderr)
+        .contains("FLOWPULSE_TEST_UNSET_TOKEN is not set"));
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use flowpulse_core::config::{Diagnostic, Level, PipelineConfig};
+use flowpulse_core::config::{Diagnostic, Level, PipelineConfig, UnsetVariables};
 
 fn env(name: &str) -> Option<String> {
     match name {
@@ -234,6 +234,34 @@ fn an_unset_variable_is_the_only_error_of_its_line() {
     let lines: Vec<usize> = all.iter().map(|d| d.line).collect();
     assert_eq!(lines, [3, 7], "{all:#?}");
     assert!(all[1].message.contains("STREAM_URL is not set"), "{all:#?}");
+}
+
+/// `flowpulse state` opens no sink: a sink's secret may be unset in its
+/// shell. Anywhere else, and for every other command, it stays an error.
+#[test]
+fn unset_variables_in_sinks_can_be_allowed_and_nowhere_else() {
+    flowpulse_plugins::link();
+    let sinks = "\n[sinks.live]\ntype = \"websocket\"\ninputs = [\"in\"]\naddress = \"127.0.0.1:0\"\ntoken = \"${API_TOKEN}\"\n\n[ sinks . \"out\" ]\ntype = \"blackhole\"\ninputs = [\"in\"]\n";
+    let text = format!("[sources.in]\ntype = \"demo\"\n{sinks}");
+    let allowed = PipelineConfig::parse_with("p.toml", &text, env, UnsetVariables::AllowedInSinks);
+    let config = allowed.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.components.len(), 3);
+    let strict = PipelineConfig::parse("p.toml", &text, env).unwrap_err();
+    let lines: Vec<usize> = strict.diagnostics.iter().map(|d| d.line).collect();
+    assert_eq!(lines, [8], "{strict}");
+    assert!(
+        strict.to_string().contains("API_TOKEN is not set"),
+        "{strict}"
+    );
+    // In a source (or anything but a sink) it is an error either way.
+    let text = format!(
+        "[sources.in]\ntype = \"redis_stream\"\nurl = \"${{STREAM_URL}}\"\nstream = \"s\"\n{sinks}"
+    );
+    let e = PipelineConfig::parse_with("p.toml", &text, env, UnsetVariables::AllowedInSinks)
+        .unwrap_err();
+    let lines: Vec<usize> = e.diagnostics.iter().map(|d| d.line).collect();
+    assert_eq!(lines, [3], "{e}");
+    assert!(e.to_string().contains("STREAM_URL is not set"), "{e}");
 }
 
 #[test]

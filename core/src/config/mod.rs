@@ -269,17 +269,36 @@ pub enum LoadError {
     Invalid(#[from] ConfigError),
 }
 
+/// Where an unset `${VAR}` (one without a default) is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsetVariables {
+    /// Everywhere: the pipeline is to run, or be validated.
+    Error,
+    /// Everywhere but in `[sinks.*]` tables. For commands that never open a
+    /// sink (`flowpulse state`), whose secrets (webhook URLs, passwords,
+    /// tokens) the shell they run from need not hold. Such a value is left
+    /// empty.
+    AllowedInSinks,
+}
+
 impl PipelineConfig {
     /// Reads and validates a config file, interpolating the process environment.
     pub fn from_file(path: &Path) -> Result<PipelineConfig, LoadError> {
+        PipelineConfig::from_file_with(path, UnsetVariables::Error)
+    }
+
+    /// [`PipelineConfig::from_file`], with `unset` saying where an unset
+    /// variable is an error.
+    pub fn from_file_with(path: &Path, unset: UnsetVariables) -> Result<PipelineConfig, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        Ok(PipelineConfig::parse(
+        Ok(PipelineConfig::parse_with(
             &path.display().to_string(),
             &text,
             |name| std::env::var(name).ok(),
+            unset,
         )?)
     }
 
@@ -290,6 +309,17 @@ impl PipelineConfig {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<PipelineConfig, ConfigError> {
+        PipelineConfig::parse_with(file, text, env, UnsetVariables::Error)
+    }
+
+    /// [`PipelineConfig::parse`], with `unset` saying where an unset
+    /// variable is an error.
+    pub fn parse_with(
+        file: &str,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+        unset: UnsetVariables,
+    ) -> Result<PipelineConfig, ConfigError> {
         let mut parser = Parser {
             source: SourceText { file, text },
             invalid: Default::default(),
@@ -298,8 +328,12 @@ impl PipelineConfig {
         };
         let (interpolated, errors) = interpolate(text, env);
         let unresolved = errors.len();
+        let mut tolerated_lines = std::collections::HashSet::new();
         for e in errors {
             parser.push(e.span.start, Level::Error, e.message, None);
+            if unset == UnsetVariables::AllowedInSinks && in_sinks_table(text, e.span.start) {
+                tolerated_lines.extend(parser.diagnostics.last().map(|d| d.line));
+            }
         }
         parser.interpolated = interpolated;
         let interpolated_text = parser.interpolated.text.clone();
@@ -319,7 +353,8 @@ impl PipelineConfig {
         let mut index = 0;
         parser.diagnostics.retain(|d| {
             index += 1;
-            index <= unresolved || !unset_lines.contains(&d.line)
+            (index <= unresolved || !unset_lines.contains(&d.line))
+                && !tolerated_lines.contains(&d.line)
         });
         // In the order of the file, whatever order they were found in.
         parser.diagnostics.sort_by_key(|d| (d.line, d.column));
@@ -334,6 +369,24 @@ impl PipelineConfig {
             }),
         }
     }
+}
+
+/// Whether `offset` of a config's `text` lies in a `[sinks.*]` table: the
+/// last table header before it names `sinks` first. Read from the text, as
+/// unset variables are found before the TOML is parsed.
+fn in_sinks_table(text: &str, offset: usize) -> bool {
+    let before = text.get(..offset).unwrap_or(text);
+    before
+        .lines()
+        .map(str::trim_start)
+        .rfind(|line| line.starts_with('['))
+        .is_some_and(|header| {
+            let path = header.trim_start_matches('[').trim_start();
+            path.strip_prefix("sinks")
+                .or_else(|| path.strip_prefix("\"sinks\""))
+                .and_then(|rest| rest.trim_start().chars().next())
+                .is_some_and(|c| c == '.' || c == ']')
+        })
 }
 
 struct Parser<'a> {
