@@ -1002,3 +1002,115 @@ token = "{TOKEN}"
     c.close().await.unwrap();
     assert!(server.stop().success());
 }
+
+/// Reads that need the token (`auth_reads`): the page asks for it; cancelled,
+/// the banner offers to enter it, and once entered the page fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_reads_behind_the_token_a_cancelled_dialog_leaves_a_way_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[pipeline]
+data_dir = "{data}"
+
+[sources.demo]
+type = "demo"
+rate = 50
+
+[processors.metrics]
+type = "aggregate"
+inputs = ["demo"]
+interval = "300ms"
+
+[sinks.api]
+type = "rest"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+token = "{TOKEN}"
+auth_reads = true
+dashboard = true
+"#,
+            data = dir.path().join("data").display(),
+        ),
+    )
+    .unwrap();
+    let server = start(dir.path(), &config);
+    let driver = Driver::start();
+    let c = driver.browser(&dir.path().join("profile")).await;
+    c.goto(&server.url("/")).await.unwrap();
+    let dialog_open = "return document.getElementById('token-dialog').open";
+    until(
+        &c,
+        "the token dialog",
+        Duration::from_secs(20),
+        dialog_open,
+        |v| v == true,
+    )
+    .await;
+    c.find(Locator::Id("token-cancel"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the way back in",
+        Duration::from_secs(20),
+        "return !document.getElementById('token-enter').hidden",
+        |v| v == true,
+    )
+    .await;
+    assert_eq!(
+        text(&c, "#card-total").await,
+        "–",
+        "nothing read without it"
+    );
+    c.find(Locator::Id("token-enter"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the token dialog again",
+        Duration::from_secs(5),
+        dialog_open,
+        |v| v == true,
+    )
+    .await;
+    c.find(Locator::Id("token-input"))
+        .await
+        .unwrap()
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    c.find(Locator::Id("token-ok"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the cards filled",
+        Duration::from_secs(20),
+        "return document.getElementById('card-total').textContent",
+        |v| v.as_str().is_some_and(|t| t != "–"),
+    )
+    .await;
+    assert_eq!(
+        c.execute(
+            "return document.getElementById('token-enter').hidden",
+            vec![]
+        )
+        .await
+        .unwrap(),
+        true
+    );
+    c.close().await.unwrap();
+    assert!(server.stop().success());
+}

@@ -159,6 +159,7 @@ function onMetrics(doc) {
   // A poll answer older than what a frame already showed changes nothing.
   if (state.doc && doc.last_update && state.doc.last_update && doc.last_update < state.doc.last_update) return;
   $("banner-error").textContent = "";
+  $("token-enter").hidden = true;
   state.doc = doc;
   state.receivedAt = Date.now();
   if (Array.isArray(doc.history) && doc.history.length) {
@@ -288,6 +289,8 @@ async function loadHealth() {
 
 function showError(e) {
   $("banner-error").textContent = e.message;
+  // Reads need the token and its dialog was cancelled: a way back in.
+  if (e.status === 401) $("token-enter").hidden = false;
 }
 
 const alertActions = {
@@ -344,6 +347,16 @@ function setupControls(live) {
     } finally {
       send.disabled = false;
     }
+  });
+
+  $("token-enter").addEventListener("click", async () => {
+    if (!(await api.askToken())) return;
+    $("token-enter").hidden = true;
+    $("banner-error").textContent = "";
+    // The socket reconnects by itself on a new token; the reads go again.
+    loadRealtime();
+    loadHistory();
+    loadAlerts();
   });
 
   const theme = $("theme");
