@@ -1004,7 +1004,9 @@ token = "{TOKEN}"
 }
 
 /// Reads that need the token (`auth_reads`): the page asks for it; cancelled,
-/// the banner offers to enter it, and once entered the page fills.
+/// the banner offers to enter it, and once entered the page fills and goes
+/// live on the WebSocket, at the `path` the server's OpenAPI document lists
+/// (not the default one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_reads_behind_the_token_a_cancelled_dialog_leaves_a_way_in() {
     let dir = tempfile::tempdir().unwrap();
@@ -1031,6 +1033,14 @@ address = "127.0.0.1:0"
 token = "{TOKEN}"
 auth_reads = true
 dashboard = true
+
+[sinks.live]
+type = "websocket"
+inputs = ["metrics"]
+address = "127.0.0.1:0"
+path = "/ws/live"
+token = "{TOKEN}"
+auth_reads = true
 "#,
             data = dir.path().join("data").display(),
         ),
@@ -1111,6 +1121,14 @@ dashboard = true
         .unwrap(),
         true
     );
+    until(
+        &c,
+        "live on /ws/live",
+        Duration::from_secs(20),
+        "return window.flowpulseConnection()",
+        |v| v == "live",
+    )
+    .await;
     c.close().await.unwrap();
     assert!(server.stop().success());
 }

@@ -7,6 +7,26 @@ import { get, token } from "./api.js";
 
 const MIN_RETRY_MS = 1000;
 const MAX_RETRY_MS = 30_000;
+const DEFAULT_PATH = "/ws/monitoring";
+
+/**
+ * The WebSocket's path on this origin, as the server's OpenAPI document
+ * lists it: a `websocket` sink sharing the address may have another `path`.
+ * The default one first if it is there; the default if nothing says.
+ */
+async function websocketPath() {
+  try {
+    const r = await fetch("/api/v1/openapi.json", { cache: "no-store", signal: AbortSignal.timeout(10_000) });
+    const doc = await r.json();
+    const paths = Object.entries(doc.paths || {})
+      .filter(([, item]) => item && item.get && String(item.get.operationId || "").startsWith("websocket_"))
+      .map(([path]) => path);
+    return paths.includes(DEFAULT_PATH) ? DEFAULT_PATH : (paths[0] || DEFAULT_PATH);
+  } catch (e) {
+    console.warn("flowpulse: cannot read the OpenAPI document; trying the default WebSocket path", e);
+    return DEFAULT_PATH;
+  }
+}
 
 export class Live {
   /**
@@ -25,6 +45,7 @@ export class Live {
     this.state = "offline";
     this.polling = false;
     this.watchdog = null;
+    this.path = DEFAULT_PATH;
     // A token just entered: try the WebSocket again at once.
     window.addEventListener("flowpulse-token", () => {
       if (this.state !== "live") {
@@ -51,7 +72,8 @@ export class Live {
     }, Math.max(45_000, 3 * this.pollEveryMs));
   }
 
-  start() {
+  async start() {
+    this.path = await websocketPath();
     this.connect();
   }
 
@@ -82,7 +104,7 @@ export class Live {
     const protocols = t ? ["flowpulse", "bearer." + t] : ["flowpulse"];
     let ws;
     try {
-      ws = new WebSocket(`${scheme}://${location.host}/ws/monitoring`, protocols);
+      ws = new WebSocket(`${scheme}://${location.host}${this.path}`, protocols);
     } catch (e) {
       console.warn("flowpulse: cannot open the WebSocket", e);
       this.lost();
