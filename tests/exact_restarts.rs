@@ -380,3 +380,86 @@ inputs = ["metrics"]
     assert_success(&output);
     assert_eq!(last_document(&metrics).unwrap()["anomalies"], 0);
 }
+
+/// Events held for reordering when the input went idle are applied as event
+/// time moves on by the wall clock, with no batch folded after them. A
+/// restart (here after SIGKILL) must not hold them again: every document of
+/// the second run shows what the first run's last one showed. 5,000 events
+/// at 1,000 a second of event time and a bound of 1 s: ~1,000 of them are
+/// held when the last batch is folded.
+#[test]
+fn a_restart_never_shows_less_than_was_shown_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let generated = Command::new(binary())
+        .args([
+            "generate",
+            "-n",
+            "5000",
+            "--seed",
+            "29",
+            "--in-flight",
+            "300",
+        ])
+        .args(["--expect", "-o"])
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert_success(&generated);
+    let expect: serde_json::Value = serde_json::from_slice(&generated.stderr).unwrap();
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[pipeline]
+name = "idle-restart"
+
+[checkpoint]
+url = "file://{store}"
+interval = "200ms"
+
+[sources.events]
+type = "file"
+path = "{events}"
+follow = true
+
+[processors.metrics]
+type = "aggregate"
+inputs = ["events"]
+interval = "200ms"
+max_out_of_order = "1s"
+
+[sinks.out]
+type = "file"
+path = "metrics.jsonl"
+inputs = ["metrics"]
+"#,
+            store = dir.path().join("store").display(),
+            events = events.display(),
+        ),
+    )
+    .unwrap();
+    let metrics = dir.path().join("metrics.jsonl");
+    let child = spawn_logged(dir.path(), &config, "first");
+    wait_until(Duration::from_secs(60), "every held event applied", || {
+        last_document(&metrics).is_some_and(|doc| matches_expectation(&doc, &expect))
+    });
+    // Two checkpoint intervals, for the one that holds them.
+    std::thread::sleep(Duration::from_millis(600));
+    kill9(child);
+    let shown = read_lines(&metrics).len();
+    let child = spawn_logged(dir.path(), &config, "second");
+    wait_until(Duration::from_secs(30), "three documents", || {
+        read_lines(&metrics).len() >= shown + 3
+    });
+    kill9(child);
+    for line in &read_lines(&metrics)[shown..] {
+        let doc: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            matches_expectation(&doc["data"], &expect),
+            "after the restart: {}\nexpected {expect}",
+            doc["data"]["overview"]
+        );
+    }
+}

@@ -141,6 +141,17 @@ pub trait ProcessorState: Send {
     /// what depends on it (expiry, held events, windows) matches.
     fn follow_time(&mut self, _t_ms: i64) {}
 
+    /// Whether the state changed since its last snapshot other than by
+    /// folding a batch (the aggregate applying held events as its event
+    /// time moves on by the wall clock while the input is idle). The
+    /// runtime then writes a checkpoint at the next interval though it
+    /// holds no handles, so that a restart does not go back to before that
+    /// change and show smaller totals than were already emitted. False by
+    /// default.
+    fn changed_by_itself(&self) -> bool {
+        false
+    }
+
     /// One line on what the state holds, for `flowpulse state show`.
     fn describe(&self) -> String;
 

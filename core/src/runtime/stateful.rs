@@ -403,7 +403,8 @@ impl StateKeeper {
         }
         // Scheduled from the start of the last write, with a little slack, so
         // a tick arriving a hair early does not double the real period.
-        if c.held.is_empty() || (!force && c.last.elapsed() + c.interval / 10 < c.interval) {
+        let unchanged = c.held.is_empty() && !state.changed_by_itself();
+        if unchanged || (!force && c.last.elapsed() + c.interval / 10 < c.interval) {
             return;
         }
         let started = Instant::now();

@@ -177,3 +177,28 @@ fn activity_survives_a_snapshot_and_a_version_3_snapshot_restores_without_it() {
     assert_eq!(restored.accounting(), state.accounting());
     assert_eq!(restored.event_time_ms(), state.event_time_ms());
 }
+
+/// Held events applied as T moves on by the wall clock change the state
+/// with no batch folded: it says so until its next snapshot, so that the
+/// runtime checkpoints it and a restart does not show them held again.
+#[test]
+fn held_events_applied_while_idle_ask_for_a_checkpoint() {
+    let mut state = partition(&[("a", 0), ("b", 1_000)], WALL_MS);
+    assert_eq!(state.pending_len(), 2, "within the bound: held");
+    ProcessorState::snapshot(&mut state, &|_| false);
+    assert!(!ProcessorState::changed_by_itself(&state));
+    // Idle for less than the bound: nothing applied, nothing to write.
+    state.advance(BOUND_MS / 2);
+    assert_eq!(state.pending_len(), 2);
+    assert!(!ProcessorState::changed_by_itself(&state));
+    state.advance(BOUND_MS);
+    assert_eq!(state.pending_len(), 0, "the bound passed: applied");
+    assert!(ProcessorState::changed_by_itself(&state));
+    ProcessorState::snapshot(&mut state, &|_| false);
+    assert!(!ProcessorState::changed_by_itself(&state));
+    state.advance(BOUND_MS);
+    assert!(
+        !ProcessorState::changed_by_itself(&state),
+        "nothing left to apply"
+    );
+}

@@ -28,6 +28,8 @@ impl AggregateState {
             limits,
             now_ms,
             max_event_ms,
+            // Bookkeeping of this state's own checkpoints.
+            changed_by_itself: _,
             seq,
             dedup: _,
             pending: _,
@@ -79,6 +81,7 @@ impl AggregateState {
             limits: _,
             now_ms,
             max_event_ms,
+            changed_by_itself: _,
             seq,
             dedup,
             pending,

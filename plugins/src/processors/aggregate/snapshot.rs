@@ -263,6 +263,7 @@ impl ProcessorState for AggregateState {
     }
 
     fn snapshot(&mut self, stored: &dyn Fn(u64) -> bool) -> Snapshot {
+        self.changed_by_itself = false;
         let already: BTreeSet<u64> = self
             .dedup_epochs()
             .into_iter()
@@ -305,6 +306,10 @@ impl ProcessorState for AggregateState {
 
     fn follow_time(&mut self, t_ms: i64) {
         self.follow(t_ms);
+    }
+
+    fn changed_by_itself(&self) -> bool {
+        self.changed_by_itself
     }
 
     fn describe(&self) -> String {

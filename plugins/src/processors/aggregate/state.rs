@@ -120,6 +120,10 @@ pub struct AggregateState {
     /// the dedup window follow it, never the wall clock: after an outage the
     /// backlog is not late.
     pub(super) max_event_ms: Option<i64>,
+    /// Held events were applied since the last snapshot without a batch
+    /// folded (see [`flowpulse_core::state::ProcessorState::changed_by_itself`]).
+    #[serde(skip)]
+    pub(super) changed_by_itself: bool,
     pub(super) seq: u64,
     /// Serialized apart (see `snapshot`), so its epochs can be stored once.
     #[serde(skip)]
@@ -170,6 +174,7 @@ impl AggregateState {
         types.intern(UNKNOWN, usize::MAX);
         AggregateState {
             now_ms: None,
+            changed_by_itself: false,
             max_event_ms: None,
             seq: 0,
             dedup: Dedup::default(),
@@ -458,7 +463,17 @@ impl AggregateState {
         if let Some(t) = self.now_ms.as_mut() {
             *t += elapsed_ms.max(0);
             let idle_watermark = *t - self.limits.max_out_of_order_ms;
-            self.apply_until(idle_watermark);
+            self.apply_held_by_itself(idle_watermark);
+        }
+    }
+
+    /// Applies held events up to `watermark` outside of folding, noting
+    /// that the state then differs from its last snapshot.
+    fn apply_held_by_itself(&mut self, watermark: i64) {
+        let held = self.pending.len();
+        self.apply_until(watermark);
+        if self.pending.len() != held {
+            self.changed_by_itself = true;
         }
     }
 
@@ -490,7 +505,7 @@ impl AggregateState {
             return;
         }
         self.now_ms = Some(t_ms);
-        self.apply_until(t_ms - self.limits.max_out_of_order_ms);
+        self.apply_held_by_itself(t_ms - self.limits.max_out_of_order_ms);
     }
 
     /// Applies every held event (end of input).
