@@ -614,6 +614,30 @@ fn the_status_shows_the_assigned_partitions_and_the_lag() {
             log["lag"] == 0 && log["records_in"] == 20_000
         })
     });
+    // A reset from elsewhere (another data directory, as another machine
+    // would be) refuses while the group has a member, deleting nothing.
+    let elsewhere = t.dir.path().join("elsewhere.toml");
+    let config = std::fs::read_to_string(&worker).unwrap();
+    std::fs::write(
+        &elsewhere,
+        config.replace(
+            "data_dir = \"worker-data\"",
+            "data_dir = \"elsewhere-data\"",
+        ),
+    )
+    .unwrap();
+    let reset = std::process::Command::new(binary())
+        .current_dir(t.dir.path())
+        .args(["state", "reset", "-c"])
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&reset.stderr);
+    assert!(!reset.status.success(), "{said}");
+    assert!(said.contains("nothing deleted"), "{said}");
+    assert!(said.contains("has 1 member(s)"), "{said}");
+    let show = state_command(t.dir.path(), &elsewhere, "show");
+    assert!(!show.contains("no partition checkpointed yet"), "{show}");
     kill9(child);
 }
 

@@ -126,6 +126,36 @@ impl SourceConfig for KafkaSourceConfig {
     fn shards(&self) -> bool {
         true
     }
+
+    /// The group's members, if it has any: instances reading the topic now,
+    /// wherever they run (`flowpulse state reset` refuses while there are).
+    async fn reader(&self) -> Option<String> {
+        let config = kafka_util::client_config(&self.brokers, &self.options, &[]);
+        let (group, topic) = (self.group.clone(), self.topic.clone());
+        let ask = tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.create().ok()?;
+            let list = consumer
+                .fetch_group_list(Some(&group), Duration::from_secs(5))
+                .ok()?;
+            let info = list.groups().iter().find(|g| g.name() == group)?;
+            let members: Vec<String> = info
+                .members()
+                .iter()
+                .map(|m| format!("{} at {}", m.client_id(), m.client_host()))
+                .collect();
+            (!members.is_empty()).then(|| {
+                format!(
+                    "consumer group \"{group}\" of topic \"{topic}\" has {} member(s) ({}): they leave it when stopped, or after `session.timeout.ms` if killed",
+                    members.len(),
+                    members.join(", ")
+                )
+            })
+        });
+        tokio::time::timeout(Duration::from_secs(10), ask)
+            .await
+            .ok()?
+            .ok()?
+    }
     fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
         let mut errors =
             kafka_util::check_common(&self.brokers, &self.topic, &self.options, RESERVED);
