@@ -30,6 +30,7 @@ use anyhow::Context as _;
 use flowpulse_core::alert::Alert;
 use flowpulse_core::config::PipelineConfig;
 use flowpulse_core::metrics::RealtimeMetrics;
+use flowpulse_core::topology::TopologyView;
 use flowpulse_plugins::processors::alert_rules::evaluator::{At, CompiledRule, Evaluator};
 use flowpulse_plugins::processors::alert_rules::path::{write, SelfSample};
 use flowpulse_plugins::processors::alert_rules::rule::Rule;
@@ -73,11 +74,67 @@ fn label(alert: &Alert) -> String {
 
 /// The line (1-based) of the `n`-th `[[steps]]` header of `text`.
 fn step_line(text: &str, n: usize) -> usize {
+    header_line(text, "[[steps]]", n)
+}
+
+/// The line (1-based) of the `n`-th `header` line of `text`; 0 if none.
+fn header_line(text: &str, header: &str, n: usize) -> usize {
     text.lines()
         .enumerate()
-        .filter(|(_, l)| l.trim() == "[[steps]]")
+        .filter(|(_, l)| l.trim() == header)
         .nth(n)
         .map_or(0, |(i, _)| i + 1)
+}
+
+/// Everything wrong with the test file's rules and steps, as `validate`
+/// finds it for rules in a config: each problem with its line. Channels
+/// are checked against `known_channels` when a config gives them.
+fn problems(
+    file: &Path,
+    text: &str,
+    test: &TestFile,
+    config_rules: &[Rule],
+    known_channels: Option<&[String]>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut names: std::collections::BTreeSet<&str> =
+        config_rules.iter().map(|r| r.name.as_str()).collect();
+    for (i, rule) in test.rules.iter().enumerate() {
+        let at = format!(
+            "{}:{}: rules[{i}]",
+            file.display(),
+            header_line(text, "[[rules]]", i)
+        );
+        let found = rule.problems(known_channels.unwrap_or_default());
+        for problem in found {
+            if known_channels.is_none() && problem.field.starts_with("channels[") {
+                continue;
+            }
+            problems.push(format!("{at}.{}: {}", problem.field, problem.message));
+        }
+        if !names.insert(rule.name.as_str()) {
+            problems.push(format!(
+                "{at}.name: another rule is called `{}`; names are unique",
+                rule.name
+            ));
+        }
+        if let Err(e) = CompiledRule::new(rule.clone()) {
+            problems.push(format!("{at}.condition.metric: {e}"));
+        }
+    }
+    for (n, pair) in test.steps.windows(2).enumerate() {
+        if pair[1].at < pair[0].at {
+            problems.push(format!(
+                "{}:{}: steps[{}].at: {} is before the step above ({}); steps go forward in time",
+                file.display(),
+                step_line(text, n + 1),
+                n + 1,
+                humantime::format_duration(pair[1].at),
+                humantime::format_duration(pair[0].at),
+            ));
+        }
+    }
+    problems
 }
 
 /// Runs the test file; exit 0 if every expectation holds, 1 if not.
@@ -91,7 +148,8 @@ pub fn run(file: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let mut rules = test.rules;
+    let mut config_rules = Vec::new();
+    let mut known_channels = None;
     if let Some(config) = config {
         let config = match PipelineConfig::from_file(config) {
             Ok(config) => config,
@@ -102,10 +160,22 @@ pub fn run(file: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         };
         for spec in &config.components {
             if let Some(alert_rules) = spec.config.as_any().downcast_ref::<AlertRulesConfig>() {
-                rules.extend(alert_rules.rules.iter().cloned());
+                config_rules.extend(alert_rules.rules.iter().cloned());
             }
         }
+        let topology = TopologyView::new(&config.components, &config.stores);
+        known_channels = Some(AlertRulesConfig::known_channels_of(&topology));
     }
+    let problems = problems(file, &text, &test, &config_rules, known_channels.as_deref());
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("{problem}");
+        }
+        eprintln!("{} problem(s) in {}", problems.len(), file.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut rules = test.rules;
+    rules.extend(config_rules);
     if rules.is_empty() {
         eprintln!(
             "{}: no rules: write [[rules]] or pass -c CONFIG",

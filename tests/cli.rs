@@ -301,6 +301,50 @@ notices = ["triggered errors"]
     );
 }
 
+/// The test file's rules are checked as `validate` checks a config's, every
+/// problem at once with its line, before any step runs; so are steps going
+/// back in time. Channels are checked only against a config's sinks.
+#[test]
+fn test_rules_reports_every_problem_of_its_rules_and_steps_with_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.toml");
+    let rule = |name: &str, extra: &str| {
+        format!(
+            "[[rules]]\nname = \"{name}\"\nseverity = \"warning\"\nchannels = [\"pager\"]\ncondition = {{ metric = \"overview.error_rate_percent\", operator = \">\", value = 10 }}\n{extra}\n"
+        )
+    };
+    let text = [
+        rule("Bad", "message = \"{{valu}}\""),
+        rule("Bad", "runbook_url = \"ftp://runbooks\""),
+        rule("   ", ""),
+        "[[steps]]\nat = \"5m\"\n\n[[steps]]\nat = \"1m\"\nnotices = []\n".into(),
+    ]
+    .concat();
+    std::fs::write(&file, &text).unwrap();
+    let output = Command::new(binary())
+        .arg("test-rules")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "t.toml:1: rules[0].message: `{{valu}}` is not a placeholder",
+        "t.toml:7: rules[1].runbook_url: `ftp://runbooks` is not an http:// or https:// address",
+        "t.toml:7: rules[1].name: another rule is called `Bad`",
+        "t.toml:13: rules[2].name: must not be blank",
+        "t.toml:22: steps[1].at: 1m is before the step above (5m)",
+        "5 problem(s) in",
+    ] {
+        assert!(stderr.contains(expected), "{expected}\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("pager"),
+        "no config: channels unchecked\n{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "", "no step ran");
+}
+
 /// Whether a process may use transparent huge pages (its `THP_enabled`
 /// status line, Linux 5.0 and later).
 #[cfg(target_os = "linux")]
