@@ -50,14 +50,49 @@ impl Interpolated {
             .map(|&(_, _, orig_start, orig_end)| orig_start..orig_end)
     }
 
-    /// Replaces every substituted value in `message` with `***`.
+    /// Replaces the substituted values in `message` with `***`: a value of
+    /// [`MASK_ANYWHERE_LEN`] characters or more wherever it appears, a
+    /// shorter one where it stands as a whole word (between characters that
+    /// are not letters or digits: `:pw@` in a URL, `"pw"`). Masking a short
+    /// value inside words garbles the message (`tak***s` for `e`) and, by
+    /// where the stars fall, tells what the value is.
     pub fn redact(&self, message: &str) -> String {
+        let mut values: Vec<&str> = self.values.iter().map(String::as_str).collect();
+        // Longest first: a value inside another is masked with it.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         let mut out = message.to_owned();
-        for value in &self.values {
-            out = out.replace(value.as_str(), "***");
+        for value in values {
+            out = mask(&out, value, value.chars().count() >= MASK_ANYWHERE_LEN);
         }
         out
     }
+}
+
+/// Values at least this long (in characters) are masked even inside words.
+const MASK_ANYWHERE_LEN: usize = 8;
+
+/// `text` with `value` masked where it appears (`anywhere`) or where it
+/// is a whole word.
+fn mask(text: &str, value: &str, anywhere: bool) -> String {
+    if value.is_empty() {
+        return text.to_owned();
+    }
+    let in_word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(value) {
+        out.push_str(&rest[..at]);
+        let before = out.chars().next_back();
+        let after = rest[at + value.len()..].chars().next();
+        if anywhere || !(in_word(before) || in_word(after)) {
+            out.push_str("***");
+        } else {
+            out.push_str(value);
+        }
+        rest = &rest[at + value.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn is_name(name: &str) -> bool {
@@ -251,6 +286,28 @@ mod tests {
     fn redact_hides_every_substituted_value() {
         let (out, _) = interpolate("x = \"${HOST}\"", env);
         assert_eq!(out.redact("cannot reach db.internal"), "cannot reach ***");
+    }
+
+    /// A short value is masked as a word, not inside other words: the
+    /// message stays readable and does not spell the value out.
+    #[test]
+    fn redact_masks_a_short_value_only_as_a_whole_word() {
+        let values = |v: &[&str]| Interpolated {
+            values: v.iter().map(|s| s.to_string()).collect(),
+            ..Interpolated::default()
+        };
+        let short = values(&["e", "pw1"]);
+        assert_eq!(
+            short.redact("sink \"out\" takes alerts, not e"),
+            "sink \"out\" takes alerts, not ***"
+        );
+        assert_eq!(
+            short.redact("redis://:pw1@host and pw12"),
+            "redis://:***@host and pw12"
+        );
+        // Eight characters or more: everywhere, inside words too.
+        let long = values(&["hunter22", "hunter2233"]);
+        assert_eq!(long.redact("xhunter22y and hunter2233"), "x***y and ***");
     }
 
     #[test]
