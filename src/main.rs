@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use flowpulse_core::checkpoint::{self, checkpoint_key};
 use flowpulse_core::config::{LoadError, PipelineConfig, UnsetVariables};
 use flowpulse_core::plugin::{registered_plugins, Shutdown};
-use flowpulse_core::runtime::Pipeline;
+use flowpulse_core::runtime::{Pipeline, RunError};
 use flowpulse_core::topology;
 
 mod generate;
@@ -178,9 +178,26 @@ fn main() -> ExitCode {
         }
     };
     result.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", causes(&e));
         ExitCode::FAILURE
     })
+}
+
+/// An error and its causes, joined by `: `, leaving out a cause the text
+/// before it already holds (some errors print their source themselves).
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn validate(path: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -230,27 +247,21 @@ fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
         let shutdown = Shutdown::new();
         stop_on_signal(shutdown.clone());
         let pipeline = Pipeline::new(config);
+        let telemetry = pipeline.telemetry();
         match pipeline.run(shutdown).await {
             Ok(report) => {
-                for (name, (role, stats)) in &report {
-                    tracing::info!(
-                        component = %name,
-                        role = role.as_str(),
-                        records_in = stats.records_in,
-                        records_out = stats.records_out,
-                        malformed = stats.malformed,
-                        ignored = stats.ignored,
-                        dropped = stats.dropped,
-                        lag = stats.lag,
-                        errors = stats.errors,
-                        extra = %serde_json::to_string(&stats.extra).unwrap_or_default(),
-                        "summary"
-                    );
-                }
+                log_summary(&report);
                 tracing::info!("pipeline stopped cleanly");
                 Ok(ExitCode::SUCCESS)
             }
+            // Nothing ran: no counters to tell.
+            Err(e @ RunError::Build(_)) => {
+                tracing::error!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+            // What ran until the failure matters most now.
             Err(e) => {
+                log_summary(&flowpulse_core::runtime::report_of(&telemetry));
                 tracing::error!("{e}");
                 Ok(ExitCode::FAILURE)
             }
@@ -261,6 +272,25 @@ fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     // for them would keep a stopped pipeline from exiting.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     outcome
+}
+
+/// One `summary` line of counters per component.
+fn log_summary(report: &flowpulse_core::runtime::RunReport) {
+    for (name, (role, stats)) in report {
+        tracing::info!(
+            component = %name,
+            role = role.as_str(),
+            records_in = stats.records_in,
+            records_out = stats.records_out,
+            malformed = stats.malformed,
+            ignored = stats.ignored,
+            dropped = stats.dropped,
+            lag = stats.lag,
+            errors = stats.errors,
+            extra = %serde_json::to_string(&stats.extra).unwrap_or_default(),
+            "summary"
+        );
+    }
 }
 
 fn migrate(path: Option<&Path>) -> anyhow::Result<ExitCode> {

@@ -463,3 +463,44 @@ inputs = ["metrics"]
         "{stderr}"
     );
 }
+
+/// A component that fails stops the pipeline with exit 1, and every
+/// component's counters are still logged: after a failure they matter most.
+#[test]
+fn a_failed_pipeline_still_logs_every_components_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("a-directory")).unwrap();
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sources.bad]\ntype = \"file\"\nfollow = true\npath = \"{}\"\n\n[sources.demo]\ntype = \"demo\"\nrate = 100\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"bad\", \"demo\"]\n",
+            dir.path().join("a-directory").display()
+        ),
+    )
+    .unwrap();
+    let output = run_to_end(dir.path(), &config, Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("a-directory: Is a directory"), "{stderr}");
+    let summaries = stderr.lines().filter(|l| l.contains("\"summary\""));
+    let components: Vec<&str> = summaries
+        .filter_map(|l| l.split("\"component\":\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(components, ["bad", "demo", "out"], "{stderr}");
+}
+
+/// An error's cause is said once, even when the error prints it itself.
+#[test]
+fn an_unreachable_redis_is_said_once() {
+    let port = common::redis_helpers::free_port();
+    let output = Command::new(binary())
+        .args(["generate", "-n", "1", "--redis-url"])
+        .arg(format!("redis://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error: cannot connect to"), "{stderr}");
+    assert_eq!(stderr.matches("refused").count(), 1, "{stderr}");
+}

@@ -64,6 +64,15 @@ pub struct Pipeline {
 /// The counters of every component at the end of a run.
 pub type RunReport = BTreeMap<String, (ComponentRole, StatsSnapshot)>;
 
+/// Every component's counters as they are now (at the end of a run that
+/// failed, what it had done).
+pub fn report_of(telemetry: &Telemetry) -> RunReport {
+    telemetry
+        .components()
+        .map(|(name, c)| (name.to_owned(), (c.role, c.stats.snapshot())))
+        .collect()
+}
+
 impl Pipeline {
     /// Prepares a pipeline from a validated config.
     pub fn new(config: PipelineConfig) -> Pipeline {
@@ -344,10 +353,7 @@ impl Pipeline {
         if let Some(failure) = first_failure {
             return Err(failure);
         }
-        Ok(telemetry
-            .components()
-            .map(|(name, c)| (name.to_owned(), (c.role, c.stats.snapshot())))
-            .collect())
+        Ok(report_of(&telemetry))
     }
 }
 

@@ -68,8 +68,13 @@ impl SourceConfig for FileSourceConfig {
 
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
         if !self.follow && !self.path.is_file() {
+            let why = if self.path.is_dir() {
+                "a directory, not a file"
+            } else {
+                "no such file"
+            };
             return Err(BuildError(format!(
-                "cannot read {}: no such file",
+                "cannot read {}: {why}",
                 self.path.display()
             )));
         }
