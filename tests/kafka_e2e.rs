@@ -641,6 +641,50 @@ fn the_status_shows_the_assigned_partitions_and_the_lag() {
     kill9(child);
 }
 
+/// After a rebalance takes partitions from a worker, its `/status` shows
+/// the lag of those it still reads only, not of the revoked ones.
+#[test]
+fn the_lag_shown_is_of_the_partitions_assigned_now() {
+    let t = Bridged::new("kafka-lag-revoked", 20_000, &[]);
+    let worker = t.worker(
+        "batch_size = 100\noptions = { \"session.timeout.ms\" = \"6000\", \"partition.assignment.strategy\" = \"range\" }",
+        "",
+        "delay_per_batch = \"50ms\"",
+    );
+    let port = free_port();
+    let with_api = t.dir.path().join("with-api.toml");
+    let mut config = std::fs::read_to_string(&worker).unwrap();
+    config.push_str(&format!(
+        "\n[sinks.api]\ntype = \"rest\"\ninputs = [\"metrics\"]\naddress = \"127.0.0.1:{port}\"\n"
+    ));
+    std::fs::write(&with_api, config).unwrap();
+    let first = spawn_logged(t.dir.path(), &with_api, "w1");
+    let log =
+        || get_json(port, "/api/v1/monitoring/status").map(|s| s["components"]["log"].clone());
+    let lagged = |log: &serde_json::Value| {
+        log["partition_lag"]
+            .as_object()
+            .map(|lag| lag.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "four partitions with a lag",
+        || log().is_some_and(|log| log["partitions_assigned"] == 4 && lagged(&log).len() == 4),
+    );
+    let second = spawn_logged(t.dir.path(), &worker, "w2");
+    wait_until(Duration::from_secs(60), "two partitions taken away", || {
+        log().is_some_and(|log| log["partitions_assigned"] == 2)
+    });
+    // librdkafka's statistics come every second: three of them.
+    std::thread::sleep(Duration::from_secs(3));
+    let now = log().expect("/status answers");
+    assert_eq!(now["partitions_assigned"], 2, "{now}");
+    assert_eq!(lagged(&now).len(), 2, "{now}");
+    kill9(first);
+    kill9(second);
+}
+
 /// The bridge started while no broker listens keeps running, says it cannot
 /// reach the broker, and delivers everything, in order, once one starts.
 #[test]

@@ -368,11 +368,18 @@ impl ClientContext for GroupContext {
 
     fn stats(&self, statistics: Statistics) {
         // Per partition this member reads (-1: not known yet), and summed.
+        // librdkafka goes on reporting a partition revoked from it for a
+        // while: only those assigned now count.
+        let assigned = |partition: i32| {
+            self.partitions
+                .lock()
+                .is_ok_and(|held| held.get(&partition).is_some_and(|h| h.assigned))
+        };
         let lag: BTreeMap<String, u64> = statistics
             .topics
             .values()
             .flat_map(|t| t.partitions.values())
-            .filter(|p| p.partition >= 0 && p.fetch_state != "none")
+            .filter(|p| p.partition >= 0 && p.fetch_state != "none" && assigned(p.partition))
             .map(|p| (p.partition.to_string(), p.consumer_lag.max(0) as u64))
             .collect();
         self.stats.set_partition_lag(lag);
