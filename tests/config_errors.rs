@@ -264,6 +264,17 @@ fn unset_variables_in_sinks_can_be_allowed_and_nowhere_else() {
     assert!(e.to_string().contains("STREAM_URL is not set"), "{e}");
 }
 
+/// Rust's type names do not reach the user: a count is a non-negative
+/// integer, not a `usize`.
+#[test]
+fn number_errors_say_what_is_expected_in_plain_words() {
+    let d = only_error(&format!(
+        "[sources.in]\ntype = \"file\"\npath = \"x\"\nbatch_size = -1\n{SINK}"
+    ));
+    assert!(d.message.contains("expected a non-negative integer"), "{d}");
+    assert!(!d.message.contains("usize"), "{d}");
+}
+
 #[test]
 fn a_bare_variable_that_does_not_parse_is_named_without_its_value() {
     // `many` is not a TOML value: the document itself does not parse.

@@ -371,6 +371,27 @@ impl PipelineConfig {
     }
 }
 
+/// A TOML or serde message in the config's words: Rust's number types
+/// become what they mean (`expected usize`: `expected a non-negative
+/// integer`).
+fn plain(message: &str) -> String {
+    const WORDS: [(&str, &str); 8] = [
+        ("usize", "a non-negative integer"),
+        ("u64", "a non-negative integer"),
+        ("u32", "a non-negative integer"),
+        ("u16", "a non-negative integer"),
+        ("u8", "a non-negative integer"),
+        ("i64", "an integer"),
+        ("i32", "an integer"),
+        ("f64", "a number"),
+    ];
+    let mut out = message.trim().to_owned();
+    for (rust, words) in WORDS {
+        out = out.replace(&format!("expected {rust}"), &format!("expected {words}"));
+    }
+    out
+}
+
 /// Whether `offset` of a config's `text` lies in a `[sinks.*]` table: the
 /// last table header before it names `sinks` first. Read from the text, as
 /// unset variables are found before the TOML is parsed.
@@ -430,7 +451,7 @@ impl Parser<'_> {
                     "this value comes from {reference}, substituted as it is: a bare reference must hold a number, `true` or `false`; quote it (\"{reference}\") for text"
                 )
             });
-        self.error_at(offset, e.message().trim().to_owned(), help);
+        self.error_at(offset, plain(e.message()), help);
     }
 
     fn root(&mut self, root: Spanned<DeTable<'_>>) -> PipelineConfig {
@@ -584,7 +605,7 @@ impl Parser<'_> {
             Ok(v) => Some(v),
             Err(e) => {
                 let at = e.span().map_or(value.span().start, |s| s.start);
-                self.error_at(at, format!("{label}: {}", e.message().trim()), None);
+                self.error_at(at, format!("{label}: {}", plain(e.message())), None);
                 None
             }
         }
@@ -805,7 +826,7 @@ impl Parser<'_> {
             Err(errors) => {
                 for e in errors {
                     let at = e.span().map_or(offset, |s| s.start);
-                    self.error_at(at, format!("{label}: {}", e.message().trim()), None);
+                    self.error_at(at, format!("{label}: {}", plain(e.message())), None);
                 }
                 None
             }
