@@ -370,16 +370,13 @@ impl ClientContext for GroupContext {
         // Per partition this member reads (-1: not known yet), and summed.
         // librdkafka goes on reporting a partition revoked from it for a
         // while: only those assigned now count.
-        let assigned = |partition: i32| {
-            self.partitions
-                .lock()
-                .is_ok_and(|held| held.get(&partition).is_some_and(|h| h.assigned))
-        };
         let lag: BTreeMap<String, u64> = statistics
             .topics
             .values()
             .flat_map(|t| t.partitions.values())
-            .filter(|p| p.partition >= 0 && p.fetch_state != "none" && assigned(p.partition))
+            .filter(|p| {
+                p.partition >= 0 && p.fetch_state != "none" && self.is_assigned(p.partition)
+            })
             .map(|p| (p.partition.to_string(), p.consumer_lag.max(0) as u64))
             .collect();
         self.stats.set_partition_lag(lag);
@@ -387,6 +384,13 @@ impl ClientContext for GroupContext {
 }
 
 impl GroupContext {
+    /// Whether `partition` is assigned to this member now.
+    fn is_assigned(&self, partition: i32) -> bool {
+        self.partitions
+            .lock()
+            .is_ok_and(|held| held.get(&partition).is_some_and(|h| h.assigned))
+    }
+
     /// Pauses the partitions just assigned until their start is known.
     fn pause_until_started(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) {
         let mut paused = TopicPartitionList::new();
@@ -761,7 +765,13 @@ impl InFlight {
                         self.stored.insert(partition, next);
                     }
                     // A partition revoked meanwhile: its new owner reads on
-                    // from what was committed.
+                    // from what was committed (and from its checkpoint), so
+                    // that is no error.
+                    Err(e) if !consumer.context().is_assigned(partition) => tracing::debug!(
+                        source = name,
+                        partition,
+                        "not storing the offset of a partition revoked meanwhile: {e}"
+                    ),
                     Err(e) => stats.error(format!(
                         "cannot store the offset of partition {partition}: {e}"
                     )),
