@@ -264,6 +264,23 @@ fn unset_variables_in_sinks_can_be_allowed_and_nowhere_else() {
     assert!(e.to_string().contains("STREAM_URL is not set"), "{e}");
 }
 
+/// A component with a wrongly typed key still has its other keys checked:
+/// every problem shows at once, not the range checks only after the type
+/// errors are fixed.
+#[test]
+fn a_components_value_checks_run_beside_its_type_errors() {
+    let all: Vec<Diagnostic> = diagnostics(&format!(
+        "[sources.in]\ntype = \"demo\"\n\n[processors.m]\ntype = \"aggregate\"\ninputs = [\"in\"]\ninterval = \"0s\"\nhistory = \"abc\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"m\"]\n"
+    ))
+    .into_iter()
+    .filter(|d| d.level == Level::Error)
+    .collect();
+    let lines: Vec<usize> = all.iter().map(|d| d.line).collect();
+    assert_eq!(lines, [7, 8], "{all:#?}");
+    assert!(all[0].message.contains("`interval`"), "{all:#?}");
+    assert!(all[1].message.contains("abc"), "{all:#?}");
+}
+
 /// Rust's type names do not reach the user: a count is a non-negative
 /// integer, not a `usize`.
 #[test]

@@ -323,6 +323,7 @@ impl PipelineConfig {
         let mut parser = Parser {
             source: SourceText { file, text },
             invalid: Default::default(),
+            partly_parsed: Vec::new(),
             interpolated: Interpolated::default(),
             diagnostics: Vec::new(),
         };
@@ -416,6 +417,10 @@ struct Parser<'a> {
     /// of the graph, so their inputs are checked and references to them are
     /// not reported as missing.
     invalid: Vec<Unparsed>,
+    /// Components whose options had problems, parsed again with defaults
+    /// for the keys at fault (named): their other keys are still checked,
+    /// so that every problem shows at once.
+    partly_parsed: Vec<(ComponentSpec, Vec<String>)>,
     interpolated: Interpolated,
     diagnostics: Vec<Diagnostic>,
 }
@@ -502,7 +507,18 @@ impl Parser<'_> {
         }
         let topology = crate::topology::TopologyView::new(&config.components, &config.stores);
         let mut field_errors = Vec::new();
-        for spec in &config.components {
+        let no_keys_at_fault = Vec::new();
+        let partly_parsed = std::mem::take(&mut self.partly_parsed);
+        let every = config
+            .components
+            .iter()
+            .map(|spec| (spec, &no_keys_at_fault))
+            .chain(
+                partly_parsed
+                    .iter()
+                    .map(|(spec, at_fault)| (spec, at_fault)),
+            );
+        for (spec, at_fault) in every {
             let cx = ValidateContext {
                 pipeline: &config.pipeline,
                 checkpoint: config.checkpoint.as_ref(),
@@ -511,7 +527,11 @@ impl Parser<'_> {
                 component: &spec.name,
             };
             for e in spec.config.validate(&cx) {
-                field_errors.push((spec.offset, spec.role, spec.name.clone(), e));
+                // A key at fault holds its default here: already reported.
+                let key = e.field.split(['.', '[']).next().unwrap_or_default();
+                if !at_fault.iter().any(|k| k == key) {
+                    field_errors.push((spec.offset, spec.role, spec.name.clone(), e));
+                }
             }
         }
         for (offset, role, name, e) in field_errors {
@@ -585,7 +605,7 @@ impl Parser<'_> {
     ) -> Option<T> {
         match parse_every_problem(value, |de| T::deserialize(de)) {
             Ok(v) => Some(v),
-            Err(errors) => {
+            Err((errors, _)) => {
                 for e in &errors {
                     self.toml_error(e, value.span().start);
                 }
@@ -821,41 +841,60 @@ impl Parser<'_> {
             options.remove(key);
         }
         let options = Spanned::new(body.span(), DeValue::Table(options));
+        let mut partly = None;
         let config = plugin.and_then(|plugin| match parse_every_problem(&options, plugin.parse) {
             Ok(config) => Some(config),
-            Err(errors) => {
+            Err((errors, rest)) => {
                 for e in errors {
                     let at = e.span().map_or(offset, |s| s.start);
                     self.error_at(at, format!("{label}: {}", plain(e.message())), None);
                 }
+                partly = rest;
                 None
             }
         });
-        let (Some(config), Some((type_name, _)), true) = (config, type_name, ok) else {
-            return Err(Unparsed {
-                name: name_str,
-                role,
-                offset,
-                inputs,
-                input_offsets,
-            });
-        };
-        Ok(ComponentSpec {
-            name: name_str,
+        let unparsed = |name: String, inputs: Vec<String>, input_offsets: Vec<usize>| Unparsed {
+            name,
             role,
-            type_name,
+            offset,
             inputs,
+            input_offsets,
+        };
+        let Some((type_name, _)) = type_name else {
+            return Err(unparsed(name_str, inputs, input_offsets));
+        };
+        let spec = |config: Box<dyn ComponentConfig>| ComponentSpec {
+            name: name_str.clone(),
+            role,
+            type_name: type_name.clone(),
+            inputs: inputs.clone(),
             buffer,
             when_full,
             config: Arc::from(config),
             offset,
-            input_offsets,
-        })
+            input_offsets: input_offsets.clone(),
+        };
+        match (config, ok) {
+            (Some(config), true) => Ok(spec(config)),
+            (config, _) => {
+                if let Some((config, at_fault)) = partly {
+                    self.partly_parsed.push((spec(config), at_fault));
+                } else if let Some(config) = config {
+                    // Only a common key was wrong: its options are checked.
+                    self.partly_parsed.push((spec(config), Vec::new()));
+                }
+                Err(unparsed(name_str, inputs, input_offsets))
+            }
+        }
     }
 }
 
 /// The most problems reported for one table.
 const MAX_PROBLEMS_PER_TABLE: usize = 20;
+
+/// What [`parse_every_problem`] found wrong, and the value parsed without
+/// the keys at fault (defaults in their place), if it then parses.
+type Problems<T> = (Vec<toml::de::Error>, Option<(T, Vec<String>)>);
 
 /// Deserializes `value` with `parse`, reporting every key's problem at once
 /// rather than the first only (serde stops at the first): where `parse`
@@ -865,13 +904,13 @@ const MAX_PROBLEMS_PER_TABLE: usize = 20;
 fn parse_every_problem<T>(
     value: &Spanned<DeValue<'_>>,
     parse: impl Fn(toml::de::ValueDeserializer<'_>) -> Result<T, toml::de::Error>,
-) -> Result<T, Vec<toml::de::Error>> {
+) -> Result<T, Problems<T>> {
     let first = match parse(toml::de::ValueDeserializer::from(value.clone())) {
         Ok(v) => return Ok(v),
         Err(e) => e,
     };
     let DeValue::Table(table) = value.get_ref() else {
-        return Err(vec![first]);
+        return Err((vec![first], None));
     };
     let mut table = table.clone();
     let mut removed: Vec<String> = Vec::new();
@@ -898,9 +937,12 @@ fn parse_every_problem<T>(
         table.remove(key.as_str());
         removed.push(key);
         let rest = Spanned::new(value.span(), DeValue::Table(table.clone()));
-        next = parse(toml::de::ValueDeserializer::from(rest)).err();
+        match parse(toml::de::ValueDeserializer::from(rest)) {
+            Ok(parsed) => return Err((errors, Some((parsed, removed)))),
+            Err(e) => next = Some(e),
+        }
     }
-    Err(errors)
+    Err((errors, None))
 }
 
 fn known_types(role: ComponentRole) -> Vec<&'static str> {
