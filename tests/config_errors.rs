@@ -269,9 +269,9 @@ fn unset_variables_in_sinks_can_be_allowed_and_nowhere_else() {
 /// errors are fixed.
 #[test]
 fn a_components_value_checks_run_beside_its_type_errors() {
-    let all: Vec<Diagnostic> = diagnostics(&format!(
-        "[sources.in]\ntype = \"demo\"\n\n[processors.m]\ntype = \"aggregate\"\ninputs = [\"in\"]\ninterval = \"0s\"\nhistory = \"abc\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"m\"]\n"
-    ))
+    let all: Vec<Diagnostic> = diagnostics(
+        "[sources.in]\ntype = \"demo\"\n\n[processors.m]\ntype = \"aggregate\"\ninputs = [\"in\"]\ninterval = \"0s\"\nhistory = \"abc\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"m\"]\n",
+    )
     .into_iter()
     .filter(|d| d.level == Level::Error)
     .collect();

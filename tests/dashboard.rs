@@ -939,12 +939,10 @@ events_interval = "100ms"
     assert!(server.stop().success());
 }
 
-/// A server that keeps no alerts (no `store`): the page says so instead of
-/// "No open alerts", and does not ask for them again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_an_alert_store_the_page_says_so_and_stops_asking() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pipeline.toml");
+/// A demo → aggregate pipeline with `sinks` started, and a browser on its
+/// page.
+async fn demo_page(dir: &Path, sinks: &str) -> (Running, Driver, Client) {
+    let config = dir.join("pipeline.toml");
     std::fs::write(
         &config,
         format!(
@@ -959,7 +957,27 @@ rate = 50
 type = "aggregate"
 inputs = ["demo"]
 interval = "300ms"
+{sinks}"#,
+            data = dir.join("data").display(),
+        ),
+    )
+    .unwrap();
+    let server = start(dir, &config);
+    let driver = Driver::start();
+    let c = driver.browser(&dir.join("profile")).await;
+    c.goto(&server.url("/")).await.unwrap();
+    (server, driver, c)
+}
 
+/// A server that keeps no alerts (no `store`): the page says so instead of
+/// "No open alerts", and does not ask for them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_alert_store_the_page_says_so_and_stops_asking() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _driver, c) = demo_page(
+        dir.path(),
+        &format!(
+            r#"
 [sinks.api]
 type = "rest"
 inputs = ["metrics"]
@@ -972,15 +990,10 @@ type = "websocket"
 inputs = ["metrics"]
 address = "127.0.0.1:0"
 token = "{TOKEN}"
-"#,
-            data = dir.path().join("data").display(),
+"#
         ),
     )
-    .unwrap();
-    let server = start(dir.path(), &config);
-    let driver = Driver::start();
-    let c = driver.browser(&dir.path().join("profile")).await;
-    c.goto(&server.url("/")).await.unwrap();
+    .await;
     until(
         &c,
         "the empty alerts panel",
@@ -1010,22 +1023,10 @@ token = "{TOKEN}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_reads_behind_the_token_a_cancelled_dialog_leaves_a_way_in() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[pipeline]
-data_dir = "{data}"
-
-[sources.demo]
-type = "demo"
-rate = 50
-
-[processors.metrics]
-type = "aggregate"
-inputs = ["demo"]
-interval = "300ms"
-
+    let (server, _driver, c) = demo_page(
+        dir.path(),
+        &format!(
+            r#"
 [sinks.api]
 type = "rest"
 inputs = ["metrics"]
@@ -1041,15 +1042,10 @@ address = "127.0.0.1:0"
 path = "/ws/live"
 token = "{TOKEN}"
 auth_reads = true
-"#,
-            data = dir.path().join("data").display(),
+"#
         ),
     )
-    .unwrap();
-    let server = start(dir.path(), &config);
-    let driver = Driver::start();
-    let c = driver.browser(&dir.path().join("profile")).await;
-    c.goto(&server.url("/")).await.unwrap();
+    .await;
     let dialog_open = "return document.getElementById('token-dialog').open";
     until(
         &c,
