@@ -262,6 +262,11 @@ fn unset_variables_in_sinks_can_be_allowed_and_nowhere_else() {
     let lines: Vec<usize> = e.diagnostics.iter().map(|d| d.line).collect();
     assert_eq!(lines, [3], "{e}");
     assert!(e.to_string().contains("STREAM_URL is not set"), "{e}");
+    // A bare reference left empty breaks the document: the error shows.
+    let bare = "[sources.in]\ntype = \"demo\"\n\n[sinks.live]\ntype = \"websocket\"\ninputs = [\"in\"]\nmax_clients = ${MAX_CLIENTS}\n";
+    let e = PipelineConfig::parse_with("p.toml", bare, env, UnsetVariables::AllowedInSinks)
+        .unwrap_err();
+    assert!(e.to_string().contains("MAX_CLIENTS is not set"), "{e}");
 }
 
 /// A component with a wrongly typed key still has its other keys checked:

@@ -331,8 +331,12 @@ impl PipelineConfig {
         let unresolved = errors.len();
         let mut tolerated_lines = std::collections::HashSet::new();
         for e in errors {
+            let not_set = e.message.contains("is not set");
             parser.push(e.span.start, Level::Error, e.message, None);
-            if unset == UnsetVariables::AllowedInSinks && in_sinks_table(text, e.span.start) {
+            if unset == UnsetVariables::AllowedInSinks
+                && not_set
+                && in_sinks_table(text, e.span.start)
+            {
                 tolerated_lines.extend(parser.diagnostics.last().map(|d| d.line));
             }
         }
@@ -342,6 +346,9 @@ impl PipelineConfig {
             Ok(root) => Some(parser.root(root)),
             Err(e) => {
                 parser.toml_error(&e, 0);
+                // A bare reference left empty breaks the document: then
+                // nothing is tolerated, so the error shows.
+                tolerated_lines.clear();
                 None
             }
         };
@@ -527,9 +534,20 @@ impl Parser<'_> {
                 component: &spec.name,
             };
             for e in spec.config.validate(&cx) {
-                // A key at fault holds its default here: already reported.
+                // A key at fault holds its default here: what is said of it,
+                // or of another key against it, is not the user's value.
                 let key = e.field.split(['.', '[']).next().unwrap_or_default();
-                if !at_fault.iter().any(|k| k == key) {
+                let about_fault = at_fault
+                    .iter()
+                    .any(|k| k == key || e.message.contains(&format!("`{k}`")));
+                // Nor is what it is against another component: it is not in
+                // the graph, and may hold a default where they hold values.
+                let partly = partly_parsed.iter().any(|(p, _)| std::ptr::eq(p, spec));
+                let about_others = ["source \"", "processor \"", "sink \""]
+                    .iter()
+                    .any(|other| e.message.contains(other));
+                let theirs = partly && about_others;
+                if !(about_fault || theirs) {
                     field_errors.push((spec.offset, spec.role, spec.name.clone(), e));
                 }
             }

@@ -110,6 +110,9 @@ struct Checkpointer {
     writing: Option<Writing>,
     /// When the last write started, whatever became of it.
     last_attempt: Instant,
+    /// The state changed by itself ([`ProcessorState::changed_by_itself`])
+    /// and no write since has been durable: a failed one is retried.
+    self_change: bool,
 }
 
 struct Held {
@@ -272,6 +275,7 @@ impl StateKeeper {
             failing: WriteState::Fine,
             writing: None,
             last_attempt: Instant::now(),
+            self_change: false,
         });
         Ok(())
     }
@@ -403,7 +407,8 @@ impl StateKeeper {
         }
         // Scheduled from the start of the last write, with a little slack, so
         // a tick arriving a hair early does not double the real period.
-        let unchanged = c.held.is_empty() && !state.changed_by_itself();
+        c.self_change |= state.changed_by_itself();
+        let unchanged = c.held.is_empty() && !c.self_change;
         if unchanged || (!force && c.last.elapsed() + c.interval / 10 < c.interval) {
             return;
         }
@@ -511,6 +516,9 @@ impl Checkpointer {
                 );
                 self.durable = positions;
                 self.last = started;
+                // A change made after its snapshot is the state's to say
+                // again at the next write.
+                self.self_change = false;
                 if self.failing == WriteState::Failing {
                     info!(key = %self.key, "checkpoint written again");
                 }
@@ -638,7 +646,95 @@ mod tests {
         (batch, receipt)
     }
 
-    async fn keeper_on(store: &Arc<MemoryStore>, state: &mut dyn ProcessorState) -> StateKeeper {
+    /// A store whose saves fail while `down` is set, counting those that
+    /// land.
+    #[derive(Default)]
+    struct FlakyStore {
+        inner: MemoryStore,
+        down: std::sync::atomic::AtomicBool,
+        saved: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl CheckpointStore for FlakyStore {
+        async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.load(key).await
+        }
+        async fn save(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            self.saved.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.save(key, bytes).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.inner.keys_with_prefix(prefix).await
+        }
+    }
+
+    /// A counter that may change by itself (as the aggregate applies held
+    /// events while idle).
+    #[derive(Default)]
+    struct Drifting {
+        counter: Counter,
+        changed: bool,
+    }
+
+    impl ProcessorState for Drifting {
+        fn format(&self) -> StateFormat {
+            self.counter.format()
+        }
+        fn snapshot(&mut self, stored: &dyn Fn(u64) -> bool) -> Snapshot {
+            self.changed = false;
+            self.counter.snapshot(stored)
+        }
+        fn restore(&mut self, saved: SavedState) -> Result<(), StateError> {
+            self.counter.restore(saved)
+        }
+        fn merge(&mut self, saved: SavedState) -> Result<(), StateError> {
+            self.counter.merge(saved)
+        }
+        fn changed_by_itself(&self) -> bool {
+            self.changed
+        }
+        fn describe(&self) -> String {
+            self.counter.describe()
+        }
+    }
+
+    /// A state that changed by itself is written with nothing held, and a
+    /// failed write of it is tried again, not forgotten.
+    #[tokio::test]
+    async fn a_change_by_itself_is_written_and_retried_after_a_failure() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let store = Arc::new(FlakyStore::default());
+        let mut state = Drifting::default();
+        let mut keeper = keeper_on(&store, &mut state).await;
+        let stats = ComponentStats::default();
+        keeper.checkpoint(&mut state, true, &stats).await;
+        assert_eq!(store.saved.load(SeqCst), 0, "nothing held or changed");
+        state.counter.0 = 5;
+        state.changed = true;
+        store.down.store(true, SeqCst);
+        keeper.checkpoint(&mut state, true, &stats).await;
+        assert_eq!(store.saved.load(SeqCst), 0);
+        store.down.store(false, SeqCst);
+        keeper.checkpoint(&mut state, true, &stats).await;
+        assert_eq!(store.saved.load(SeqCst), 1, "retried");
+        keeper.checkpoint(&mut state, true, &stats).await;
+        assert_eq!(store.saved.load(SeqCst), 1, "written once it held");
+        let mut restored = Counter::default();
+        keeper_on(&store, &mut restored).await;
+        assert_eq!(restored.0, 5);
+    }
+
+    async fn keeper_on<S: CheckpointStore + 'static>(
+        store: &Arc<S>,
+        state: &mut dyn ProcessorState,
+    ) -> StateKeeper {
         let mut keeper = StateKeeper {
             name: "p".into(),
             marks: PositionMap::new(),

@@ -393,6 +393,10 @@ async fn starts_as_printed(
 ) -> std::io::Result<bool> {
     use tokio::io::AsyncReadExt;
     let Some(print) = print else { return Ok(true) };
+    // A damaged offset file cannot make this read more than a head.
+    if print.len as usize > HEAD_LEN {
+        return Ok(false);
+    }
     head.resize(print.len as usize, 0);
     file.seek(std::io::SeekFrom::Start(0)).await?;
     match file.read_exact(head).await {
@@ -400,6 +404,23 @@ async fn starts_as_printed(
         // Shorter than what was read of it: not the same file.
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// The start to print with `acked`: the one read of its generation (the
+/// current one, `generation`, or the one before), none if neither.
+fn print_for<'a>(
+    acked: &Position,
+    generation: u64,
+    head: &'a [u8],
+    previous: &'a (u64, Vec<u8>),
+) -> &'a [u8] {
+    if acked.generation == generation {
+        head
+    } else if acked.generation == previous.0 {
+        &previous.1
+    } else {
+        &[]
     }
 }
 
@@ -492,6 +513,9 @@ impl Source for FileSource {
         let follow = self.config.follow;
         let path = self.config.path.clone();
         let mut waiting = false;
+        // The start of the file as read; and the one before, while batches
+        // of the file it started (its generation) may still settle.
+        let mut previous_head: (u64, Vec<u8>) = (u64::MAX, Vec::new());
         let (mut file, start, mut head) = loop {
             match self.open(follow).await {
                 Ok(opened) => break opened,
@@ -553,7 +577,19 @@ impl Source for FileSource {
                 if follow {
                     // Throttled: at most every 200 ms, so a crash mid-file
                     // replays little.
-                    if let Err(e) = in_flight.store(&self.offsets, &head, false).await {
+                    if let Err(e) = in_flight
+                        .store(
+                            &self.offsets,
+                            print_for(
+                                &in_flight.acked,
+                                reader.base.generation,
+                                &head,
+                                &previous_head,
+                            ),
+                            false,
+                        )
+                        .await
+                    {
                         stats.error(format!("cannot keep the offset: {e}"));
                     }
                 }
@@ -573,7 +609,19 @@ impl Source for FileSource {
                 break;
             }
             in_flight.collect_ready(&name);
-            if let Err(e) = in_flight.store(&self.offsets, &head, false).await {
+            if let Err(e) = in_flight
+                .store(
+                    &self.offsets,
+                    print_for(
+                        &in_flight.acked,
+                        reader.base.generation,
+                        &head,
+                        &previous_head,
+                    ),
+                    false,
+                )
+                .await
+            {
                 stats.error(format!("cannot keep the offset: {e}"));
             }
             // Just read, the start is what was read: kept before waiting, so
@@ -608,7 +656,9 @@ impl Source for FileSource {
                     match self.open(false).await {
                         Ok((new_file, mut position, _)) => {
                             file = new_file;
-                            head.clear();
+                            // The old start goes with the old offsets, kept
+                            // until the old batches have settled.
+                            previous_head = (reader.base.generation, std::mem::take(&mut head));
                             reader.buf.clear();
                             position.generation = reader.base.generation + 1;
                             reader.origin = origin_of(&name, &path, position);
@@ -628,7 +678,16 @@ impl Source for FileSource {
         in_flight.collect_all(&name).await;
         if follow {
             in_flight
-                .store(&self.offsets, &head, true)
+                .store(
+                    &self.offsets,
+                    print_for(
+                        &in_flight.acked,
+                        reader.base.generation,
+                        &head,
+                        &previous_head,
+                    ),
+                    true,
+                )
                 .await
                 .map_err(|e| ComponentError::Fatal(format!("cannot keep the offset: {e}")))?;
         }
@@ -742,6 +801,41 @@ mod tests {
         let kept = OffsetFile(path).load().await.unwrap();
         assert_eq!((kept.position.offset, kept.position.generation), (1024, 0));
         assert_eq!(kept.head, None);
+    }
+
+    /// A kept offset goes with the start of its own generation's content:
+    /// while the batches of a file cut in place still settle, their offsets
+    /// are kept with the old start, never with the new content's.
+    #[test]
+    fn an_offset_is_printed_with_the_start_of_its_own_generation() {
+        let at = |generation| Position {
+            generation,
+            ..Position::default()
+        };
+        let previous = (3, b"old start".to_vec());
+        let head = b"new start".as_slice();
+        assert_eq!(print_for(&at(4), 4, head, &previous), head);
+        assert_eq!(print_for(&at(3), 4, head, &previous), b"old start");
+        assert_eq!(print_for(&at(2), 4, head, &previous), b"");
+    }
+
+    /// A damaged offset file naming a print longer than a head reads
+    /// nothing more: the file is read from the start.
+    #[tokio::test]
+    async fn a_print_longer_than_a_head_does_not_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![b'x'; 4 * HEAD_LEN]).unwrap();
+        let mut file = tokio::fs::File::open(&path).await.unwrap();
+        let print = HeadPrint {
+            len: u32::MAX,
+            xxh3: 0,
+        };
+        let mut head = Vec::new();
+        assert!(!starts_as_printed(&mut file, Some(print), &mut head)
+            .await
+            .unwrap());
+        assert!(head.capacity() <= HEAD_LEN);
     }
 
     #[test]
