@@ -313,14 +313,25 @@ fn migrate(path: Option<&Path>) -> anyhow::Result<ExitCode> {
         let mut failed = false;
         for (name, settings) in &config.stores {
             let outcome = match flowpulse_plugins::stores::Store::new(name, settings) {
-                Ok(store) => store.prepare().await.map(|()| store),
+                Ok(store) => {
+                    let before = store.applied_migrations().await;
+                    store.prepare().await.map(|()| store).map(|s| (s, before))
+                }
                 Err(e) => Err(e),
             };
             match outcome {
-                Ok(store) => println!(
-                    "store \"{name}\" ({}): migrations applied",
-                    store.display_url()
-                ),
+                Ok((store, before)) => {
+                    let after = store.applied_migrations().await;
+                    let count = |n: usize| match n {
+                        1 => "1 migration".to_owned(),
+                        n => format!("{n} migrations"),
+                    };
+                    let what = match after.saturating_sub(before) {
+                        0 => format!("up to date ({})", count(after)),
+                        n => format!("applied {} ({after} in all)", count(n)),
+                    };
+                    println!("store \"{name}\" ({}): {what}", store.display_url());
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     failed = true;

@@ -504,3 +504,34 @@ fn an_unreachable_redis_is_said_once() {
     assert!(stderr.starts_with("error: cannot connect to"), "{stderr}");
     assert_eq!(stderr.matches("refused").count(), 1, "{stderr}");
 }
+
+/// `migrate` makes a store's database and applies its migrations once: run
+/// again, it says it is up to date.
+#[test]
+fn migrate_applies_the_migrations_once_and_then_says_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[stores.main]\nurl = \"sqlite://{}\"\n\n[sources.in]\ntype = \"demo\"\n\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]\n",
+            dir.path().join("flowpulse.db").display()
+        ),
+    )
+    .unwrap();
+    let migrate = || {
+        let output = Command::new(binary())
+            .args(["migrate", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_success(&output);
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let first = migrate();
+    assert!(first.contains("store \"main\""), "{first}");
+    assert!(first.contains(": applied "), "{first}");
+    assert!(dir.path().join("flowpulse.db").exists());
+    let again = migrate();
+    assert!(again.contains(": up to date ("), "{again}");
+}

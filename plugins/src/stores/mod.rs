@@ -162,6 +162,17 @@ impl Store {
         redact_url(&self.settings.url)
     }
 
+    /// How many migrations the database has applied; 0 where it cannot
+    /// tell (no database yet, never migrated).
+    pub async fn applied_migrations(&self) -> usize {
+        const COUNT: &str = "SELECT COUNT(*) FROM _sqlx_migrations WHERE success";
+        let counted = match &self.pool {
+            StorePool::Postgres(pool) => sqlx::query_scalar::<_, i64>(COUNT).fetch_one(pool).await,
+            StorePool::Sqlite(pool) => sqlx::query_scalar::<_, i64>(COUNT).fetch_one(pool).await,
+        };
+        counted.map_or(0, |n| n.max(0) as usize)
+    }
+
     fn database_error(&self, source: sqlx::Error) -> StoreError {
         StoreError::Database {
             store: self.name.clone(),
