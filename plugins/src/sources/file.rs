@@ -14,6 +14,7 @@ use flowpulse_core::plugin::{
 };
 use flowpulse_core::record::{Batch, Origin, Record};
 use flowpulse_core::runtime::Output;
+use flowpulse_core::telemetry::ComponentStats;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
@@ -232,6 +233,22 @@ impl InFlight {
                 }
                 self.blocked_by_failure = true;
             }
+        }
+    }
+
+    /// [`InFlight::store`], throttled, with the print of the start read of
+    /// the acknowledged position's generation (`generation` is the one read
+    /// now; `starts` its start and the one before); a failure is counted.
+    async fn keep(
+        &mut self,
+        offsets: &OffsetFile,
+        generation: u64,
+        starts: (&[u8], &(u64, Vec<u8>)),
+        stats: &ComponentStats,
+    ) {
+        let head = print_for(&self.acked, generation, starts.0, starts.1);
+        if let Err(e) = self.store(offsets, head, false).await {
+            stats.error(format!("cannot keep the offset: {e}"));
         }
     }
 
@@ -577,21 +594,14 @@ impl Source for FileSource {
                 if follow {
                     // Throttled: at most every 200 ms, so a crash mid-file
                     // replays little.
-                    if let Err(e) = in_flight
-                        .store(
+                    in_flight
+                        .keep(
                             &self.offsets,
-                            print_for(
-                                &in_flight.acked,
-                                reader.base.generation,
-                                &head,
-                                &previous_head,
-                            ),
-                            false,
+                            reader.base.generation,
+                            (&head, &previous_head),
+                            &stats,
                         )
-                        .await
-                    {
-                        stats.error(format!("cannot keep the offset: {e}"));
-                    }
+                        .await;
                 }
                 continue;
             }
@@ -609,21 +619,14 @@ impl Source for FileSource {
                 break;
             }
             in_flight.collect_ready(&name);
-            if let Err(e) = in_flight
-                .store(
+            in_flight
+                .keep(
                     &self.offsets,
-                    print_for(
-                        &in_flight.acked,
-                        reader.base.generation,
-                        &head,
-                        &previous_head,
-                    ),
-                    false,
+                    reader.base.generation,
+                    (&head, &previous_head),
+                    &stats,
                 )
-                .await
-            {
-                stats.error(format!("cannot keep the offset: {e}"));
-            }
+                .await;
             // Just read, the start is what was read: kept before waiting, so
             // that a rewrite while this waits shows.
             let read_to = reader.base.offset + reader.buf.len() as u64;
