@@ -264,6 +264,17 @@ pub trait Processor: Send {
         Ok(())
     }
 
+    /// Called instead of [`Processor::finish`] when the pipeline was asked
+    /// to stop (a signal, not the end of its input) and a checkpoint of the
+    /// processor's whole state has just been written. A restart resumes
+    /// from that checkpoint and the input goes on, so what the processor
+    /// holds back for order may stay held: its final output then shows no
+    /// more than the restarted pipeline shows first. By default the same as
+    /// `finish`.
+    async fn finish_stopped(&mut self, out: &mut Output) -> Result<(), ComponentError> {
+        self.finish(out).await
+    }
+
     /// Called once on an instance the runtime keeps for one partition of a
     /// partitioned input: its event time then comes from the merge of every
     /// partition ([`ProcessorState::follow_time`]), so it must not move it

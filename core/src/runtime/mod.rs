@@ -268,6 +268,7 @@ impl Pipeline {
                             rx,
                             out,
                             component_stats,
+                            shutdown.clone(),
                         ))
                     } else {
                         tasks.spawn(partitioned::run_partitioned(
@@ -303,6 +304,7 @@ impl Pipeline {
                         out,
                         component_stats,
                         keeper,
+                        shutdown.clone(),
                     ))
                 }
                 Component::Sink(sink) => {
@@ -580,6 +582,7 @@ async fn run_processor(
     mut out: Output,
     stats: Arc<ComponentStats>,
     mut keeper: Option<StateKeeper>,
+    stopping: Shutdown,
 ) -> Result<(), ComponentError> {
     let mut ticks = ticker(processor.tick_interval());
     let mut checkpoints = ticker(keeper.as_ref().and_then(StateKeeper::interval));
@@ -653,8 +656,25 @@ async fn run_processor(
     if let (Some(keeper), Some(state)) = (keeper.as_mut(), processor.state()) {
         keeper.checkpoint(state, true, &stats).await;
     }
-    let result = processor.finish(&mut out).await;
+    let result = finish(processor.as_mut(), &mut out, &stopping, keeper.as_ref()).await;
     handle_result(&name, &stats, result)
+}
+
+/// The processor's final output: [`Processor::finish_stopped`] when the
+/// pipeline was asked to stop and a checkpoint holds all the processor
+/// folded, [`Processor::finish`] otherwise (the input ended, or a restart
+/// would not resume where this run stops).
+pub(crate) async fn finish(
+    processor: &mut dyn Processor,
+    out: &mut Output,
+    stopping: &Shutdown,
+    keeper: Option<&StateKeeper>,
+) -> Result<(), ComponentError> {
+    if stopping.is_cancelled() && keeper.is_some_and(StateKeeper::is_durable) {
+        processor.finish_stopped(out).await
+    } else {
+        processor.finish(out).await
+    }
 }
 
 async fn run_sink(
@@ -730,10 +750,54 @@ mod tests {
             Output::discard(),
             stats.clone(),
             None,
+            Shutdown::new(),
         )
         .await
         .unwrap();
         assert_eq!(receipt.await, BatchStatus::Failed);
         assert_eq!(stats.snapshot().errors, 1);
+    }
+
+    /// Which of its final calls a processor got.
+    #[derive(Default)]
+    struct Finishing(Option<&'static str>);
+
+    #[async_trait]
+    impl Processor for Finishing {
+        async fn process(
+            &mut self,
+            _batch: Batch,
+            _out: &mut Output,
+        ) -> Result<(), ComponentError> {
+            Ok(())
+        }
+
+        async fn finish(&mut self, _out: &mut Output) -> Result<(), ComponentError> {
+            self.0 = Some("finish");
+            Ok(())
+        }
+
+        async fn finish_stopped(&mut self, _out: &mut Output) -> Result<(), ComponentError> {
+            self.0 = Some("finish_stopped");
+            Ok(())
+        }
+    }
+
+    /// Without a checkpoint nothing a processor holds survives the stop, so
+    /// its final output shows everything, whether the input ended or a stop
+    /// was asked for.
+    #[tokio::test]
+    async fn without_a_checkpoint_a_stop_finishes_as_the_end_of_input_does() {
+        for asked in [false, true] {
+            let stopping = Shutdown::new();
+            if asked {
+                stopping.cancel();
+            }
+            let mut processor = Finishing::default();
+            finish(&mut processor, &mut Output::discard(), &stopping, None)
+                .await
+                .unwrap();
+            assert_eq!(processor.0, Some("finish"), "stop asked for: {asked}");
+        }
     }
 }

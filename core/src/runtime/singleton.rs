@@ -21,7 +21,7 @@ use super::partitioned::Partitioning;
 use super::stateful::{StateKeeper, WriteState};
 use super::{handle_result, next_tick, ticker, Output};
 use crate::checkpoint::{self, CheckpointStore};
-use crate::plugin::{ComponentError, Processor};
+use crate::plugin::{ComponentError, Processor, Shutdown};
 use crate::record::Batch;
 use crate::telemetry::ComponentStats;
 
@@ -67,6 +67,7 @@ pub(crate) async fn run_singleton(
     mut rx: mpsc::Receiver<Batch>,
     mut out: Output,
     stats: Arc<ComponentStats>,
+    stopping: Shutdown,
 ) -> Result<(), ComponentError> {
     let Some((store, interval)) = setup.store.clone() else {
         return Err(ComponentError::Fatal(
@@ -177,7 +178,8 @@ pub(crate) async fn run_singleton(
         if let Some(state) = h.processor.state() {
             h.keeper.checkpoint(state, true, &stats).await;
         }
-        let result = h.processor.finish(&mut out).await;
+        let result =
+            super::finish(h.processor.as_mut(), &mut out, &stopping, Some(&h.keeper)).await;
         if let Err(e) = store.release_lease(&key, &owner).await {
             warn!(component = %name, "cannot give the lease up ({e}); the next holder waits for it to lapse");
         }

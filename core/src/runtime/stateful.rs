@@ -221,6 +221,18 @@ impl StateKeeper {
             .map_or(WriteState::Fine, |c| c.failing)
     }
 
+    /// Whether a written checkpoint holds everything processed so far: the
+    /// last write succeeded, none is under way, and nothing was folded or
+    /// changed since.
+    pub fn is_durable(&self) -> bool {
+        self.checkpoint.as_ref().is_some_and(|c| {
+            c.failing == WriteState::Fine
+                && c.writing.is_none()
+                && c.held.is_empty()
+                && !c.self_change
+        })
+    }
+
     /// The positions processed so far.
     pub fn marks(&self) -> &PositionMap {
         &self.marks

@@ -144,6 +144,19 @@ impl Processor for Aggregate {
         Ok(())
     }
 
+    /// Held events stay held: the checkpoint just written keeps them so,
+    /// and the restarted pipeline applies them in order as event time
+    /// passes them. Flushed here, they would show in this last document and
+    /// then be missing from the restart's first ones.
+    async fn finish_stopped(&mut self, out: &mut Output) -> Result<(), ComponentError> {
+        if self.follows_merge {
+            self.settle();
+        } else {
+            self.emit(out).await;
+        }
+        Ok(())
+    }
+
     fn follow_merged_time(&mut self) {
         self.follows_merge = true;
     }
