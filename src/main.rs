@@ -97,6 +97,10 @@ enum StateAction {
         /// The pipeline config [default: pipeline.toml, else the built-in default].
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Reset even when a source's server cannot say whether an instance
+        /// reads it (unreachable): only once every instance is stopped.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -347,9 +351,9 @@ fn migrate(path: Option<&Path>) -> anyhow::Result<ExitCode> {
 }
 
 fn state(action: StateAction) -> anyhow::Result<ExitCode> {
-    let (path, reset) = match &action {
-        StateAction::Show { config } => (config.as_deref(), false),
-        StateAction::Reset { config } => (config.as_deref(), true),
+    let (path, reset, force) = match &action {
+        StateAction::Show { config } => (config.as_deref(), false, false),
+        StateAction::Reset { config, force } => (config.as_deref(), true, *force),
     };
     // No sink is opened here: its secrets need not be set in this shell.
     let config = match load_with(path, UnsetVariables::AllowedInSinks) {
@@ -367,7 +371,7 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
     // reset waits for none, it refuses. Held until the reset is done, so a
     // pipeline starting meanwhile waits for it.
     let _alone = if reset {
-        match refuse_while_running(&config, &runtime) {
+        match refuse_while_running(&config, &runtime, force) {
             Ok(lock) => Some(lock),
             Err(why) => {
                 eprintln!("error: nothing deleted: {why}");
@@ -434,31 +438,40 @@ fn state(action: StateAction) -> anyhow::Result<ExitCode> {
 }
 
 /// The data directory's lock, held alone, if no pipeline of `config` runs:
-/// none from its data directory on this machine, and no reader holding a
-/// source's lease anywhere. Otherwise, who runs.
+/// none from its data directory on this machine, and no reader of a source
+/// anywhere (a lease holder, a consumer group's member). Otherwise, who
+/// runs; or, unless `force`, which source could not say.
 fn refuse_while_running(
     config: &PipelineConfig,
     runtime: &tokio::runtime::Runtime,
+    force: bool,
 ) -> Result<flowpulse_core::run_lock::RunLock, String> {
     let lock = flowpulse_core::run_lock::exclusive(&config.pipeline.data_dir)
         .map_err(|e| e.to_string())?;
-    let readers = runtime.block_on(async {
-        let mut readers = Vec::new();
+    let (readers, unknown) = runtime.block_on(async {
+        let (mut readers, mut unknown) = (Vec::new(), Vec::new());
         for c in &config.components {
-            if let Some(reader) = c.config.reader().await {
-                readers.push(format!("source \"{}\": {reader}", c.name));
+            match c.config.reader().await {
+                Ok(Some(reader)) => readers.push(format!("source \"{}\": {reader}", c.name)),
+                Ok(None) => {}
+                Err(why) => unknown.push(format!("source \"{}\": {why}", c.name)),
             }
         }
-        readers
+        (readers, unknown)
     });
-    if readers.is_empty() {
-        Ok(lock)
-    } else {
-        Err(format!(
+    if !readers.is_empty() {
+        return Err(format!(
             "a pipeline is reading; stop it first (a lease left by one that was killed lapses by itself): {}",
             readers.join("; ")
-        ))
+        ));
     }
+    if !unknown.is_empty() && !force {
+        return Err(format!(
+            "cannot tell whether a pipeline is reading ({}); once every instance is stopped, `--force` resets anyway",
+            unknown.join("; ")
+        ));
+    }
+    Ok(lock)
 }
 
 /// `flowpulse state show|reset` for a processor whose state is kept per

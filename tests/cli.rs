@@ -535,3 +535,81 @@ fn migrate_applies_the_migrations_once_and_then_says_up_to_date() {
     let again = migrate();
     assert!(again.contains(": up to date ("), "{again}");
 }
+
+/// `state` on `config`, run from `dir`, with `extra` arguments.
+fn state_in(
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new(binary())
+        .arg("state")
+        .args(extra)
+        .arg("-c")
+        .arg(config)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// A source whose server cannot be reached cannot say whether an instance
+/// reads it, and that instance would write its state straight back: `state
+/// reset` refuses, naming the source and why, and deletes nothing, unless
+/// forced. The checkpoint is made by a run reading a file; the same pipeline
+/// then reads a stream at a port where nothing listens.
+#[test]
+fn state_reset_refuses_when_a_source_cannot_say_who_reads_it_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, flat_event_lines(200, 3).join("\n") + "\n").unwrap();
+    let head = format!(
+        "[pipeline]\nname = \"unsure\"\n\n[checkpoint]\nurl = \"file://{}\"\n\n",
+        dir.path().join("store").display()
+    );
+    let tail = "[processors.metrics]\ntype = \"aggregate\"\ninputs = [\"in\"]\n\n\
+                [sinks.out]\ntype = \"blackhole\"\ninputs = [\"metrics\"]\n";
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{head}[sources.in]\ntype = \"file\"\npath = \"{}\"\n\n{tail}",
+            events.display()
+        ),
+    )
+    .unwrap();
+    assert_success(&run_to_end(dir.path(), &config, Duration::from_secs(60)));
+    std::fs::write(
+        &config,
+        format!(
+            "{head}[sources.in]\ntype = \"redis_stream\"\nurl = \"redis://127.0.0.1:1\"\nstream = \"events\"\n\n{tail}"
+        ),
+    )
+    .unwrap();
+    let shown = |dir: &std::path::Path| {
+        String::from_utf8_lossy(&state_in(dir, &config, &["show"]).stdout).into_owned()
+    };
+    assert!(
+        shown(dir.path()).contains("200 events folded"),
+        "{}",
+        shown(dir.path())
+    );
+
+    let refused = state_in(dir.path(), &config, &["reset"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing deleted"), "{stderr}");
+    assert!(
+        stderr.contains("cannot tell whether a pipeline is reading"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("source \"in\""), "{stderr}");
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert!(shown(dir.path()).contains("200 events folded"));
+
+    assert_success(&state_in(dir.path(), &config, &["reset", "--force"]));
+    assert!(
+        shown(dir.path()).contains("no checkpoint"),
+        "{}",
+        shown(dir.path())
+    );
+}

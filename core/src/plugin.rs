@@ -323,11 +323,14 @@ pub trait SourceConfig: DeserializeOwned + Send + Sync + 'static {
     fn shards(&self) -> bool {
         false
     }
-    /// Who reads it now, if a reader holds it (a lease): `flowpulse state
-    /// reset` refuses while one does, since that reader would write its
-    /// state straight back. `None` when nobody does or it cannot tell.
-    async fn reader(&self) -> Option<String> {
-        None
+    /// Who reads it now, if a reader holds it (a lease, a consumer group's
+    /// members): `flowpulse state reset` refuses while one does, since that
+    /// reader would write its state straight back. `Ok(None)` when nobody
+    /// does (the default: a source no other process can read), `Err` with
+    /// the reason when it cannot tell (its server unreachable, say): the
+    /// reset then refuses too, unless forced.
+    async fn reader(&self) -> Result<Option<String>, String> {
+        Ok(None)
     }
     /// Builds the running source (may do I/O).
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Source>, BuildError>;
@@ -433,8 +436,8 @@ pub trait ComponentConfig: Send + Sync {
         false
     }
     /// Who reads it now (see [`SourceConfig::reader`]).
-    fn reader(&self) -> BoxFuture<'_, Option<String>> {
-        Box::pin(async { None })
+    fn reader(&self) -> BoxFuture<'_, Result<Option<String>, String>> {
+        Box::pin(async { Ok(None) })
     }
     /// The plugin's own typed config, for tools that know its type.
     fn as_any(&self) -> &dyn Any;
@@ -460,7 +463,7 @@ impl<T: SourceConfig> ComponentConfig for SourceAdapter<T> {
     fn shards(&self) -> bool {
         self.0.shards()
     }
-    fn reader(&self) -> BoxFuture<'_, Option<String>> {
+    fn reader(&self) -> BoxFuture<'_, Result<Option<String>, String>> {
         self.0.reader()
     }
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Component, BuildError>> {

@@ -121,7 +121,8 @@ pub struct StatsSnapshot {
     /// partition; empty for other sources.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub partition_lag: BTreeMap<String, u64>,
-    /// The most recent error message.
+    /// The most recent message of a failure or of malformed input (so it
+    /// may be set while `errors` is 0).
     pub last_error: Option<String>,
     /// Why the component cannot reach what it depends on, while it cannot.
     pub outage: Option<String>,

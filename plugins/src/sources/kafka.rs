@@ -129,32 +129,41 @@ impl SourceConfig for KafkaSourceConfig {
 
     /// The group's members, if it has any: instances reading the topic now,
     /// wherever they run (`flowpulse state reset` refuses while there are).
-    async fn reader(&self) -> Option<String> {
+    async fn reader(&self) -> Result<Option<String>, String> {
         let config = kafka_util::client_config(&self.brokers, &self.options, &[]);
         let (group, topic) = (self.group.clone(), self.topic.clone());
+        let cannot = |why: String| {
+            format!(
+                "cannot list consumer group \"{}\"'s members: {why}",
+                self.group
+            )
+        };
         let ask = tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = config.create().ok()?;
+            let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
             let list = consumer
                 .fetch_group_list(Some(&group), Duration::from_secs(5))
-                .ok()?;
-            let info = list.groups().iter().find(|g| g.name() == group)?;
+                .map_err(|e| e.to_string())?;
+            let Some(info) = list.groups().iter().find(|g| g.name() == group) else {
+                return Ok(None);
+            };
             let members: Vec<String> = info
                 .members()
                 .iter()
                 .map(|m| format!("{} at {}", m.client_id(), m.client_host()))
                 .collect();
-            (!members.is_empty()).then(|| {
+            Ok((!members.is_empty()).then(|| {
                 format!(
                     "consumer group \"{group}\" of topic \"{topic}\" has {} member(s) ({}): they leave it when stopped, or after `session.timeout.ms` if killed",
                     members.len(),
                     members.join(", ")
                 )
-            })
+            }))
         });
-        tokio::time::timeout(Duration::from_secs(10), ask)
-            .await
-            .ok()?
-            .ok()?
+        match tokio::time::timeout(Duration::from_secs(10), ask).await {
+            Ok(Ok(answer)) => answer.map_err(cannot),
+            Ok(Err(e)) => Err(cannot(e.to_string())),
+            Err(_) => Err(cannot("no answer within 10 s".into())),
+        }
     }
     fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
         let mut errors =

@@ -143,23 +143,32 @@ inventory::submit! {
 
 #[async_trait]
 impl SourceConfig for RedisStreamConfig {
-    async fn reader(&self) -> Option<String> {
+    async fn reader(&self) -> Result<Option<String>, String> {
         let key = lease::lease_key(&self.stream, &self.group);
+        let cannot = |why: String| format!("cannot read the reader lease {key}: {why}");
         let ask = async {
-            let client = redis_util::client(&self.url).ok()?;
-            let mut conn = connect(&client, Duration::from_secs(5)).await.ok()?;
-            lease::holder(&mut conn, &key).await.ok()?
+            let client = redis_util::client(&self.url).map_err(|e| e.to_string())?;
+            let mut conn = connect(&client, Duration::from_secs(5))
+                .await
+                .map_err(|e| e.to_string())?;
+            lease::holder(&mut conn, &key)
+                .await
+                .map_err(|e| e.to_string())
         };
-        let (consumer, left_ms) = tokio::time::timeout(Duration::from_secs(5), ask)
-            .await
-            .ok()??;
-        Some(format!(
+        let holder = match tokio::time::timeout(Duration::from_secs(5), ask).await {
+            Ok(answer) => answer.map_err(cannot)?,
+            Err(_) => return Err(cannot("no answer within 5 s".into())),
+        };
+        let Some((consumer, left_ms)) = holder else {
+            return Ok(None);
+        };
+        Ok(Some(format!(
             "consumer \"{consumer}\" holds group \"{}\"'s reader lease on stream \"{}\" \
              ({key}; it lapses in {:.1} s unless its holder renews it)",
             self.group,
             self.stream,
             left_ms as f64 / 1000.0
-        ))
+        )))
     }
 
     fn validate(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
