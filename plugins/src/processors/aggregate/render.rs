@@ -93,11 +93,6 @@ impl AggregateState {
                 (name.to_owned(), stats)
             })
             .collect::<BTreeMap<_, _>>();
-        // Before any event there is no event time: the document describes
-        // the moment it is made.
-        let as_of = self
-            .now_ms
-            .map_or_else(|| last_update.clone(), format_rfc3339_ms);
         RealtimeMetrics {
             overview,
             agents,
@@ -108,7 +103,7 @@ impl AggregateState {
             latency_p99_ms: self.durations.quantile(0.99),
             last_update,
             next_update_in_ms,
-            as_of,
+            as_of: format_rfc3339_ms(t),
             anomalies: self.accounting.anomalies,
             window,
             custom: self

@@ -442,22 +442,6 @@ pub(super) fn event(kind: EventKind, workflow: &str, ts: i64) -> WorkflowEvent {
     }
 }
 
-/// Before any event there is no event time: `as_of` is when the document
-/// was made, not the Unix epoch; from the first event on, it is T.
-#[test]
-fn as_of_is_the_emission_time_until_an_event_gives_event_time() {
-    let mut state = AggregateState::new(limits());
-    let made = "2026-12-06T10:00:00.000Z".to_owned();
-    assert_eq!(state.document(made.clone(), 1000).as_of, made);
-    state.fold(&event(EventKind::WorkflowCreated, "a", 1_500), WALL_MS);
-    let doc = state.document(made.clone(), 1000);
-    assert_eq!(
-        doc.as_of,
-        flowpulse_core::event::format_rfc3339_ms(BASE_MS + 1_500)
-    );
-    assert_ne!(doc.as_of, made);
-}
-
 #[test]
 fn duplicate_event_is_counted_once() {
     let mut state = AggregateState::new(limits());
