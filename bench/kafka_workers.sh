@@ -35,7 +35,9 @@ broker=$!
 cleanup() {
   pkill -9 -f "$work/" 2>/dev/null || true
   kill "$broker" 2>/dev/null || true
-  for k in 1 2 3 failover; do "$bin" state reset -c "$work/worker-$k.toml" >/dev/null 2>&1 || true; done
+  # The broker is gone by now, so no group can be asked who reads it:
+  # every worker has stopped, so the reset is forced.
+  for k in 1 2 3 failover; do "$bin" state reset --force -c "$work/worker-$k.toml" >/dev/null 2>&1 || true; done
   rm -rf "$work"
   redis-cli -u "$url" del "$stream" "$stream:dead" >/dev/null
   redis-cli -u "$url" --scan --pattern "flowpulse:lease:*$stream" | xargs -r redis-cli -u "$url" del >/dev/null

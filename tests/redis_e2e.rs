@@ -613,6 +613,18 @@ fn state_reset_refuses_while_a_reader_holds_the_groups_lease() {
     assert!(stderr.contains("nothing deleted"), "{stderr}");
     assert!(stderr.contains("consumer \"elsewhere-1\""), "{stderr}");
     assert!(stderr.contains(&lease), "{stderr}");
+    // `--force` overrides only a source that cannot say, never a reader.
+    let forced = Command::new(binary())
+        .args(["state", "reset", "--force", "-c"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        !forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
     let shown =
         String::from_utf8_lossy(&state_command(dir.path(), &config, "show").stdout).into_owned();
     assert!(

@@ -277,6 +277,7 @@ impl Pipeline {
                             rx,
                             out,
                             component_stats,
+                            shutdown.clone(),
                         ))
                     };
                     names.insert(handle.id(), (spec.role, name));

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::stateful::{fenced_refusals, StateKeeper, WriteState};
 use super::{handle_result, next_tick, sleep_until, ticker, Output, IDLE_CHECKPOINT_AFTER};
 use crate::checkpoint::{self, CheckpointStore, StoreError};
-use crate::plugin::{BuildError, ComponentError, Processor};
+use crate::plugin::{BuildError, ComponentError, Processor, Shutdown};
 use crate::record::{Assignments, Batch, Shard};
 use crate::state::{ProcessorState, SavedState};
 use crate::telemetry::{ComponentStats, Gauge};
@@ -81,6 +81,7 @@ pub(crate) async fn run_partitioned(
     mut rx: mpsc::Receiver<Batch>,
     mut out: Output,
     stats: Arc<ComponentStats>,
+    stopping: Shutdown,
 ) -> Result<(), ComponentError> {
     let template = (setup.factory)()
         .await
@@ -138,9 +139,18 @@ pub(crate) async fn run_partitioned(
     // happens at the time one instance would finish at.
     let result = parts.merged_view(true).await.map(drop);
     handle_result(&name, &stats, result)?;
+    // On a stop asked for, a partition whose checkpoint holds it keeps its
+    // held events held in its last partial too: the instance that takes it
+    // over next restores them held, and the merged counts do not drop.
     let mut discard = Output::discard();
     for owned in parts.owned.values_mut() {
-        let result = owned.processor.finish(&mut discard).await;
+        let result = super::finish(
+            owned.processor.as_mut(),
+            &mut discard,
+            &stopping,
+            Some(&owned.keeper),
+        )
+        .await;
         handle_result(&name, &stats, result)?;
     }
     let result = parts.emit(&mut out, true).await;
