@@ -448,9 +448,12 @@ fn refuse_while_running(
 ) -> Result<flowpulse_core::run_lock::RunLock, String> {
     let lock = flowpulse_core::run_lock::exclusive(&config.pipeline.data_dir)
         .map_err(|e| e.to_string())?;
+    // Only a source feeding a stateful processor has a reader that would
+    // write a checkpoint back.
+    let asked = flowpulse_core::runtime::sources_of_stateful(config);
     let (readers, unknown) = runtime.block_on(async {
         let (mut readers, mut unknown) = (Vec::new(), Vec::new());
-        for c in &config.components {
+        for c in config.components.iter().filter(|c| asked.contains(&c.name)) {
             match c.config.reader().await {
                 Ok(Some(reader)) => readers.push(format!("source \"{}\": {reader}", c.name)),
                 Ok(None) => {}

@@ -612,4 +612,18 @@ fn state_reset_refuses_when_a_source_cannot_say_who_reads_it_unless_forced() {
         "{}",
         shown(dir.path())
     );
+
+    // The same unreachable stream feeding no stateful processor has no
+    // reader that would write a checkpoint back: it is not asked.
+    std::fs::write(
+        &config,
+        format!(
+            "{head}[sources.in]\ntype = \"file\"\npath = \"{}\"\n\n\
+             [sources.other]\ntype = \"redis_stream\"\nurl = \"redis://127.0.0.1:1\"\nstream = \"events\"\n\n\
+             [sinks.drop]\ntype = \"blackhole\"\ninputs = [\"other\"]\n\n{tail}",
+            events.display()
+        ),
+    )
+    .unwrap();
+    assert_success(&state_in(dir.path(), &config, &["reset"]));
 }

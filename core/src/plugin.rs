@@ -265,7 +265,8 @@ pub trait Processor: Send {
     }
 
     /// Called instead of [`Processor::finish`] when the pipeline was asked
-    /// to stop (a signal, not the end of its input) and a checkpoint of the
+    /// to stop (a signal, or another component's failure; also when one
+    /// comes while the pipeline drains an input that ended) and a checkpoint of the
     /// processor's whole state has just been written. A restart resumes
     /// from that checkpoint and the input goes on, so what the processor
     /// holds back for order may stay held: its final output then shows no

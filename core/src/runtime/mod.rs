@@ -461,6 +461,19 @@ fn upstream_sources<'a>(
         .collect()
 }
 
+/// The sources whose records reach a stateful processor, directly or
+/// through other processors: the ones whose readers `flowpulse state reset`
+/// must not run beside.
+pub fn sources_of_stateful(config: &PipelineConfig) -> std::collections::BTreeSet<String> {
+    config
+        .components
+        .iter()
+        .filter(|c| c.role == ComponentRole::Processor && c.config.fresh_state().is_some())
+        .flat_map(|c| upstream_sources(config, c))
+        .map(|source| source.name.clone())
+        .collect()
+}
+
 /// The stateful processors that a source sharing its partitions among
 /// instances feeds, directly or through stateless processors: their state
 /// is kept per partition. (Past another stateful processor, records are its

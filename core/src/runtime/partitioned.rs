@@ -133,11 +133,12 @@ pub(crate) async fn run_partitioned(
         };
         handle_result(&name, &stats, result)?;
     }
-    parts.checkpoint_all().await;
     // Every partition kept here moves to the merged event time first, so
     // that finishing them (held events applied, silent workflows expired)
-    // happens at the time one instance would finish at.
+    // happens at the time one instance would finish at; and before the
+    // last checkpoint, so that it holds what that move applied.
     let result = parts.merged_view(true).await.map(drop);
+    parts.checkpoint_all().await;
     handle_result(&name, &stats, result)?;
     // On a stop asked for, a partition whose checkpoint holds it keeps its
     // held events held in its last partial too: the instance that takes it

@@ -174,9 +174,18 @@ pub(crate) async fn run_singleton(
         };
         handle_result(&name, &stats, result)?;
     }
+    // A lease that may have lapsed, or a final write another instance's
+    // token refused, means the state is another's now: nothing more is
+    // emitted from this copy.
+    let_go_if_lapsed(&name, &clock, &mut held, &holding);
     if let Some(mut h) = held.take() {
         if let Some(state) = h.processor.state() {
             h.keeper.checkpoint(state, true, &stats).await;
+        }
+        if h.keeper.write_state() == WriteState::FencedOut {
+            warn!(component = %name, "another instance took over; letting the state go");
+            holding.set(0);
+            return Ok(());
         }
         let result =
             super::finish(h.processor.as_mut(), &mut out, &stopping, Some(&h.keeper)).await;
