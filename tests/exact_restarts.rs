@@ -381,23 +381,25 @@ inputs = ["metrics"]
     assert_eq!(last_document(&metrics).unwrap()["anomalies"], 0);
 }
 
-/// Events held for reordering when the input went idle are applied as event
-/// time moves on by the wall clock, with no batch folded after them. A
-/// restart (here after SIGKILL) must not hold them again: every document of
-/// the second run shows what the first run's last one showed. 5,000 events
-/// at 1,000 a second of event time and a bound of 1 s: ~1,000 of them are
-/// held when the last batch is folded.
-#[test]
-fn a_restart_never_shows_less_than_was_shown_before_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.jsonl");
+/// 5,000 generated events (seed `seed`, 300 workflows in flight, 1,000 a
+/// second of event time) in a file of `dir`, and a pipeline named `name`
+/// following it into an aggregate with `max_out_of_order` `bound`,
+/// checkpointed in a file store every 200 ms, its documents (every 200 ms)
+/// in `metrics.jsonl`. Returns the config and `generate --expect`'s counts.
+fn followed_file_restart(
+    dir: &Path,
+    name: &str,
+    seed: &str,
+    bound: &str,
+) -> (PathBuf, serde_json::Value) {
+    let events = dir.join("events.jsonl");
     let generated = Command::new(binary())
         .args([
             "generate",
             "-n",
             "5000",
             "--seed",
-            "29",
+            seed,
             "--in-flight",
             "300",
         ])
@@ -407,13 +409,13 @@ fn a_restart_never_shows_less_than_was_shown_before_it() {
         .unwrap();
     assert_success(&generated);
     let expect: serde_json::Value = serde_json::from_slice(&generated.stderr).unwrap();
-    let config = dir.path().join("p.toml");
+    let config = dir.join("p.toml");
     std::fs::write(
         &config,
         format!(
             r#"
 [pipeline]
-name = "idle-restart"
+name = "{name}"
 
 [checkpoint]
 url = "file://{store}"
@@ -428,18 +430,31 @@ follow = true
 type = "aggregate"
 inputs = ["events"]
 interval = "200ms"
-max_out_of_order = "1s"
+max_out_of_order = "{bound}"
 
 [sinks.out]
 type = "file"
 path = "metrics.jsonl"
 inputs = ["metrics"]
 "#,
-            store = dir.path().join("store").display(),
+            store = dir.join("store").display(),
             events = events.display(),
         ),
     )
     .unwrap();
+    (config, expect)
+}
+
+/// Events held for reordering when the input went idle are applied as event
+/// time moves on by the wall clock, with no batch folded after them. A
+/// restart (here after SIGKILL) must not hold them again: every document of
+/// the second run shows what the first run's last one showed. 5,000 events
+/// at 1,000 a second of event time and a bound of 1 s: ~1,000 of them are
+/// held when the last batch is folded.
+#[test]
+fn a_restart_never_shows_less_than_was_shown_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, expect) = followed_file_restart(dir.path(), "idle-restart", "29", "1s");
     let metrics = dir.path().join("metrics.jsonl");
     let child = spawn_logged(dir.path(), &config, "first");
     wait_until(Duration::from_secs(60), "every held event applied", || {
@@ -464,14 +479,6 @@ inputs = ["metrics"]
     }
 }
 
-/// Stage tasks a document counts (stage statistics apply as soon as they
-/// are folded, never held).
-fn tasks_of(doc: &serde_json::Value) -> u64 {
-    doc["agents"].as_array().map_or(0, |a| {
-        a.iter().filter_map(|a| a["total_tasks"].as_u64()).sum()
-    })
-}
-
 /// A stop asked for (SIGTERM) while workflow events are still held for
 /// reordering. The final checkpoint keeps them held, so the last document
 /// must not show them applied either: a restart would then show fewer
@@ -484,67 +491,18 @@ fn tasks_of(doc: &serde_json::Value) -> u64 {
 #[test]
 fn a_stop_asked_for_shows_no_more_than_the_restart_shows() {
     let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.jsonl");
-    let generated = Command::new(binary())
-        .args([
-            "generate",
-            "-n",
-            "5000",
-            "--seed",
-            "31",
-            "--in-flight",
-            "300",
-        ])
-        .args(["--expect", "-o"])
-        .arg(&events)
-        .output()
-        .unwrap();
-    assert_success(&generated);
-    let expect: serde_json::Value = serde_json::from_slice(&generated.stderr).unwrap();
+    let (config, expect) = followed_file_restart(dir.path(), "stop-restart", "31", "3s");
     let expected_tasks = expect["stage_tasks_completed"].as_u64().unwrap()
         + expect["stage_tasks_failed"].as_u64().unwrap();
-    let config = dir.path().join("p.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[pipeline]
-name = "stop-restart"
-
-[checkpoint]
-url = "file://{store}"
-interval = "200ms"
-
-[sources.events]
-type = "file"
-path = "{events}"
-follow = true
-
-[processors.metrics]
-type = "aggregate"
-inputs = ["events"]
-interval = "200ms"
-max_out_of_order = "3s"
-
-[sinks.out]
-type = "file"
-path = "metrics.jsonl"
-inputs = ["metrics"]
-"#,
-            store = dir.path().join("store").display(),
-            events = events.display(),
-        ),
-    )
-    .unwrap();
     let metrics = dir.path().join("metrics.jsonl");
     let child = spawn_logged(dir.path(), &config, "first");
     wait_until(Duration::from_secs(60), "every event folded", || {
-        last_document(&metrics).is_some_and(|doc| tasks_of(&doc) == expected_tasks)
+        last_document(&metrics).is_some_and(|doc| stage_tasks(&doc) == expected_tasks)
     });
     let stopped = stop(child);
     assert!(stopped.status.success(), "{}", log_of(dir.path(), "first"));
     let before = last_document(&metrics).unwrap();
-    assert_eq!(tasks_of(&before), expected_tasks);
+    assert_eq!(stage_tasks(&before), expected_tasks);
     let held = |doc: &serde_json::Value| {
         expect["total_workflows"].as_u64().unwrap()
             - doc["overview"]["total_workflows"].as_u64().unwrap()
@@ -562,7 +520,7 @@ inputs = ["metrics"]
     for line in &read_lines(&metrics)[shown..shown + 3] {
         let doc: serde_json::Value = serde_json::from_str(line).unwrap();
         let after = &doc["data"];
-        assert_eq!(tasks_of(after), expected_tasks);
+        assert_eq!(stage_tasks(after), expected_tasks);
         // Counts that only grow (idle time goes on applying held events).
         for field in [
             "total_workflows",

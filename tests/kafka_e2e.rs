@@ -1218,16 +1218,11 @@ fn a_worker_stopped_while_events_are_held_never_makes_the_merged_counts_drop() {
     let expected_tasks = t.expect["stage_tasks_completed"].as_u64().unwrap()
         + t.expect["stage_tasks_failed"].as_u64().unwrap();
     let expected_total = t.expect["total_workflows"].as_u64().unwrap();
-    let tasks = |doc: &serde_json::Value| -> u64 {
-        doc["agents"].as_array().map_or(0, |a| {
-            a.iter().filter_map(|a| a["total_tasks"].as_u64()).sum()
-        })
-    };
     let first = spawn_logged(t.dir.path(), &worker, "w1");
     let second = spawn_logged(t.dir.path(), &worker, "w2");
     wait_until(Duration::from_secs(60), "every event folded", || {
         t.document()
-            .is_some_and(|doc| tasks(&doc) == expected_tasks)
+            .is_some_and(|doc| stage_tasks(&doc) == expected_tasks)
     });
     signal(&first, "-TERM");
     let monotone = [
